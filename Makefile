@@ -1,0 +1,35 @@
+# Two entry points a new user needs: `make quickstart` (main job) and `make test`.
+# Both create .venv if absent and are safe to re-run.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+
+.PHONY: install quickstart test prepare bench clean
+
+$(PY):
+	python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+
+# torch first and pinned: this machine has the 2.13.0 CPU wheel on disk; an unpinned torch
+# would pull a multi-GB CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+prepare: install
+	.venv/bin/prefdata models prepare
+
+quickstart: prepare
+	.venv/bin/prefdata run pipelines/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q -x --durations=10
+
+bench: install
+	$(PY) benchmarks/bench_generate.py
+
+clean:
+	rm -rf .venv
