@@ -1,0 +1,151 @@
+"""Small pieces every generator shares: output filters, retried sampling, pair rows, card bits."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import Callable
+
+import pyarrow as pa
+
+from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
+from prefdata.schema import PAIR, content_id
+
+# A new turn by the user means the model started writing the other side of the dialogue.
+TURN_MARKERS = re.compile(r"\n\s*(Human|User|USER|H)\s*:|<\|im_start\|>\s*user", re.MULTILINE)
+LEADING_TAG = re.compile(r"^\s*\([^()\n]{1,60}\breply\)\s*")
+
+
+def cut_at_new_turn(text: str) -> str:
+    m = TURN_MARKERS.search(text)
+    return (text[: m.start()] if m else text).strip()
+
+
+def degenerate_reason(text: str, *, min_chars: int = 2) -> str | None:
+    """Why an output is unusable, or None. Cheap checks a human would agree with at a glance."""
+    stripped = text.strip()
+    if len(stripped) < min_chars:
+        return "empty"
+    words = stripped.split()
+    if len(words) >= 12:
+        trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        # Looping text ("I am sorry. I am sorry. ...") has few distinct trigrams.
+        if len(set(trigrams)) / len(trigrams) < 0.35:
+            return "repetitive"
+    lines = [ln.strip() for ln in stripped.splitlines() if ln.strip()]
+    if len(lines) >= 4 and len(set(lines)) / len(lines) < 0.5:
+        return "repetitive"
+    return None
+
+
+def clean_output(text: str) -> str:
+    return LEADING_TAG.sub("", cut_at_new_turn(text)).strip()
+
+
+def sample_with_retries(engine: Engine, requests: list[ChatRequest], params: SamplingParams,
+                        max_retries: int,
+                        check: Callable[[str], str | None] = degenerate_reason,
+                        post: Callable[[str], str] = clean_output) -> tuple[list[str | None], list[str | None], list[int]]:
+    """One accepted output per request, retrying rejected ones with a new seed offset.
+
+    Returns (texts, reasons, attempts): text None with the last rejection reason when every try
+    failed. Retries are deterministic (attempt k uses seed offset base + k), so a resumed run
+    hits the request cache for every attempt it already made.
+    """
+    n = len(requests)
+    texts: list[str | None] = [None] * n
+    reasons: list[str | None] = [None] * n
+    attempts = [0] * n
+    pending = list(range(n))
+    one = replace(params, n=1)
+    for attempt in range(max_retries + 1):
+        if not pending:
+            break
+        batch = [replace(requests[i], seed_offset=requests[i].seed_offset + attempt * 7919) for i in pending]
+        outs = engine.generate(batch, one)
+        still = []
+        for i, comps in zip(pending, outs):
+            attempts[i] = attempt + 1
+            comp: Completion = comps[0]
+            if comp.finish_reason == "error":
+                reasons[i] = f"engine error: {comp.error}"
+                still.append(i)
+                continue
+            text = post(comp.text)
+            why = check(text)
+            if why is None:
+                texts[i], reasons[i] = text, None
+            else:
+                reasons[i] = why
+                still.append(i)
+        pending = still
+    return texts, reasons, attempts
+
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def pair_table(rows: list[dict]) -> pa.Table:
+    """Build a PAIR-schema table from dicts with prompt/chosen/rejected/source (+ optional fields)."""
+    cols: dict[str, list] = {f.name: [] for f in PAIR}
+    extra: dict[str, list] = {}
+    for r in rows:
+        r = dict(r)
+        r.setdefault("id", content_id(r["prompt"], r["chosen"], r["rejected"]))
+        r.setdefault("label_prob", 1.0)
+        r.setdefault("margin", 0.0)
+        r.setdefault("flipped", False)
+        meta = r.get("meta", {})
+        r["meta"] = meta if isinstance(meta, str) else json.dumps(meta, ensure_ascii=False, sort_keys=True)
+        for name in cols:
+            cols[name].append(r.get(name))
+        for k in r.keys() - cols.keys():
+            extra.setdefault(k, [None] * (len(cols["id"]) - 1)).append(r[k])
+        for k in extra.keys() - r.keys():
+            extra[k].append(None)
+    table = pa.table(cols, schema=PAIR)
+    for k, v in extra.items():
+        table = table.append_column(k, pa.array(v))
+    return table
+
+
+def drop_reasons_markdown(reasons: dict[str, int]) -> str:
+    if not reasons:
+        return "No examples were dropped."
+    lines = ["| reason | examples |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
+
+
+def examples_markdown(table: pa.Table, k: int = 3, width: int = 300) -> str:
+    out = []
+    for r in table.slice(0, k).to_pylist():
+        last_user = next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "")
+        out.append(f"**Prompt:** {last_user[:width]}\n\n- **chosen:** {r['chosen'][-1]['content'][:width]}\n"
+                   f"- **rejected:** {r['rejected'][-1]['content'][:width]}\n")
+    return "\n".join(out) or "(no rows)"
+
+
+def length_figure(table: pa.Table, title: str):
+    """Histogram of chosen vs rejected lengths (words): the first thing to check for length bias."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    df = pl.from_arrow(table.select(["chosen", "rejected"]))
+    lens = df.select(
+        pl.col("chosen").list.last().struct.field("content").str.split(" ").list.len().alias("chosen"),
+        pl.col("rejected").list.last().struct.field("content").str.split(" ").list.len().alias("rejected"),
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist([lens["chosen"].to_numpy(), lens["rejected"].to_numpy()], bins=20, label=["chosen", "rejected"])
+    ax.set_xlabel("words")
+    ax.set_ylabel("pairs")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

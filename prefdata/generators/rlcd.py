@@ -1,0 +1,159 @@
+"""RLCD: contrastive prompting for preference pairs (Yang et al. 2023, arXiv 2307.12950).
+
+For each dialogue prefix, one descriptor pair (positive, negative) is drawn with a seed. The model
+continues the dialogue twice: under the positive descriptor (o+) and under the negative one (o-).
+o+ is chosen and o- rejected by construction; no judge is involved.
+
+    from prefdata.generators import rlcd
+    table = rlcd.generate(prompts, engine, rlcd.RLCDConfig(principle_set="harmless"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.generators.common import (assistant, drop_reasons_markdown, examples_markdown, length_figure,
+                                        pair_table, sample_with_retries)
+from prefdata.prompts import rlcd as tpl
+
+NAME = "rlcd"
+
+
+class RLCDConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    principle_set: str = Field("harmless", description="Descriptor set: 'harmless' (16 pairs) or 'helpful', "
+                               "or a set from `principles_file`.")
+    principles_file: str | None = Field(None, description="YAML with `version` and `sets:` of [positive, negative] "
+                                        "pairs, to use your own descriptors.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="The paper samples at T=1.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(128, ge=1, le=4096, description="The paper used 300; smaller is faster on CPU.")
+    category_sets: dict[str, str] = Field(default_factory=dict, description="Per-example set by the prompt's "
+                                          "meta.category, e.g. {harmlessness: harmless, helpfulness: helpful}; "
+                                          "other examples use `principle_set`.")
+    max_retries: int = Field(5, ge=0, le=20, description="Re-sample an empty or degenerate output this many "
+                             "times, then drop the example with the reason recorded (the paper retries 5x).")
+
+
+def pair_index(example_id: str, seed: int, n_pairs: int) -> int:
+    """One descriptor pair per example, from (seed, example id): stable under reordering and resume."""
+    h = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % n_pairs
+
+
+def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None, *, seed: int = 0,
+             report: dict | None = None) -> pa.Table:
+    """Return a PAIR-schema table with one (o+, o-) pair per prompt that survived the filters.
+
+    `prompts` needs `id` and `prompt` (messages ending where the assistant speaks next).
+    `report`, when given, receives drop counts and reasons.
+    """
+    config = config or RLCDConfig()
+    version, sets = tpl.load_principles(config.principles_file)
+    if config.principle_set not in sets:
+        from prefdata.errors import ConfigError
+
+        raise ConfigError(f"principle_set '{config.principle_set}' not found (have: {', '.join(sets)})")
+    for name in config.category_sets.values():
+        if name not in sets:
+            from prefdata.errors import ConfigError
+
+            raise ConfigError(f"category_sets: principle set '{name}' not found (have: {', '.join(sets)})")
+    template_version = f"{tpl.TEMPLATE_VERSION}+{version}"
+    cols = ["id", "prompt"] + (["meta"] if "meta" in prompts.column_names else [])
+    rows = prompts.select(cols).to_pylist()
+
+    requests, picks = [], []
+    for r in rows:
+        prompt = _until_assistant_turn(r["prompt"])
+        set_name = config.category_sets.get(_category(r.get("meta")), config.principle_set)
+        pairs = sets[set_name]
+        i = pair_index(r["id"], seed, len(pairs))
+        pos, neg = pairs[i]
+        picks.append((prompt, i, pos, neg, set_name))
+        for desc, opp in ((pos, neg), (neg, pos)):
+            msgs, prefix = tpl.build_messages(prompt, desc, opp)
+            requests.append(ChatRequest(messages=msgs, assistant_prefix=prefix, template_version=template_version,
+                                        request_id=r["id"]))
+    params = SamplingParams(n=1, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
+                            stop=("\nHuman:", "\nUser:", "\n\nHuman"), seed=seed)
+    texts, reasons, attempts = sample_with_retries(engine, requests, params, config.max_retries)
+
+    out, dropped = [], Counter()
+    for k, (r, (prompt, i, pos, neg, set_name)) in enumerate(zip(rows, picks)):
+        o_pos, o_neg = texts[2 * k], texts[2 * k + 1]
+        if o_pos is None or o_neg is None:
+            side = "positive" if o_pos is None else "negative"
+            dropped[f"{side} output {reasons[2 * k] if o_pos is None else reasons[2 * k + 1]} "
+                    f"after {config.max_retries + 1} tries"] += 1
+            continue
+        if o_pos == o_neg:
+            dropped["identical outputs"] += 1
+            continue
+        out.append({
+            "prompt": prompt, "chosen": assistant(o_pos), "rejected": assistant(o_neg),
+            "source": f"{NAME}/{template_version}",
+            "meta": {"principle_set": set_name, "pair_index": i, "positive": pos, "negative": neg,
+                     "principles_version": version, "prompt_id": r["id"],
+                     "attempts": [attempts[2 * k], attempts[2 * k + 1]]},
+        })
+    if report is not None:
+        report.update({"input_examples": len(rows), "pairs": len(out), "dropped": sum(dropped.values()),
+                       "drop_reasons": dict(dropped)})
+    return pair_table(out)
+
+
+def _category(meta) -> str | None:
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    return meta.get("category") if isinstance(meta, dict) else None
+
+
+def _until_assistant_turn(messages: list[dict]) -> list[dict]:
+    """A prefix must end where the assistant speaks next: trim a trailing assistant turn."""
+    msgs = list(messages)
+    while msgs and msgs[-1]["role"] == "assistant":
+        msgs.pop()
+    return msgs
+
+
+def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
+    from prefdata.pipeline import StepResult
+
+    report: dict = {}
+    pairs = generate(table, ctx.engine(), cfg, seed=ctx.seed, report=report)
+    version, sets = tpl.load_principles(cfg.principles_file)
+    metas = [json.loads(m) for m in pairs.column("meta").to_pylist()]
+    used = Counter((m["principle_set"], m["pair_index"]) for m in metas)
+    principles = "\n".join(f"| {name} | {i} | {p} | {n} | {used.get((name, i), 0)} |"
+                           for name in sorted({cfg.principle_set, *cfg.category_sets.values()})
+                           for i, (p, n) in enumerate(sets[name]))
+    sections = [
+        ("RLCD generation", f"{report['pairs']} pairs from {report['input_examples']} prompts "
+                            f"({report['dropped']} dropped). Chosen = continuation under the positive "
+                            f"descriptor, rejected = under the negative one (Yang et al. 2023, arXiv 2307.12950)."),
+        ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
+        (f"Descriptor pairs ({version})",
+         "| set | index | positive | negative | pairs |\n|---|---|---|---|---|\n" + principles),
+        ("Examples", examples_markdown(pairs)),
+    ]
+    figures = {"lengths": length_figure(pairs, "RLCD: chosen vs rejected length")} if len(pairs) else {}
+    return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures,
+                      lineage={"templates": {"rlcd_prompt": tpl.TEMPLATE_VERSION, "rlcd_principles": version},
+                               "seeds": {"pipeline": ctx.seed}},
+                      report=report)
+
+
+def register() -> None:
+    from prefdata.pipeline import register_step
+
+    register_step(NAME, RLCDConfig, run_step)

@@ -1,0 +1,349 @@
+"""YAML pipelines: a file names steps, each step reads an input and commits a store version.
+
+    prefdata run pipelines/quickstart.yaml --set steps.rlcd.config.max_tokens=64
+
+A pipeline file maps 1:1 onto `PipelineSpec` below; every step's `config` maps 1:1 onto the pydantic
+Config its step type registered. Unknown keys anywhere are errors that name the file and the key.
+
+Resume: each step has a fingerprint (step type, its config, the engine settings that change outputs,
+the input's content). A step whose fingerprint is already committed is skipped, and inside a step the
+request cache means a killed run regenerates nothing it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import typer
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import prefdata
+from prefdata.errors import ConfigError, PrefdataError
+
+# ----------------------------------------------------------------------------- step registry
+
+
+@dataclass
+class StepResult:
+    tables: dict[str, pa.Table]
+    kind: str = "pair"
+    card_sections: list[tuple[str, str]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)  # templates, seeds, anything a step wants recorded
+    report: dict = field(default_factory=dict)  # counts and drop reasons, shown in the run summary
+    side_tables: dict[str, tuple[str, pa.Table]] = field(default_factory=dict)  # name -> (kind, table)
+
+
+StepFn = Callable[[Any, pa.Table, "StepContext"], StepResult]
+_STEPS: dict[str, tuple[type[BaseModel], StepFn]] = {}
+# Modules that register step types when imported; optional ones may not exist yet.
+_STEP_MODULES = ("prefdata.generators.rlcd", "prefdata.generators.conditional",
+                 "prefdata.generators.self_reward", "prefdata.generators.bpo",
+                 "prefdata.curation.step")
+
+
+def register_step(type_name: str, config_model: type[BaseModel], fn: StepFn) -> None:
+    _STEPS[type_name] = (config_model, fn)
+
+
+def step_types() -> dict[str, tuple[type[BaseModel], StepFn]]:
+    import importlib
+
+    for mod in _STEP_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and mod.startswith(e.name):
+                continue
+            raise
+        if hasattr(m, "register"):
+            m.register()
+    return _STEPS
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Unique step name, used by `--set steps.<name>.…` and `step:<name>` inputs.")
+    uses: str = Field(description="Registered step type, e.g. rlcd, conditional, self_reward, bpo, clean_labels.")
+    input: str = Field(description="A file, a store ref (name@v1), `builtin:<prompt set>` or `step:<earlier step>`.")
+    output: str = Field(description="Store dataset name the result is committed under.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N input rows (smoke runs).")
+    engine: dict | None = Field(None, description="Engine overrides for this step (merged over the pipeline's).")
+    config: dict = Field(default_factory=dict, description="The step type's own config; keys are checked.")
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "pipeline"
+    description: str = ""
+    seed: int = 0
+    engine: dict = Field(default_factory=dict, description="EngineConfig fields shared by every step.")
+    on_error: str = Field("raise", pattern="^(raise|quarantine)$",
+                          description="Bad input rows: fail (raise) or set them aside with a reason.")
+    steps: list[StepSpec]
+
+
+@dataclass
+class StepContext:
+    spec: PipelineSpec
+    step: StepSpec
+    source_file: str
+    seed: int
+    _engines: dict = field(default_factory=dict)
+
+    def engine_config(self, override: dict | None = None):
+        from prefdata.engines import EngineConfig
+
+        merged = {**self.spec.engine, **(self.step.engine or {}), **(override or {})}
+        try:
+            return EngineConfig(**merged)
+        except ValidationError as e:
+            raise ConfigError(_fmt_validation(self.source_file, f"steps.{self.step.name}.engine", e)) from None
+
+    def engine(self, override: dict | None = None):
+        """One engine per distinct config per run: loading a model twice wastes minutes on CPU."""
+        from prefdata.engines import get_engine
+
+        cfg = self.engine_config(override)
+        key = cfg.model_dump_json()
+        if key not in self._engines:
+            self._engines[key] = get_engine(cfg)
+        return self._engines[key]
+
+
+def _fmt_validation(source: str, where: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in (where, *e["loc"]) if x != "")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"'{loc}': {e['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars give the natural types: 3 -> int, 0.5 -> float, true -> bool, [a, b] -> list.
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """`--set a.b.c=v`; inside `steps`, a step is addressed by its name (`steps.rlcd.config.x=1`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
+                if not match:
+                    names = [s.get("name") for s in node if isinstance(s, dict)]
+                    raise ConfigError(f"{source}: --set {key}: no step named '{part}' (steps: {names})")
+                node = match[0]
+            else:
+                node = node.setdefault(part, {})
+        if isinstance(node, list):
+            raise ConfigError(f"{source}: --set {key}: address a step by name, e.g. steps.<name>.config.x")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise PrefdataError(f"pipeline file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = apply_overrides(raw, overrides or [], str(path))
+    try:
+        spec = PipelineSpec(**raw)
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(str(path), "", e)) from None
+    names = [s.name for s in spec.steps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: step names must be unique, got {names}")
+    types = step_types()
+    from prefdata.engines import EngineConfig
+
+    try:
+        EngineConfig(**spec.engine)
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(str(path), "engine", e)) from None
+    for s in spec.steps:
+        if s.uses not in types:
+            raise ConfigError(f"{path}: steps.{s.name}.uses: unknown step type '{s.uses}' "
+                              f"(known: {', '.join(sorted(types))})")
+        cfg_model = types[s.uses][0]
+        try:
+            cfg_model(**s.config)
+        except ValidationError as e:
+            raise ConfigError(_fmt_validation(str(path), f"steps.{s.name}.config", e)) from None
+    return spec
+
+
+# ----------------------------------------------------------------------------- inputs
+
+BUILTIN_DIR = Path(__file__).parent / "data"
+
+
+def read_input(source: str, step_outputs: dict[str, Any], on_error: str, quarantine_path: Path) -> tuple[pa.Table, str]:
+    """Return (table, lineage name of the source)."""
+    from prefdata import io
+
+    if source.startswith("step:"):
+        name = source[5:]
+        if name not in step_outputs:
+            raise ConfigError(f"input '{source}': no earlier step named '{name}'")
+        version = step_outputs[name]
+        from prefdata import store
+
+        return store.load_table(version.ref), version.ref
+    if source.startswith("builtin:"):
+        name = source[8:]
+        path = BUILTIN_DIR / f"{name}.jsonl"
+        if not path.is_file():
+            known = sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl"))
+            raise PrefdataError(f"unknown built-in prompt set '{name}' (known: {', '.join(known)})")
+        return io.read(str(path), on_error=on_error, quarantine_path=quarantine_path), source
+    table = io.read(source, on_error=on_error, quarantine_path=quarantine_path)
+    if "@" in source and not Path(source).exists():
+        from prefdata import store
+
+        return table, store.resolve(source).ref
+    return table, str(Path(source).resolve())
+
+
+def _table_digest(table: pa.Table) -> str:
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_digest: str, seed: int) -> str:
+    """What determines a step's output. Run-only settings (batch budget, concurrency, progress,
+    cache location) are left out so changing them never invalidates finished work."""
+    eng = engine_cfg.model_dump() if engine_cfg is not None else {}
+    for run_only in ("token_budget", "max_batch_size", "concurrency", "progress", "cache", "cache_path",
+                     "max_retries", "timeout_s", "api_key_env"):
+        eng.pop(run_only, None)
+    blob = json.dumps({"uses": step.uses, "config": step_cfg.model_dump(mode="json"), "engine": eng,
+                       "input": input_digest, "limit": step.limit, "seed": seed,
+                       "prefdata": prefdata.__version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _find_committed(name: str, fp: str):
+    """The newest version of `name` whose lineage carries this step fingerprint, if any."""
+    from prefdata import store
+
+    try:
+        versions = store.list_versions(name)
+    except PrefdataError:
+        return None
+    for v in reversed(versions):
+        if (v.manifest.get("lineage") or {}).get("fingerprint") == fp:
+            return v
+    return None
+
+
+def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str = "local",
+                 command: str | None = None) -> dict[str, Any]:
+    """Run every step and return {step name: committed store Version}."""
+    from rich.console import Console
+
+    from prefdata import store
+
+    console = Console(stderr=True)
+    spec = load_spec(path, overrides)
+    if executor != "local":
+        raise PrefdataError(f"executor '{executor}' is not available in this build (use --executor local)")
+    command = command or "prefdata run " + " ".join(shlex.quote(a) for a in [str(path)] + [f"--set={o}" for o in (overrides or [])])
+    types = step_types()
+    outputs: dict[str, Any] = {}
+    for step in spec.steps:
+        cfg_model, fn = types[step.uses]
+        step_cfg = cfg_model(**step.config)
+        quarantine = store.home() / "quarantine" / f"{step.output}.jsonl"
+        table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
+        if step.limit is not None:
+            table = table.slice(0, step.limit)
+        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed)
+        engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
+        fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
+        done = _find_committed(step.output, fp)
+        if done is not None:
+            console.print(f"[green]✓[/] {step.name}: already committed as {done.ref} (fingerprint {fp}), skipped")
+            outputs[step.name] = done
+            continue
+        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {source_ref}")
+        t0 = time.time()
+        result = fn(step_cfg, table, ctx)
+        elapsed = time.time() - t0
+        engine_lineage = {}
+        if engine_cfg is not None:
+            eng = ctx.engine()
+            engine_lineage = {"engine": eng.name, "model": eng.model_id}
+        side_refs = {}
+        for side_name, (side_kind, side_table) in result.side_tables.items():
+            v = store.commit(f"{step.output}-{side_name}", side_table, kind=side_kind,
+                             lineage={"parents": [source_ref], "step": {"name": step.name, "uses": step.uses,
+                                                                          "config": step_cfg.model_dump(mode="json")},
+                                      "fingerprint": fp, **engine_lineage},
+                             command=command)
+            side_refs[side_name] = v.ref
+        lineage = {
+            "parents": [source_ref],
+            "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
+                     "limit": step.limit, "pipeline": str(path)},
+            "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
+            **engine_lineage,
+            "seeds": {"pipeline": spec.seed},
+            "fingerprint": fp,
+            "side_tables": side_refs,
+            "report": result.report,
+            "elapsed_s": round(elapsed, 2),
+            **result.lineage,
+        }
+        version = store.commit(step.output, result.tables, kind=result.kind, lineage=lineage, command=command,
+                               card_sections=result.card_sections, figures=result.figures)
+        outputs[step.name] = version
+        rows = sum(len(t) for t in result.tables.values())
+        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s")
+    return outputs
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        file: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/quickstart.yaml"),
+        set_: list[str] = typer.Option([], "--set", help="Override a key: --set steps.rlcd.limit=8"),
+        executor: str = typer.Option("local", help="local (default) or ray"),
+    ):
+        """Run a YAML pipeline and commit each step's output as a dataset version."""
+        command = "prefdata run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+        outputs = run_pipeline(file, set_, executor=executor, command=command)
+        for name, v in outputs.items():
+            typer.echo(f"{name}: {v.ref}  card: {v.card_path}")

@@ -1,0 +1,69 @@
+"""RLCD prompt construction (Yang et al. 2023, arXiv 2307.12950), in our own wording.
+
+p+ and p- are built from the same dialogue and differ only by the descriptor phrase, so any
+difference between o+ and o- is attributable to that phrase (the paper's design rule: the two
+prompts look as alike as possible on the surface). The descriptor is attached to the assistant's
+turn as a parenthesised tag; earlier assistant turns carry the opposite descriptor, as the method
+prescribes for multi-turn prefixes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from prefdata.errors import ConfigError
+
+TEMPLATE_VERSION = "rlcd-prompt-1"
+PRINCIPLES_FILE = Path(__file__).with_name("rlcd_principles.yaml")
+
+SYSTEM = ("You are writing the assistant's side of a conversation. Every assistant turn starts with "
+          "a tag in parentheses that says what kind of reply it is. Write the next reply so that it "
+          "matches its tag.")
+
+
+@lru_cache(maxsize=8)
+def load_principles(path: str | None = None) -> tuple[str, dict[str, list[tuple[str, str]]]]:
+    """Return (version, {set name: [(positive, negative), ...]}) from a YAML file."""
+    p = Path(path) if path else PRINCIPLES_FILE
+    if not p.is_file():
+        raise ConfigError(f"principles file not found: {p}")
+    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw.get("sets"), dict) or not raw.get("version"):
+        raise ConfigError(f"{p}: needs 'version' and 'sets: {{name: [[positive, negative], ...]}}'")
+    sets: dict[str, list[tuple[str, str]]] = {}
+    for name, pairs in raw["sets"].items():
+        if not pairs:
+            raise ConfigError(f"{p}: sets.{name} is empty")
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+                raise ConfigError(f"{p}: sets.{name}[{i}] must be [positive, negative] strings")
+        sets[name] = [(a.strip(), b.strip()) for a, b in pairs]
+    return str(raw["version"]), sets
+
+
+def tag(descriptor: str) -> str:
+    return f"({descriptor} reply) "
+
+
+def build_messages(prompt: list[dict], descriptor: str, opposite: str) -> tuple[list[dict], str]:
+    """Messages for one side of the contrast plus the assistant prefix the model continues.
+
+    Earlier assistant turns get the opposite tag; the new turn gets `descriptor` via the prefix,
+    which the engine appends after the chat template's generation prompt.
+    """
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for m in prompt:
+        if m["role"] == "system":
+            # Keep a user's own system instructions, after ours.
+            msgs.append({"role": "system", "content": m["content"]})
+        elif m["role"] == "assistant":
+            msgs.append({"role": "assistant", "content": tag(opposite) + m["content"]})
+        else:
+            msgs.append({"role": m["role"], "content": m["content"]})
+    # Some chat templates reject two system messages; fold ours into the first.
+    if len(msgs) > 1 and msgs[1]["role"] == "system":
+        msgs = [{"role": "system", "content": SYSTEM + "\n\n" + msgs[1]["content"]}] + msgs[2:]
+    return msgs, tag(descriptor)
