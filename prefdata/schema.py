@@ -93,3 +93,179 @@ def content_id(*parts: object) -> str:
     (prompt, chosen, rejected). Same content -> same id, across runs and machines."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- validation
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+MESSAGE_FIELDS = {"prompt": "user", "chosen": "assistant", "rejected": "assistant", "completion": "assistant"}
+
+
+class RowError(Exception):
+    """A bad value inside one row; `validate` turns it into a DataError with file and row."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+def as_messages(value, field: str) -> list[dict]:
+    """Messages from a list of {role, content}, or a plain string (the role follows the field:
+    a bare prompt is a user turn, a bare answer an assistant turn)."""
+    if isinstance(value, str):
+        value = [{"role": MESSAGE_FIELDS.get(field, "user"), "content": value}]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RowError(field, "must be a non-empty list of messages or a non-empty string")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise RowError(f"{field}[{i}]", "message must be an object with 'role' and 'content'")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise RowError(f"{field}[{i}].role", f"unknown role {role!r} (expected one of {sorted(ROLES)})")
+        if not isinstance(content, str) or not content.strip():
+            raise RowError(f"{field}[{i}].content", "empty message content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _number(value, field: str, lo: float | None = None, hi: float | None = None):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError(field, f"must be a number, got {type(value).__name__}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise RowError(field, "must be finite (got NaN or inf)")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise RowError(field, f"must be within [{lo}, {hi}], got {v}")
+    return v
+
+
+def _json_text(value, field: str) -> str:
+    if value is None:
+        return "{}"
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError) as e:
+        raise RowError(field, f"not JSON-serialisable: {e}") from None
+
+
+def check_row(row: dict, kind: str) -> dict:
+    """One normalised row of `kind`, or RowError naming the field."""
+    for f in REQUIRED[kind]:
+        if row.get(f) is None or (isinstance(row.get(f), str) and not row[f].strip()):
+            raise RowError(f, "missing" if row.get(f) is None else "empty")
+    out = dict(row)
+    for f in SCHEMAS[kind].names:
+        if f in MESSAGE_FIELDS and (f in REQUIRED[kind] or out.get(f) is not None):
+            out[f] = as_messages(out[f], f)
+    for f, default in DEFAULTS[kind].items():
+        if out.get(f) is None:
+            out[f] = default
+    if kind == "pair":
+        for f in ("chosen_score", "rejected_score", "strength_mean", "strength_std", "margin"):
+            out[f] = _number(out.get(f), f)
+        out["label_prob"] = _number(out.get("label_prob"), "label_prob", 0.0, 1.0)
+        votes = out.get("votes")
+        if votes is not None:
+            if not isinstance(votes, (list, tuple)):
+                raise RowError("votes", "must be a list of numbers")
+            out["votes"] = [_number(v, f"votes[{i}]") for i, v in enumerate(votes)]
+        if not isinstance(out.get("flipped"), bool):
+            raise RowError("flipped", "must be true or false")
+    if kind == "unpaired":
+        if not isinstance(out["label"], bool):
+            raise RowError("label", "must be true or false")
+        out["weight"] = _number(out.get("weight"), "weight", 0.0, None)
+    if kind == "completion":
+        out["logprob"] = _number(out.get("logprob"), "logprob")
+    for f in ("meta", "sampling"):
+        if f in SCHEMAS[kind].names:
+            out[f] = _json_text(out.get(f), f)
+    for f in ("engine", "model", "finish_reason", "source"):
+        if f in SCHEMAS[kind].names and out.get(f) is not None and not isinstance(out[f], str):
+            out[f] = str(out[f])
+    if not out.get("id"):
+        content = {"prompt": ["prompt"], "pair": ["prompt", "chosen", "rejected"],
+                   "completion": ["prompt", "completion"], "unpaired": ["prompt", "completion", "label"]}[kind]
+        out["id"] = content_id(*(out[c] for c in content))
+    else:
+        out["id"] = str(out["id"])
+    return out
+
+
+def validate(data, kind: str, *, source: str = "<memory>", on_error: str = "raise",
+             quarantine_path=None, row_numbers: list[int] | None = None, normalise=None):
+    """Coerce rows to `kind`'s schema (extra columns kept) or fail naming file, row and field.
+
+    With on_error="quarantine", bad rows go to `quarantine_path` (JSONL with row, field, reason and
+    the record) and the good rows are returned; the count is reported on stderr. Nothing is dropped
+    silently either way. `normalise(row, kind)` maps another layout (HH, TRL) onto our fields first.
+    """
+    from prefdata.errors import DataError, PrefdataError
+
+    if kind not in SCHEMAS:
+        raise PrefdataError(f"unknown record kind '{kind}' (expected one of {', '.join(SCHEMAS)})")
+    if on_error not in ("raise", "quarantine"):
+        raise PrefdataError(f"on_error must be 'raise' or 'quarantine', got '{on_error}'")
+    if isinstance(data, pa.Table):
+        rows = data.to_pylist()
+    elif hasattr(data, "to_arrow"):
+        rows = data.to_arrow().to_pylist()
+    else:
+        rows = list(data)
+    good, bad = [], []
+    for i, row in enumerate(rows):
+        n = row_numbers[i] if row_numbers else i + 1
+        try:
+            if not isinstance(row, dict):
+                raise RowError("(row)", "must be a JSON object")
+            good.append(check_row(normalise(row, kind) if normalise else row, kind))
+        except RowError as e:
+            if on_error == "raise":
+                raise DataError(e.reason, file=source, row=n, field=e.field) from None
+            bad.append({"row": n, "field": e.field, "reason": e.reason, "record": row})
+    if bad:
+        _write_quarantine(bad, quarantine_path, source)
+    return to_table(good, kind)
+
+
+def _write_quarantine(bad: list[dict], path, source: str) -> None:
+    import os
+    import sys
+    from pathlib import Path
+
+    from prefdata.errors import PrefdataError
+
+    if path is None:
+        raise PrefdataError(f"{source}: {len(bad)} bad rows and no quarantine file given")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for b in bad:
+            f.write(json.dumps({"source": source, **b}, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+    print(f"warning: {source}: {len(bad)} rows quarantined to {path} (first: row {bad[0]['row']}, "
+          f"field '{bad[0]['field']}': {bad[0]['reason']})", file=sys.stderr)
+
+
+def to_table(rows: list[dict], kind: str) -> pa.Table:
+    """Rows already normalised by `check_row` -> Arrow, schema columns typed, extras appended."""
+    schema = SCHEMAS[kind]
+    table = pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
+    extras: list[str] = []
+    for r in rows:
+        extras += [k for k in r if k not in schema.names and k not in extras]
+    for k in extras:
+        values = [r.get(k) for r in rows]
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Mixed shapes across rows: keep them losslessly as JSON text.
+            arr = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+        table = table.append_column(k, arr)
+    return table

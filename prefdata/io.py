@@ -1,0 +1,271 @@
+"""Readers and writers: files in, schema-valid Arrow tables out.
+
+One entry point, `read(source)`, for JSONL(.gz), Parquet, CSV, a local HF `datasets` folder and a
+store ref. Whatever the layout of the rows (HH-RLHF transcripts, TRL standard, conversational or
+implicit-prompt preference rows, KTO rows, prompt sets), they come out in our schema. Errors name
+the file, the 1-based line or row and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefdata.errors import DataError, PrefdataError
+from prefdata.schema import RowError, validate
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+# ----------------------------------------------------------------------------- HH-RLHF transcripts
+
+
+def hh_to_messages(text: str) -> list[dict]:
+    """"\\n\\nHuman: … \\n\\nAssistant: …" → chat messages. Text before the first marker is dropped
+    only if it is whitespace; otherwise the transcript is malformed."""
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise RowError("(transcript)", "text before the first 'Human:' turn")
+    msgs = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    if not msgs:
+        raise RowError("(transcript)", "no 'Human:'/'Assistant:' turns found")
+    return msgs
+
+
+def split_hh_pair(chosen_text: str, rejected_text: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """Two full transcripts sharing every turn but the last → (prompt, chosen, rejected)."""
+    try:
+        c = hh_to_messages(chosen_text)
+    except RowError as e:
+        raise RowError("chosen", e.reason) from None
+    try:
+        r = hh_to_messages(rejected_text)
+    except RowError as e:
+        raise RowError("rejected", e.reason) from None
+    if c[-1]["role"] != "assistant":
+        raise RowError("chosen", "transcript does not end with an Assistant turn")
+    if r[-1]["role"] != "assistant":
+        raise RowError("rejected", "transcript does not end with an Assistant turn")
+    if c[:-1] != r[:-1]:
+        raise RowError("rejected", "chosen and rejected transcripts differ before the last assistant turn")
+    prompt = c[:-1]
+    if not prompt:
+        raise RowError("prompt", "no turns before the final assistant turn")
+    return prompt, [_nonempty(c[-1], "chosen")], [_nonempty(r[-1], "rejected")]
+
+
+def _nonempty(m: dict, field: str) -> dict:
+    if not m["content"]:
+        raise RowError(f"{field}[0].content", "empty message content")
+    return m
+
+
+def _is_hh(text) -> bool:
+    return isinstance(text, str) and "\n\nHuman:" in text and "\n\nAssistant:" in text
+
+
+# ----------------------------------------------------------------------------- row layouts
+
+
+def infer_kind(columns) -> str:
+    cols = set(columns)
+    if {"chosen", "rejected"} <= cols:
+        return "pair"
+    if {"completion", "label"} <= cols:
+        return "unpaired"
+    if "completion" in cols:
+        return "completion"
+    return "prompt"
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def normalise_row(row: dict, kind: str) -> dict:
+    """Map a row from any accepted layout onto our field names (types are checked later)."""
+    row = dict(row)
+    if kind == "pair":
+        c, r = row.get("chosen"), row.get("rejected")
+        if row.get("prompt") is None and _is_hh(c) and _is_hh(r):
+            row["prompt"], row["chosen"], row["rejected"] = split_hh_pair(c, r)
+        elif row.get("prompt") is None and isinstance(c, list) and isinstance(r, list) and c and r:
+            # TRL implicit prompt: the shared leading turns are the prompt.
+            n = _common_prefix(c, r)
+            row["prompt"], row["chosen"], row["rejected"] = c[:n], c[n:], r[n:]
+        elif isinstance(row.get("prompt"), list):
+            p = row["prompt"]
+            for f in ("chosen", "rejected"):
+                v = row.get(f)
+                if isinstance(v, list) and len(v) > len(p) and v[: len(p)] == p:
+                    row[f] = v[len(p):]  # conversational rows that repeat the prompt
+    if kind in ("prompt", "completion", "unpaired") and row.get("prompt") is None and row.get("instruction"):
+        # Self-Instruct / Alpaca style: instruction plus an optional input.
+        inp = row.get("input")
+        if inp is None and isinstance(row.get("instances"), list) and row["instances"]:
+            inp = (row["instances"][0] or {}).get("input")
+        row["prompt"] = row["instruction"] + (f"\n\n{inp}" if isinstance(inp, str) and inp.strip() else "")
+    return row
+
+
+# ----------------------------------------------------------------------------- file formats
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows, numbers = [], []
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path), row=n) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=str(path), row=n) from None
+            if not isinstance(obj, dict):
+                raise DataError("each line must be a JSON object", file=str(path), row=n)
+            rows.append(obj)
+            numbers.append(n)
+    return rows, numbers
+
+
+def _read_json_array(path: Path) -> tuple[list[dict], list[int]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg})", file=str(path), row=e.lineno) from None
+    if isinstance(data, dict):  # {"data": [...]} wrappers are common
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        return _read_jsonl(path)
+    return data, list(range(1, len(data) + 1))
+
+
+def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
+    import polars as pl
+
+    try:
+        df = pl.read_csv(path, infer_schema_length=0)  # all strings: we type-check ourselves
+    except Exception as e:
+        raise DataError(f"cannot parse CSV: {e}", file=str(path)) from None
+    rows = df.to_dicts()
+    for r in rows:
+        for k, v in list(r.items()):
+            if isinstance(v, str) and v.lstrip().startswith("[") and k in ("prompt", "chosen", "rejected", "completion", "votes"):
+                try:
+                    r[k] = json.loads(v)  # a message list serialised into a cell
+                except json.JSONDecodeError:
+                    pass
+            elif k in ("label", "flipped") and isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
+                r[k] = v.lower() in ("true", "1")
+            elif k in ("label_prob", "margin", "weight", "chosen_score", "rejected_score") and isinstance(v, str):
+                try:
+                    r[k] = float(v) if v.strip() else None
+                except ValueError:
+                    pass
+    return rows, [i + 2 for i in range(len(rows))]  # line numbers: the header is line 1
+
+
+def _read_rows(source: str) -> tuple[list[dict], list[int], str]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            from prefdata import store
+
+            return store.load_table(str(path)).to_pylist(), [], str(path)
+        try:
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise PrefdataError(f"{path}: not a dataset folder ({e})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        return ds.to_list(), [], str(path)
+    if path.is_file():
+        name = path.name.lower()
+        if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+            rows, nums = _read_jsonl(path)
+        elif name.endswith((".json", ".json.gz")):
+            rows, nums = _read_jsonl(path) if name.endswith(".gz") else _read_json_array(path)
+        elif name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            try:
+                rows = pq.read_table(path).to_pylist()
+            except Exception as e:
+                raise DataError(f"cannot read Parquet: {e}", file=str(path)) from None
+            nums = []
+        elif name.endswith(".csv"):
+            rows, nums = _read_csv(path)
+        else:
+            raise PrefdataError(f"{path}: unknown file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
+        return rows, nums, str(path)
+    if "@" in source:
+        from prefdata import store
+
+        v = store.resolve(source)
+        return store.load_table(str(v.path)).to_pylist(), [], v.ref
+    raise PrefdataError(f"file not found: {path}")
+
+
+def read(source: str, kind: str | None = None, *, on_error: str = "raise", quarantine_path=None) -> pa.Table:
+    """Read any supported source into a schema-valid table of `kind` (inferred when None)."""
+    rows, numbers, label = _read_rows(str(source))
+    if not rows:
+        raise DataError("no rows", file=label)
+    if kind is None:
+        kind = infer_kind(rows[0].keys())
+    table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
+                     row_numbers=numbers or None, normalise=normalise_row)
+    if table.num_rows == 0:
+        raise DataError("no valid rows", file=label)
+    return table
+
+
+def write(table: pa.Table, path: str | Path) -> Path:
+    """Write by extension (.jsonl, .parquet, .csv); atomic, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        elif name.endswith(".jsonl"):
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in table.to_pylist():
+                    f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+        elif name.endswith(".csv"):
+            import polars as pl
+
+            df = pl.from_arrow(table)
+            nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct))]
+            df = df.with_columns([pl.Series(c, [json.dumps(v, ensure_ascii=False) for v in df[c].to_list()])
+                                  for c in nested])
+            df.write_csv(tmp)
+        else:
+            raise PrefdataError(f"{path}: unknown output type (use .jsonl, .parquet or .csv)")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,93 @@
+"""Read-side operations over versions: ancestry, diffs and exports to TRL's formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from prefdata.errors import PrefdataError, RefError
+from prefdata.store.core import Version, load_table, resolve
+
+
+def log(ref: str) -> list[tuple[int, Version | str]]:
+    """Ancestry as (depth, node): a node is a Version, or a string for a parent outside the store
+    (a file path or a built-in prompt set)."""
+    out: list[tuple[int, Version | str]] = []
+    seen: set[str] = set()
+
+    def walk(r: str, depth: int):
+        try:
+            v = resolve(r)
+        except RefError:
+            out.append((depth, r))
+            return
+        out.append((depth, v))
+        if v.ref in seen:
+            return
+        seen.add(v.ref)
+        for p in v.manifest.get("parents") or []:
+            walk(p, depth + 1)
+
+    walk(ref, 0)
+    return out
+
+
+def diff(a: str, b: str, split: str = "train") -> dict:
+    va, vb = resolve(a), resolve(b)
+    ta, tb = load_table(str(va.path), split), load_table(str(vb.path), split)
+    ids_a = set(ta.column("id").to_pylist()) if "id" in ta.column_names else set()
+    ids_b = set(tb.column("id").to_pylist()) if "id" in tb.column_names else set()
+    sa = {f.name: str(f.type) for f in ta.schema}
+    sb = {f.name: str(f.type) for f in tb.schema}
+    la, lb = va.manifest.get("lineage") or {}, vb.manifest.get("lineage") or {}
+    changed_cols = []
+    common = sorted(ids_a & ids_b)
+    if common:
+        da = pl.from_arrow(ta).filter(pl.col("id").is_in(common)).sort("id")
+        db = pl.from_arrow(tb).filter(pl.col("id").is_in(common)).sort("id")
+        for c in sorted(set(sa) & set(sb)):
+            if c != "id" and sa[c] == sb[c] and not da[c].equals(db[c]):
+                changed_cols.append(c)
+    return {
+        "a": va.ref, "b": vb.ref,
+        "rows": {va.ref: ta.num_rows, vb.ref: tb.num_rows},
+        "added_ids": sorted(ids_b - ids_a), "removed_ids": sorted(ids_a - ids_b),
+        "columns_added": sorted(set(sb) - set(sa)), "columns_removed": sorted(set(sa) - set(sb)),
+        "columns_retyped": sorted(c for c in set(sa) & set(sb) if sa[c] != sb[c]),
+        "columns_changed_on_shared_rows": changed_cols,
+        "lineage_changed": sorted(k for k in set(la) | set(lb) if la.get(k) != lb.get(k)),
+    }
+
+
+def _last_text(col: str) -> pl.Expr:
+    return pl.col(col).list.last().struct.field("content")
+
+
+def export(ref: str, out: str | Path, fmt: str = "conversational", split: str = "train") -> Path:
+    """standard: TRL string columns; conversational: TRL message lists; jsonl/parquet: our schema.
+    The file type follows `out`'s extension (.jsonl or .parquet)."""
+    out = Path(out)
+    v = resolve(ref)
+    table = load_table(str(v.path), split)
+    if fmt in ("standard", "conversational"):
+        if v.manifest.get("kind") != "pair":
+            raise PrefdataError(f"{v.ref} is a '{v.manifest.get('kind')}' dataset; TRL preference formats need pairs")
+        df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
+        if fmt == "standard":
+            # TRL's standard format has plain strings; a multi-turn prompt keeps every turn, rendered
+            # with role labels, so nothing is lost when the prompt is not a single user message.
+            rendered = pl.col("prompt").list.eval(
+                pl.concat_str([pl.element().struct.field("role"), pl.lit(": "), pl.element().struct.field("content")])
+            ).list.join("\n\n")
+            single = (pl.col("prompt").list.len() == 1) & (pl.col("prompt").list.first().struct.field("role") == "user")
+            df = df.select(pl.when(single).then(_last_text("prompt")).otherwise(rendered).alias("prompt"),
+                           _last_text("chosen").alias("chosen"), _last_text("rejected").alias("rejected"))
+        table = df.to_arrow()
+    elif fmt not in ("jsonl", "parquet"):
+        raise PrefdataError(f"unknown export format '{fmt}' (standard, conversational, jsonl, parquet)")
+    from prefdata.io import write
+
+    write(table, out)
+    return out
