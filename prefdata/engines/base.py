@@ -65,3 +65,21 @@ class Engine(Protocol):
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
         """Sum log-likelihood of each completion given its request's chat prompt."""
         ...
+
+
+class Backend(Protocol):
+    """What a backend implements; `prefdata.engines.CachedEngine` turns it into an Engine.
+
+    `generate_samples` returns one completion per (request, sample index). The text must depend
+    only on the request, the params and the sample index (never on batching), so the cache can
+    store and replay each sample on its own.
+    """
+
+    name: str
+    model_id: str
+
+    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams) -> list[Completion]:
+        ...
+
+    def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
+        ...

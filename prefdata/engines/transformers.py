@@ -1,0 +1,219 @@
+"""The transformers engine: the embedded CPU default.
+
+Generation runs its own decode loop over the model's KV cache instead of `model.generate`, for one
+reason: every (request, sample) row draws from its own `torch.Generator`, seeded from the request's
+content, seed and sample index. A row's text therefore does not depend on which other rows share its
+batch, on batch order or on the token budget, which is what makes cached, resumed and re-batched
+runs agree row for row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from prefdata.engines.base import ChatRequest, Completion, SamplingParams
+from prefdata.errors import PrefdataError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def _model_fingerprint(path: str, name: str) -> str:
+    """A model id for cache keys and lineage: the name, plus the weights' identity for local dirs,
+    so replacing a checkpoint in place never serves stale cached text."""
+    p = Path(path)
+    parts = []
+    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + [p / "config.json"]:
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    info = p / "prefdata-model.json"
+    if info.is_file():  # the embedded model: its recorded checksum is the better identity
+        parts = [json.loads(info.read_text()).get("weights_sha256", "")]
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+    return f"{name}#{digest}"
+
+
+def row_seed(req: ChatRequest, params: SamplingParams, sample: int) -> int:
+    blob = json.dumps([params.seed + req.seed_offset, sample, req.messages, req.assistant_prefix,
+                       req.template_version], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") & ((1 << 63) - 1)
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, cfg):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from prefdata.models import resolve_model
+
+        self.cfg = cfg
+        path = resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype],
+                                                              trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise PrefdataError(f"cannot load model '{cfg.model}' from {path}: {str(e).splitlines()[0]}") from None
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise PrefdataError(f"model '{cfg.model}' has no chat template; prefdata sends chat messages")
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(e) for e in eos + [self.tokenizer.eos_token_id] if e is not None}
+        self.model_id = _model_fingerprint(path, cfg.model)
+        self.stats = {"generated_tokens": 0, "requests": 0}
+
+    # ------------------------------------------------------------------ prompts
+
+    def _encode(self, req: ChatRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text + req.assistant_prefix, add_special_tokens=False)["input_ids"]
+
+    def _batches(self, lengths: list[int], new_tokens: int) -> list[list[int]]:
+        """Indices grouped into batches, longest prompts first, each within the token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches, cur, cur_max = [], [], 0
+        for i in order:
+            m = max(cur_max, lengths[i])
+            if cur and ((len(cur) + 1) * (m + new_tokens) > self.cfg.token_budget
+                        or len(cur) >= self.cfg.max_batch_size):
+                batches.append(cur)
+                cur, m = [], lengths[i]
+            cur.append(i)
+            cur_max = m
+        if cur:
+            batches.append(cur)
+        return batches
+
+    # ------------------------------------------------------------------ generation
+
+    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams) -> list[Completion]:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        ids = [self._encode(r) for r, _ in items]
+        seeds = [row_seed(r, params, s) for r, s in items]
+        out: list[Completion | None] = [None] * len(items)
+        batches = self._batches([len(x) for x in ids], params.max_tokens)
+        t0, produced = time.time(), 0
+        with Progress(TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+                      TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
+                      disable=not self.cfg.progress, transient=True) as bar:
+            task = bar.add_task("gen", total=len(items), tps="-")
+            for batch in batches:
+                texts, finishes, ntoks, lps = self._decode([ids[i] for i in batch], [seeds[i] for i in batch], params)
+                for j, i in enumerate(batch):
+                    out[i] = Completion(text=texts[j], finish_reason=finishes[j], num_tokens=ntoks[j],
+                                        logprob=lps[j] if params.logprobs else None)
+                produced += sum(ntoks)
+                bar.update(task, advance=len(batch), tps=f"{produced / max(time.time() - t0, 1e-6):.0f}")
+        self.stats["generated_tokens"] += produced
+        self.stats["requests"] += len(items)
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _decode(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams):
+        pad = self.tokenizer.pad_token_id
+        b, width = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for k, p in enumerate(prompts):
+            input_ids[k, width - len(p):] = torch.tensor(p)
+            mask[k, width - len(p):] = 1
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        generated: list[list[int]] = [[] for _ in range(b)]
+        logprob = [0.0] * b
+        done = [False] * b
+        finish = ["length"] * b
+        texts = [""] * b
+        past = None
+        cur_ids, positions = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        for step in range(params.max_tokens):
+            outputs = self.model(input_ids=cur_ids, attention_mask=mask, position_ids=positions,
+                                 past_key_values=past, use_cache=True)
+            past = outputs.past_key_values
+            logits = outputs.logits[:, -1, :].float()  # (b, vocab)
+            logp = torch.log_softmax(logits, dim=-1)
+            nxt = self._sample(logits, gens, params, done)
+            for k in range(b):
+                if done[k]:
+                    continue
+                tok = int(nxt[k])
+                if tok in self.eos_ids:
+                    done[k], finish[k] = True, "stop"
+                    continue
+                generated[k].append(tok)
+                logprob[k] += float(logp[k, tok])
+                if params.stop:
+                    # Decode the tail only: a stop string can't start earlier than ~its length back.
+                    tail = self.tokenizer.decode(generated[k][-16:], skip_special_tokens=True)
+                    if any(s in tail for s in params.stop):
+                        done[k], finish[k] = True, "stop"
+            if all(done):
+                break
+            cur_ids = nxt.view(b, 1)
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+        for k in range(b):
+            full = self.tokenizer.decode(generated[k], skip_special_tokens=True)
+            hit = min((full.find(s) for s in params.stop if s in full), default=-1)
+            if hit >= 0:
+                full, finish[k] = full[:hit], "stop"
+            texts[k] = full
+        return texts, finish, [len(g) for g in generated], logprob
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, gens: list[torch.Generator], params: SamplingParams, done: list[bool]):
+        if params.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, idx = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the top token
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+        out = torch.empty(len(gens), dtype=torch.long)
+        for k, g in enumerate(gens):
+            # Each row draws from its own generator, even when finished, so a row's stream of
+            # draws never depends on its neighbours.
+            out[k] = torch.multinomial(probs[k], 1, generator=g)[0]
+        return out
+
+    # ------------------------------------------------------------------ scoring
+
+    @torch.inference_mode()
+    def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
+        """Sum log p(completion tokens | chat prompt), batched by length."""
+        pairs = []
+        for r, c in zip(requests, completions):
+            p = self._encode(r)
+            comp = self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            pairs.append((p, comp))
+        scores = [0.0] * len(pairs)
+        for batch in self._batches([len(p) + len(c) for p, c in pairs], 0):
+            seqs = [pairs[i][0] + pairs[i][1] for i in batch]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for k, s in enumerate(seqs):
+                ids[k, width - len(s):] = torch.tensor(s)
+                mask[k, width - len(s):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, position_ids=positions)
+                                     .logits.float(), dim=-1)  # (b, t, vocab)
+            for k, i in enumerate(batch):
+                n_comp = len(pairs[i][1])
+                if n_comp == 0:
+                    continue
+                tgt = ids[k, width - n_comp:]  # completion tokens
+                pred = logp[k, width - n_comp - 1: width - 1]  # the positions that predict them
+                scores[i] = float(pred.gather(-1, tgt.unsqueeze(-1)).sum())
+        return scores

