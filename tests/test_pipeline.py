@@ -34,7 +34,7 @@ class Echo:
             if self.bad_first and r.seed_offset < 7919 * self.bad_first:
                 text = "ok ok ok ok ok ok ok ok ok ok ok ok ok ok"  # degenerate: retried
             else:
-                text = f"Reply {r.assistant_prefix.strip()} to {r.messages[-1]['content']}"
+                text = f"Reply as told ({r.messages[0]['content']}) to {r.messages[-1]['content']}"
             out.append([Completion(text=text, finish_reason="stop")])
         return out
 
@@ -79,13 +79,15 @@ def test_rlcd_multiturn_earlier_assistant_turns_carry_opposite_descriptor():
     eng = Echo()
     rlcd.generate(prompts(1, multi=True), eng, seed=0)
     pos, neg = eng.calls[0], eng.calls[1]
+    positive, negative = rlcd.tpl.load_principles()[1]["harmless"][rlcd.pair_index("p0", 0, 16)]
+    assert positive in pos.messages[0]["content"] and negative in neg.messages[0]["content"]
     pos_prev = [m for m in pos.messages if m["role"] == "assistant"][0]["content"]
     neg_prev = [m for m in neg.messages if m["role"] == "assistant"][0]["content"]
     # p+ labels the earlier turn with the negative descriptor and vice versa.
-    assert neg.assistant_prefix.strip().strip("()").replace(" reply", "") in pos_prev
-    assert pos.assistant_prefix.strip().strip("()").replace(" reply", "") in neg_prev
+    assert pos_prev.startswith(f"({negative})") and neg_prev.startswith(f"({positive})")
     # Apart from the descriptor the two prompts are identical.
-    assert [m["role"] for m in pos.messages] == [m["role"] for m in neg.messages]
+    strip = lambda msgs, a, b: json.dumps(msgs).replace(a, "X").replace(b, "X")
+    assert strip(pos.messages, positive, negative) == strip(neg.messages, positive, negative)
 
 
 def test_rlcd_retries_then_drops_with_reason():
@@ -99,7 +101,7 @@ def test_rlcd_retries_then_drops_with_reason():
 
 def test_filters():
     assert clean_output("Sure, here it is.\nHuman: and now?") == "Sure, here it is."
-    assert clean_output("(kind and respectful reply) Hello") == "Hello"
+    assert clean_output("(kind and respectful) Hello") == "Hello"
     assert degenerate_reason("") == "empty"
     assert degenerate_reason("no no no no no no no no no no no no no no") == "repetitive"
     assert degenerate_reason("A perfectly normal answer with several different words in it today.") is None
@@ -160,7 +162,7 @@ def test_run_on_tiny_model_commits_and_resumes(tmp_path, tiny_model):
     man = json.loads((Path(v.path) / "manifest.json").read_text())
     lin = man["lineage"]
     assert lin["parents"] == ["builtin:quickstart_prompts"]
-    assert lin["templates"]["rlcd_prompt"] == "rlcd-prompt-1" and lin["model"]
+    assert lin["templates"]["rlcd_prompt"] == rlcd.tpl.TEMPLATE_VERSION and lin["model"]
     card = Path(v.card_path).read_text()
     assert "RLCD generation" in card and "quickstart.yaml" in card
     ds = store.load(v.ref)

@@ -14,7 +14,7 @@ from prefdata.schema import PAIR, content_id
 
 # A new turn by the user means the model started writing the other side of the dialogue.
 TURN_MARKERS = re.compile(r"\n\s*(Human|User|USER|H)\s*:|<\|im_start\|>\s*user", re.MULTILINE)
-LEADING_TAG = re.compile(r"^\s*\([^()\n]{1,60}\breply\)\s*")
+LEADING_TAG = re.compile(r"^\s*\([^()\n]{1,60}\)\s*")
 
 
 def cut_at_new_turn(text: str) -> str:

@@ -16,12 +16,13 @@ import yaml
 
 from prefdata.errors import ConfigError
 
-TEMPLATE_VERSION = "rlcd-prompt-1"
+TEMPLATE_VERSION = "rlcd-prompt-2"
 PRINCIPLES_FILE = Path(__file__).with_name("rlcd_principles.yaml")
 
-SYSTEM = ("You are writing the assistant's side of a conversation. Every assistant turn starts with "
-          "a tag in parentheses that says what kind of reply it is. Write the next reply so that it "
-          "matches its tag.")
+SYSTEM = "You are an assistant. Your next reply must be {descriptor}."
+# Earlier assistant turns are marked with the opposite descriptor, so the contrast the model sees in
+# the history points the same way as the instruction for the new turn.
+EARLIER = "({descriptor}) "
 
 
 @lru_cache(maxsize=8)
@@ -44,26 +45,21 @@ def load_principles(path: str | None = None) -> tuple[str, dict[str, list[tuple[
     return str(raw["version"]), sets
 
 
-def tag(descriptor: str) -> str:
-    return f"({descriptor} reply) "
-
-
 def build_messages(prompt: list[dict], descriptor: str, opposite: str) -> tuple[list[dict], str]:
-    """Messages for one side of the contrast plus the assistant prefix the model continues.
+    """Messages for one side of the contrast, plus the assistant prefix the model continues ("").
 
-    Earlier assistant turns get the opposite tag; the new turn gets `descriptor` via the prefix,
-    which the engine appends after the chat template's generation prompt.
+    The descriptor goes in the system turn (small chat models follow a system instruction far more
+    reliably than an in-line tag); earlier assistant turns carry the opposite descriptor.
     """
-    msgs = [{"role": "system", "content": SYSTEM}]
+    system = SYSTEM.format(descriptor=descriptor)
+    msgs = []
     for m in prompt:
         if m["role"] == "system":
-            # Keep a user's own system instructions, after ours.
-            msgs.append({"role": "system", "content": m["content"]})
+            # Keep a user's own system instructions, after ours, in one system turn: some chat
+            # templates reject two.
+            system += "\n\n" + m["content"]
         elif m["role"] == "assistant":
-            msgs.append({"role": "assistant", "content": tag(opposite) + m["content"]})
+            msgs.append({"role": "assistant", "content": EARLIER.format(descriptor=opposite) + m["content"]})
         else:
             msgs.append({"role": m["role"], "content": m["content"]})
-    # Some chat templates reject two system messages; fold ours into the first.
-    if len(msgs) > 1 and msgs[1]["role"] == "system":
-        msgs = [{"role": "system", "content": SYSTEM + "\n\n" + msgs[1]["content"]}] + msgs[2:]
-    return msgs, tag(descriptor)
+    return [{"role": "system", "content": system}] + msgs, ""
