@@ -52,26 +52,32 @@ class CachedEngine:
 
     def generate(self, requests: list[ChatRequest], params: SamplingParams) -> list[list[Completion]]:
         keys = [[request_key(self.model_id, r, params, s) for s in range(params.n)] for r in requests]
-        hits = self.cache.get_many([k for ks in keys for k in ks]) if self.cache else {}
+        hits = self.cache.get_many([k for ks in keys for k in ks]) if self.cache is not None else {}
         # Missing samples are generated as single-sample requests with an explicit sample index so
         # that a partially cached request produces exactly the samples it lacks.
         todo = [(i, s) for i, ks in enumerate(keys) for s, k in enumerate(ks) if k not in hits]
         if todo:
-            outs = self.backend.generate_samples([(requests[i], s) for i, s in todo], params)
-            fresh = {keys[i][s]: c for (i, s), c in zip(todo, outs)}
-            if self.cache:
-                self.cache.put_many(fresh)
-            hits.update(fresh)
+            def save(positions: list[int], comps: list[Completion]) -> None:
+                # Called by the backend after every batch, so a kill loses only the batch in flight.
+                fresh = {keys[todo[p][0]][todo[p][1]]: c for p, c in zip(positions, comps)}
+                if self.cache is not None:
+                    self.cache.put_many(fresh)
+                hits.update(fresh)
+
+            saved_before = len(hits)
+            outs = self.backend.generate_samples([(requests[i], s) for i, s in todo], params, on_batch=save)
+            if len(hits) - saved_before < len(todo):  # a backend that does not report batches
+                save(list(range(len(todo))), outs)
         return [[hits[k] for k in ks] for ks in keys]
 
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
         keys = [score_key(self.model_id, r, c) for r, c in zip(requests, completions)]
-        hits = self.cache.get_scores(keys) if self.cache else {}
+        hits = self.cache.get_scores(keys) if self.cache is not None else {}
         todo = [i for i, k in enumerate(keys) if k not in hits]
         if todo:
             vals = self.backend.score([requests[i] for i in todo], [completions[i] for i in todo])
             fresh = {keys[i]: v for i, v in zip(todo, vals)}
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put_scores(fresh)
             hits.update(fresh)
         return [hits[k] for k in keys]

@@ -78,7 +78,10 @@ class Backend(Protocol):
     name: str
     model_id: str
 
-    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams) -> list[Completion]:
+    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams,
+                         on_batch=None) -> list[Completion]:
+        """`on_batch(positions, completions)`, when given, is called as each batch finishes
+        (positions index into `items`); the cache commits there."""
         ...
 
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:

@@ -24,7 +24,8 @@ class ScriptedEngine:
         self._next += 1
         return text
 
-    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams) -> list[Completion]:
+    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams,
+                         on_batch=None) -> list[Completion]:
         return [Completion(text=self._answer(r, s), finish_reason="stop") for r, s in items]
 
     def generate(self, requests: list[ChatRequest], params: SamplingParams) -> list[list[Completion]]:

@@ -96,7 +96,8 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ generation
 
-    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams) -> list[Completion]:
+    def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams,
+                         on_batch=None) -> list[Completion]:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         ids = [self._encode(r) for r, _ in items]
@@ -113,6 +114,8 @@ class TransformersEngine:
                 for j, i in enumerate(batch):
                     out[i] = Completion(text=texts[j], finish_reason=finishes[j], num_tokens=ntoks[j],
                                         logprob=lps[j] if params.logprobs else None)
+                if on_batch is not None:
+                    on_batch(batch, [out[i] for i in batch])
                 produced += sum(ntoks)
                 bar.update(task, advance=len(batch), tps=f"{produced / max(time.time() - t0, 1e-6):.0f}")
         self.stats["generated_tokens"] += produced
