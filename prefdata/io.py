@@ -76,7 +76,7 @@ def _is_hh(text) -> bool:
 
 def infer_kind(columns) -> str:
     cols = set(columns)
-    if {"chosen", "rejected"} <= cols:
+    if cols & {"chosen", "rejected"}:  # one of them missing is a bad pair, not a prompt
         return "pair"
     if {"completion", "label"} <= cols:
         return "unpaired"
@@ -167,7 +167,9 @@ def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
     rows = df.to_dicts()
     for r in rows:
         for k, v in list(r.items()):
-            if isinstance(v, str) and v.lstrip().startswith("[") and k in ("prompt", "chosen", "rejected", "completion", "votes"):
+            if v is None or v == "":
+                r[k] = None  # an empty cell is a missing value, not an empty string
+            elif isinstance(v, str) and v.lstrip().startswith("[") and k in ("prompt", "chosen", "rejected", "completion", "votes"):
                 try:
                     r[k] = json.loads(v)  # a message list serialised into a cell
                 except json.JSONDecodeError:
@@ -259,7 +261,8 @@ def write(table: pa.Table, path: str | Path) -> Path:
 
             df = pl.from_arrow(table)
             nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct))]
-            df = df.with_columns([pl.Series(c, [json.dumps(v, ensure_ascii=False) for v in df[c].to_list()])
+            df = df.with_columns([pl.Series(c, [None if v is None else json.dumps(v, ensure_ascii=False)
+                                                for v in df[c].to_list()], dtype=pl.String)
                                   for c in nested])
             df.write_csv(tmp)
         else:
