@@ -172,3 +172,12 @@ def test_cli_datasets_verbs(tmp_path):
     assert "in.jsonl" in r.invoke(app, ["datasets", "log", "imp@v1"]).output
     res = r.invoke(app, ["datasets", "export", "imp@v1", "--format", "standard", "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+
+
+def test_load_dataset_does_not_mix_up_same_named_versions(tmp_path, monkeypatch):
+    """`datasets` caches local folders by base name ("v1"); two different v1s must not collide."""
+    a = store.commit("one", pairs(3))
+    monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "other-home"))
+    b = store.commit("one", pairs(5, tag="other"))
+    assert datasets.load_dataset(str(a.path))["train"].num_rows == 3
+    assert datasets.load_dataset(str(b.path))["train"].num_rows == 5

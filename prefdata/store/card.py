@@ -19,7 +19,9 @@ MESSAGE_COLS = ("prompt", "chosen", "rejected", "completion")
 
 def _yaml_header(splits: dict[str, pa.Table], manifest: dict) -> str:
     header = {
-        "configs": [{"config_name": "default",
+        # The config name carries the content hash: `datasets` keys its cache on the folder's base
+        # name ("v1") and the config, so a fixed name would let two stores' v1 share a cache entry.
+        "configs": [{"config_name": f"sha-{manifest['content_hash'][:16]}", "default": True,
                      "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}],
         "tags": ["prefdata", "preference-data" if manifest["kind"] == "pair" else manifest["kind"]],
     }
