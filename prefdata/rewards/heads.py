@@ -1,0 +1,109 @@
+"""K Bradley-Terry heads on one frozen backbone, cross-fitted (Secrets of RLHF II; ArmoRM-style heads).
+
+The heads are the ensemble's members: each is trained on a bootstrap resample (its own seed) of
+the pairs outside one fold and scores only that fold. Every pair is therefore scored by K heads
+that never saw it, which is what makes a low score evidence of a wrong label rather than of a
+head that memorised it. Features come from `features.py`, computed once per text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class CrossFit:
+    scores: np.ndarray  # (n_pairs, K) reward differences r(chosen) - r(rejected), held-out only
+    fold_of: np.ndarray  # (n_pairs,) the fold each pair belongs to
+    trained_on: list[list[np.ndarray]]  # [fold][head] -> indices of the pairs that head trained on
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray):
+    mu, sd = train.mean(0), train.std(0) + 1e-6
+    return [(x - mu) / sd for x in (train, *others)]
+
+
+def train_head(xc: np.ndarray, xr: np.ndarray, *, seed: int, kind: str = "linear", l2: float = 1e-2,
+               hidden: int = 64, steps: int = 200, weights: np.ndarray | None = None):
+    """Fit r(x) so that r(chosen) > r(rejected): loss = mean softplus(-(r(xc) - r(xr))) + l2 * |w|^2.
+
+    Returns a function mapping features (n, d) to rewards (n,)."""
+    torch.manual_seed(seed)
+    c, r = torch.from_numpy(xc).float(), torch.from_numpy(xr).float()
+    w8 = torch.ones(len(c)) if weights is None else torch.from_numpy(weights).float()
+    d = c.shape[1]
+    if kind == "linear":
+        net = torch.nn.Linear(d, 1, bias=False)
+    elif kind == "mlp":
+        net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    else:
+        raise ValueError(f"unknown head kind '{kind}' (linear, mlp)")
+
+    def loss_fn():
+        margin = (net(c) - net(r)).squeeze(-1)  # (n,)
+        bt = (torch.nn.functional.softplus(-margin) * w8).sum() / w8.sum()
+        return bt + l2 * sum((p ** 2).sum() for n_, p in net.named_parameters() if "weight" in n_)
+
+    if kind == "linear":
+        # Convex: full-batch L-BFGS converges in a few dozen iterations.
+        opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn().backward()
+            opt.step()
+
+    def reward(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x).float()).squeeze(-1).numpy()
+
+    return reward
+
+
+def cross_fit(xc: np.ndarray, xr: np.ndarray, *, k: int = 10, folds: int = 5, seed: int = 0, kind: str = "linear",
+              l2: float = 1e-2, steps: int = 200, bootstrap: bool = True) -> CrossFit:
+    """Held-out reward differences from K bootstrap heads per fold; (n, K)."""
+    n = xc.shape[0]
+    if n < folds * 2:
+        folds = max(2, n // 2)
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(np.arange(n) % folds)
+    scores = np.zeros((n, k), dtype=np.float64)
+    trained_on: list[list[np.ndarray]] = []
+    for f in range(folds):
+        test = np.flatnonzero(fold_of == f)
+        train = np.flatnonzero(fold_of != f)
+        # Standardise on training features only (both sides pooled) so no test statistic leaks.
+        both = np.concatenate([xc[train], xr[train]])
+        mu, sd = both.mean(0), both.std(0) + 1e-6
+        zc, zr = (xc - mu) / sd, (xr - mu) / sd
+        heads_idx = []
+        for h in range(k):
+            hrng = np.random.default_rng([seed, f, h])
+            idx = hrng.choice(train, size=train.size, replace=True) if bootstrap else train
+            heads_idx.append(np.unique(idx))
+            head = train_head(zc[idx], zr[idx], seed=seed * 1000 + f * 100 + h, kind=kind, l2=l2, steps=steps)
+            scores[test, h] = head(zc[test]) - head(zr[test])
+        trained_on.append(heads_idx)
+    return CrossFit(scores=scores, fold_of=fold_of, trained_on=trained_on)
+
+
+def fit_reward(xc: np.ndarray, xr: np.ndarray, *, seed: int = 0, kind: str = "linear", l2: float = 1e-2,
+               weights: np.ndarray | None = None):
+    """One BT reward head on all given pairs (standardised inside); returns r(features)."""
+    both = np.concatenate([xc, xr])
+    mu, sd = both.mean(0), both.std(0) + 1e-6
+    head = train_head((xc - mu) / sd, (xr - mu) / sd, seed=seed, kind=kind, l2=l2, weights=weights)
+    return lambda x: head((x - mu) / sd)
