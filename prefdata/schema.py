@@ -269,3 +269,13 @@ def to_table(rows: list[dict], kind: str) -> pa.Table:
             arr = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
         table = table.append_column(k, arr)
     return table
+
+
+def conform(table: pa.Table, kind: str) -> pa.Table:
+    """Cast a table that already holds valid values (e.g. from polars, which uses large types) to the
+    exact schema of `kind`, schema columns first, extra columns kept as they are."""
+    schema = SCHEMAS[kind]
+    cols = [table.column(f.name).cast(f.type) for f in schema]
+    extras = [n for n in table.column_names if n not in schema.names]
+    return pa.Table.from_arrays(cols + [table.column(n) for n in extras],
+                                schema=pa.schema(list(schema) + [table.schema.field(n) for n in extras]))

