@@ -65,8 +65,11 @@ class Backbone:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Right padding: the last real token is found from the mask, and mean pooling ignores pads.
         self.tokenizer.padding_side = "right"
+        # Keep the end of long dialogues: the response being judged is the last turn, and cutting
+        # from the right would make chosen and rejected identical after truncation.
+        self.tokenizer.truncation_side = "left"
         self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32).eval()
-        self.id = f"{name}|{self.pooling}|{max_length}"
+        self.id = f"{name}|{self.pooling}|{max_length}|left-truncated"
 
     @torch.inference_mode()
     def _embed(self, texts: list[str]) -> np.ndarray:
