@@ -20,6 +20,27 @@ COMMON_HELP = {
 }
 
 
+@dataclasses.dataclass
+class BaseTrainConfig:
+    """Fields every trainer shares; each trainer's Config adds its own (and they are all CLI/YAML keys)."""
+    dataset: str = dataclasses.field(default="", metadata={"help": COMMON_HELP["dataset"]})
+    model: str = dataclasses.field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": COMMON_HELP["model"]})
+    output_dir: str | None = None
+    max_length: int = 512
+    learning_rate: float = 5e-6
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = dataclasses.field(default=False, metadata={"help": "Only used on a GPU."})
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: str = "all-linear"
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
 def load_config(cls, config_file: str | None, overrides: list[str], **given):
     """Dataclass `cls` from a YAML file, then `--set k=v` overrides, then explicit CLI flags."""
     raw: dict[str, Any] = {}
@@ -48,7 +69,7 @@ def load_config(cls, config_file: str | None, overrides: list[str], **given):
     return cfg
 
 
-def load_dataset_ref(ref_or_path: str, kind: str = "pair"):
+def load_dataset_ref(ref_or_path: str, kind: str | None = "pair"):
     """(datasets.Dataset, provenance) for a store ref or a file; provenance names the exact version."""
     import datasets
 

@@ -35,10 +35,7 @@ EXTRA_COLUMNS = ("label_prob", "margin")
 
 
 @dataclass
-class DPOTrainConfig:
-    dataset: str = field(default="", metadata={"help": common.COMMON_HELP["dataset"]})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": common.COMMON_HELP["model"]})
-    output_dir: str | None = None
+class DPOTrainConfig(common.BaseTrainConfig):
     loss: Literal["sigmoid", "ipo", "robust", "soft", "offset"] = "sigmoid"
     beta: float = field(default=0.1, metadata={"help": "KL strength; 0.1 as in DPO and Self-Rewarding LMs. > 0."})
     label_smoothing: float = field(default=0.0, metadata={"help": "robust: assumed flip rate eps in [0, 0.5)."})
@@ -47,19 +44,6 @@ class DPOTrainConfig:
     ref_model: str | None = field(default=None, metadata={"help": "Reference model; default: the initial policy."})
     precompute_ref_log_probs: bool = field(default=False, metadata={"help": "Compute reference log-probs once and "
                                            "cache them next to the dataset version, keyed on (model, version, max_length)."})
-    max_length: int = 512
-    learning_rate: float = 5e-6
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_targets: str = "all-linear"
-    seed: int = 0
-    trust_remote_code: bool = False
 
     def __post_init__(self):
         if self.beta <= 0:

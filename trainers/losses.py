@@ -31,7 +31,8 @@ def robust(h, *, beta, label_smoothing, **_):
 
 def soft(h, *, beta, label_prob, **_):
     """Per-pair soft label p (cDPO with eps = 1 - p): -[p log s(beta h) + (1-p) log s(-beta h)].
-    p = 0.5 gives zero gradient; p = 0 is DPO on the swapped pair."""
+    p = 0.5 gives zero gradient at h = 0 (where training starts) and otherwise only pulls h back to 0;
+    p = 0 is DPO on the swapped pair."""
     return -(label_prob * F.logsigmoid(beta * h) + (1 - label_prob) * F.logsigmoid(-beta * h))
 
 
