@@ -24,6 +24,7 @@ prepare: install
 
 quickstart: prepare
 	.venv/bin/prefdata run pipelines/quickstart.yaml
+	.venv/bin/prefdata train dpo --dataset quickstart-rlcd@latest --config trainers/configs/quickstart_dpo.yaml
 
 test: install
 	$(PY) -m pytest -q -x --durations=10
