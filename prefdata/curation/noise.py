@@ -33,8 +33,8 @@ class NoiseEvalConfig(BaseModel):
     seed: int = 0
     test_fraction: float = Field(0.3, gt=0, lt=0.9)
     clean: CleanLabelsConfig = Field(default_factory=lambda: CleanLabelsConfig(
-        voters=[HeadsVoter(backbone="minilm", k=10)], policy=PolicyConfig(flip_bottom_q=0.2)))
-    rm_backbone: HeadsVoter = Field(default_factory=lambda: HeadsVoter(backbone="minilm"),
+        voters=[HeadsVoter(backbone="smollm2", k=10)], policy=PolicyConfig(flip_bottom_q=0.2)))
+    rm_backbone: HeadsVoter = Field(default_factory=lambda: HeadsVoter(backbone="smollm2"),
                                     description="Backbone (features) of the reward head trained in step 5.")
 
 
@@ -100,7 +100,8 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
         "dropped-clean": (nc[~weakest], nr[~weakest]),
         "oracle (injected flips undone)": swapped(injected),
     }
-    accuracy = {k: pairwise_accuracy(fit_reward(c, r, seed=cfg.seed), tc, tr) for k, (c, r) in variants.items()}
+    accuracy = {k: pairwise_accuracy(fit_reward(c, r, seed=cfg.seed, l2=cfg.rm_backbone.l2), tc, tr)
+                for k, (c, r) in variants.items()}
     return {
         "pairs": n, "train": train.num_rows, "test": test.num_rows, "injected": int(injected.sum()),
         "voters": list(votes), "roc_auc": round(auc, 4),
