@@ -3,7 +3,8 @@
 Secrets of RLHF II (arXiv 2401.06080) finds the lowest-strength ~20% of HH pairs are mostly wrong
 labels (flip them) and the next band near chance (soften or drop them); PrefCleanBench
 (arXiv 2509.23564) finds dropping pairs several judges flag often beats flipping. Every decision is
-written on the pair (`flipped`, and a `drop_reason` in the dropped table), so it can be undone.
+written on the pair (`flipped`, and a `drop_reason` in the dropped table), so it can be undone:
+`flip(df, mask)` twice with the same mask is the identity.
 All of it is polars expressions: no Python loop over pairs.
 """
 
@@ -37,11 +38,61 @@ def _quantile_cut(q: float) -> pl.Expr:
     return pl.col("strength_mean").quantile(q, interpolation="lower") if q > 0 else pl.lit(float("-inf"))
 
 
+VOTE_COLUMNS = ("votes", "strength_mean", "strength_std", "label_prob")
+_SWAPS = (("chosen", "rejected"), ("chosen_score", "rejected_score"))
+
+
+def flip(df: pl.DataFrame, mask: pl.Expr | str) -> pl.DataFrame:
+    """Reverse the label of the pairs where `mask` (a boolean expression or column name) holds:
+    swap chosen/rejected and their scores, negate votes and strength_mean, set label_prob to
+    1 - label_prob and toggle `flipped`. strength_std (and agreement) are unchanged by a sign flip.
+    Applying it twice with the same mask returns the frame unchanged. A null mask means "no"."""
+    m = (pl.col(mask) if isinstance(mask, str) else mask).fill_null(False)
+    df = df.with_columns(m.alias("_flip"))
+    when = lambda a, b: pl.when(pl.col("_flip")).then(b).otherwise(pl.col(a)).alias(a)
+    exprs = []
+    for a, b in _SWAPS:
+        if a in df.columns and b in df.columns:
+            exprs += [when(a, pl.col(b)), when(b, pl.col(a))]
+    if "votes" in df.columns:
+        exprs.append(when("votes", pl.col("votes").list.eval(-pl.element())))
+    if "strength_mean" in df.columns:
+        exprs.append(when("strength_mean", -pl.col("strength_mean")))
+    if "label_prob" in df.columns:
+        exprs.append(when("label_prob", 1.0 - pl.col("label_prob")))
+    flipped = pl.col("flipped").fill_null(False) if "flipped" in df.columns else pl.lit(False)
+    exprs.append((flipped ^ pl.col("_flip")).alias("flipped"))
+    return df.with_columns(exprs).drop("_flip")
+
+
+def _join_votes(pairs: pl.DataFrame, votes: pl.DataFrame) -> pl.DataFrame:
+    """Pairs with the vote frame's columns (replacing any stale ones), or DataError if a pair has
+    no vote or a vote id repeats (a repeated id would silently duplicate pairs in the join)."""
+    from prefdata.errors import DataError
+
+    missing = [c for c in ("id", *VOTE_COLUMNS) if c not in votes.columns]
+    if missing:
+        raise DataError(f"vote frame lacks column(s) {', '.join(missing)}", file="votes")
+    dup = votes.filter(pl.col("id").is_duplicated())
+    if dup.height:
+        raise DataError(f"vote id '{dup['id'][0]}' occurs {dup.height} times", file="votes", field="id")
+    take = ["id", *VOTE_COLUMNS, *(c for c in ("agreement",) if c in votes.columns)]
+    df = pairs.drop([c for c in take[1:] if c in pairs.columns]).join(
+        votes.select(take), on="id", how="left", maintain_order="left")
+    unvoted = df.filter(pl.col("strength_mean").is_null())
+    if unvoted.height:
+        raise DataError(f"{unvoted.height} of {df.height} pairs have no vote (first: id '{unvoted['id'][0]}')",
+                        file="votes", field="strength_mean")
+    return df
+
+
 def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Return (kept pairs with vote columns, dropped pairs with `drop_reason`)."""
-    vote_cols = ["votes", "strength_mean", "strength_std", "label_prob"]
-    df = pairs.drop([c for c in vote_cols if c in pairs.columns]).join(
-        votes.select(["id", *vote_cols, *(c for c in votes.columns if c in ("agreement",))]), on="id", how="left")
+    """Return (kept pairs with vote columns, dropped pairs with `drop_reason`).
+
+    Joins `votes` (from `vote.combine`) onto `pairs` by id; every pair needs exactly one vote.
+    Drops are decided first; flips then use the same strength and never touch a dropped pair.
+    """
+    df = _join_votes(pairs, votes)
 
     # Drop decisions first, all from the same strength the flips use.
     reasons = []
@@ -56,29 +107,18 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig) -> tuple[
                        .then(pl.lit(f"disagreement: std > {cfg.drop_std_above}")))
     df = df.with_columns(pl.coalesce(reasons).alias("drop_reason") if reasons else pl.lit(None, pl.String).alias("drop_reason"))
 
-    flip = pl.lit(False)
+    flip_rule = pl.lit(False)
     if cfg.flip_bottom_q > 0:
-        flip = flip | ((pl.col("strength_mean") <= _quantile_cut(cfg.flip_bottom_q)) & (pl.col("strength_mean") < 0))
+        flip_rule = flip_rule | ((pl.col("strength_mean") <= _quantile_cut(cfg.flip_bottom_q)) & (pl.col("strength_mean") < 0))
     if cfg.flip_below is not None:
-        flip = flip | (pl.col("strength_mean") < -cfg.flip_below)
+        flip_rule = flip_rule | (pl.col("strength_mean") < -cfg.flip_below)
     # Quantiles are taken over all pairs (before dropping), so a pair's fate does not depend on
     # which other pairs happened to be dropped.
-    df = df.with_columns((flip & pl.col("drop_reason").is_null()).alias("_flip"))
-    swap = lambda a, b: pl.when(pl.col("_flip")).then(pl.col(b)).otherwise(pl.col(a))  # noqa: E731
-    df = df.with_columns(
-        swap("chosen", "rejected").alias("chosen"),
-        swap("rejected", "chosen").alias("rejected"),
-        swap("chosen_score", "rejected_score").alias("chosen_score"),
-        swap("rejected_score", "chosen_score").alias("rejected_score"),
-        pl.when(pl.col("_flip")).then(pl.col("votes").list.eval(-pl.element())).otherwise(pl.col("votes")).alias("votes"),
-        pl.when(pl.col("_flip")).then(-pl.col("strength_mean")).otherwise(pl.col("strength_mean")).alias("strength_mean"),
-        pl.when(pl.col("_flip")).then(1.0 - pl.col("label_prob")).otherwise(pl.col("label_prob")).alias("label_prob"),
-        (pl.col("flipped").fill_null(False) ^ pl.col("_flip")).alias("flipped"),
-    )
+    df = flip(df, flip_rule & pl.col("drop_reason").is_null())
     if not cfg.soft_label:
         df = df.with_columns(pl.lit(1.0).alias("label_prob"))
     if cfg.margin_from_strength:
         df = df.with_columns((cfg.margin_scale * pl.col("strength_mean").clip(lower_bound=0.0)).alias("margin"))
-    kept = df.filter(pl.col("drop_reason").is_null()).drop(["drop_reason", "_flip"])
-    dropped = df.filter(pl.col("drop_reason").is_not_null()).drop("_flip")
+    kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
+    dropped = df.filter(pl.col("drop_reason").is_not_null())
     return kept, dropped

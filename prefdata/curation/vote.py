@@ -11,7 +11,11 @@ chosen side is exactly the signal we want to keep.
 
 `a` is fitted by maximum likelihood of the dataset's own labels (1-D logistic regression with no
 intercept, Platt-style): label_prob is then calibrated to how often a pair with that strength
-carries the label it has. Pass `temperature` to fix a = 1/T instead.
+carries the label it has. Pass `temperature` to fix a = 1/T instead; temperature=1.0 gives the
+plain sigmoid(strength_mean), i.e. the voters' standardised mean read as log-odds. (A fixed T = 1 is
+the simplest choice but is not calibrated: its sharpness depends on how many voters there are and how
+well they agree, which the fitted slope absorbs. The fit is clipped to a in [1e-3, 50]: on a set with
+no negative strengths the likelihood has no finite maximum.)
 
 All array work is numpy/polars; there is no Python loop over pairs.
 """
@@ -62,6 +66,10 @@ def fit_slope(strength: np.ndarray, iters: int = 50) -> float:
 def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, temperature: float | None = None,
             source: str = "vote") -> pl.DataFrame:
     """Per-pair vote columns: id, votes, strength_mean, strength_std, label_prob, agreement."""
+    if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
+        from prefdata.errors import PrefdataError
+
+        raise PrefdataError(f"temperature must be a positive finite number, got {temperature}")
     ids = list(pair_ids) if not isinstance(pair_ids, pl.Series) else pair_ids
     d = check_voters(len(ids), voter_scores, source)  # (n, m)
     scale = d.std(axis=0)
