@@ -5,7 +5,7 @@
 
 Pair data trains on (prompt, chosen); completion data on (prompt, completion). With
 `target=optimized_prompt`, rows of (prompt, optimized_prompt) train a BPO prompt rewriter
-(Cheng et al. 2023): the input is the original prompt under `prefdata.prompts.bpo_rewriter`'s
+(Cheng et al. 2023): the input is the original prompt under `prefdata.prompts.bpo`'s
 instruction, and the target is the optimized prompt.
 """
 
@@ -19,11 +19,7 @@ from trl import SFTConfig, SFTTrainer
 
 from trainers import common
 
-# The fixed instruction a BPO rewriter is trained and run under (our wording; versioned).
-REWRITER_TEMPLATE_VERSION = "bpo-rewriter-1"
-REWRITER_INSTRUCTION = ("Rewrite the instruction below so that an assistant will answer it more helpfully, "
-                        "accurately and safely. Keep every detail and the intent; do not answer it.\n\n"
-                        "Instruction:\n{prompt}")
+from prefdata.prompts.bpo import REWRITER_INSTRUCTION, REWRITER_TEMPLATE_VERSION  # noqa: F401
 
 
 @dataclass

@@ -94,7 +94,8 @@ def pair_table(rows: list[dict]) -> pa.Table:
     for r in rows:
         r = dict(r)
         r.setdefault("id", content_id(r["prompt"], r["chosen"], r["rejected"]))
-        r.setdefault("label_prob", 1.0)
+        if "label_prob" not in r:  # an explicit None (a judged tie) stays null
+            r["label_prob"] = 1.0
         r.setdefault("margin", 0.0)
         r.setdefault("flipped", False)
         meta = r.get("meta", {})

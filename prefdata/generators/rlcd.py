@@ -37,6 +37,8 @@ class RLCDConfig(BaseModel):
     category_sets: dict[str, str] = Field(default_factory=dict, description="Per-example set by the prompt's "
                                           "meta.category, e.g. {harmlessness: harmless, helpfulness: helpful}; "
                                           "other examples use `principle_set`.")
+    rescore: bool = Field(False, description="RLCD-Rescore: re-label each (o+, o-) with a pairwise judge shown "
+                          "both orders; an order-dependent verdict is a tie, kept with a null label_prob.")
     max_retries: int = Field(5, ge=0, le=20, description="Re-sample an empty or degenerate output this many "
                              "times, then drop the example with the reason recorded (the paper retries 5x).")
 
@@ -103,10 +105,34 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
                      "principles_version": version, "prompt_id": r["id"],
                      "attempts": [attempts[2 * k], attempts[2 * k + 1]]},
         })
+    if config.rescore and out:
+        rescore(out, engine, seed)
     if report is not None:
         report.update({"input_examples": len(rows), "pairs": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
+        if config.rescore:
+            report["rescore"] = dict(Counter(r["meta"]["rescore"] for r in out))
     return pair_table(out)
+
+
+def rescore(rows: list[dict], engine: Engine, seed: int) -> None:
+    """Replace construction labels by a position-swapped judge's (in place). agree: kept; the judge
+    prefers o-: swapped; order-dependent or unparseable: tie, label_prob None (no guess)."""
+    from prefdata.judges.pairwise import PairwiseJudge
+
+    verdicts, _, _ = PairwiseJudge().judge(engine, [r["prompt"] for r in rows],
+                                           [r["chosen"][0]["content"] for r in rows],
+                                           [r["rejected"][0]["content"] for r in rows], seed=seed)
+    for r, v in zip(rows, verdicts):
+        if v == 1.0:
+            r["meta"]["rescore"] = "agree"
+        elif v == 0.0:
+            r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+            r["flipped"] = True
+            r["meta"]["rescore"] = "judge prefers the negative output"
+        else:
+            r["label_prob"] = None
+            r["meta"]["rescore"] = "tie"
 
 
 def _category(meta) -> str | None:

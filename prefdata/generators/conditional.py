@@ -1,0 +1,157 @@
+"""Preference-conditional multi-aspect synthesis (RMBoost: Shen et al. 2024, arXiv 2407.16008).
+
+1. Generate y1 for the prompt.  2. Draw a direction, better or worse, per example (seeded).
+3. Ask the model to edit y1 into y2 that is better/worse on a few aspects of a guideline, naming
+   the aspects it changed in tagged output.  4. Label by construction: better -> y2 chosen, worse ->
+   y1 chosen. Output that cannot be parsed is dropped with a reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.generators.common import (assistant, clean_output, degenerate_reason, drop_reasons_markdown,
+                                        examples_markdown, length_figure, pair_table, sample_with_retries)
+from prefdata.judges.pointwise import last_user_text
+
+NAME = "conditional"
+TEMPLATE_VERSION = "conditional-edit-1"
+
+GUIDELINES = {
+    "chat": ["helpfulness", "relevance", "completeness", "honesty", "harmlessness"],
+    "summarization": ["coherence", "accuracy", "coverage"],
+}
+
+EDIT_PROMPT = """Here is a user request and a draft reply.
+
+Request:
+{question}
+
+Draft reply:
+{draft}
+
+Rewrite the draft so that it becomes clearly {direction} on one to three of these aspects: {aspects}. Change only what those aspects need.
+Answer in exactly this format:
+<aspects>the aspects you changed, comma-separated</aspects>
+<response>the rewritten reply</response>"""
+
+_ASPECTS = re.compile(r"<aspects>(.*?)</aspects>", re.DOTALL | re.IGNORECASE)
+_RESPONSE = re.compile(r"<response>(.*?)(?:</response>|$)", re.DOTALL | re.IGNORECASE)
+
+
+class ConditionalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    guideline: str = Field("chat", description="Aspect guideline: chat or summarization, or a key of `guidelines`.")
+    guidelines: dict[str, list[str]] = Field(default_factory=dict, description="Extra or replacement guidelines.")
+    p_better: float = Field(0.5, ge=0, le=1, description="Probability of drawing the 'better' direction.")
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(160, ge=8, le=4096)
+    max_retries: int = Field(2, ge=0, le=10)
+
+
+def direction(example_id: str, seed: int, p_better: float) -> str:
+    u = int.from_bytes(hashlib.sha256(f"{seed}:dir:{example_id}".encode()).digest()[:8], "big") / 2**64
+    return "better" if u < p_better else "worse"
+
+
+def parse_edit(text: str, allowed: list[str]) -> tuple[list[str] | None, str | None, str | None]:
+    """(aspects, response, None) or (None, None, reason)."""
+    a, r = _ASPECTS.search(text or ""), _RESPONSE.search(text or "")
+    if not a or not r:
+        return None, None, "unparseable edit (missing <aspects> or <response>)"
+    aspects = [x.strip().lower() for x in a.group(1).split(",") if x.strip()]
+    aspects = [x for x in aspects if x in allowed]
+    if not aspects:
+        return None, None, "edit names no aspect from the guideline"
+    resp = r.group(1).strip()
+    if degenerate_reason(resp):
+        return None, None, f"edited response {degenerate_reason(resp)}"
+    return aspects, resp, None
+
+
+def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None = None, *, seed: int = 0,
+             report: dict | None = None) -> pa.Table:
+    cfg = config or ConditionalConfig()
+    guides = {**GUIDELINES, **cfg.guidelines}
+    if cfg.guideline not in guides:
+        from prefdata.errors import ConfigError
+
+        raise ConfigError(f"guideline '{cfg.guideline}' not found (have: {', '.join(guides)})")
+    aspects = guides[cfg.guideline]
+    rows = prompts.select(["id", "prompt"]).to_pylist()
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    y1s, why1, _ = sample_with_retries(engine, [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION)
+                                                for r in rows], params, cfg.max_retries)
+    dropped, todo = Counter(), []
+    for r, y1, w in zip(rows, y1s, why1):
+        if y1 is None:
+            dropped[f"first reply {w}"] += 1
+        else:
+            todo.append((r, y1, direction(r["id"], seed, cfg.p_better)))
+    edit_reqs = [ChatRequest(messages=[{"role": "user", "content": EDIT_PROMPT.format(
+        question=last_user_text(r["prompt"]), draft=y1, direction=d, aspects=", ".join(aspects))}],
+        template_version=TEMPLATE_VERSION) for r, y1, d in todo]
+    parsed = {}
+
+    def check(text: str) -> str | None:
+        a, resp, why = parse_edit(text, aspects)
+        if why is None:
+            parsed[text] = (a, resp)
+        return why
+
+    edits, why2, _ = sample_with_retries(engine, edit_reqs, params, cfg.max_retries, check=check,
+                                         post=lambda t: t.strip())
+    out = []
+    for (r, y1, d), e, w in zip(todo, edits, why2):
+        if e is None:
+            dropped[w or "unparseable edit"] += 1
+            continue
+        changed, y2 = parsed[e]
+        if clean_output(y2) == y1:
+            dropped["edit identical to the draft"] += 1
+            continue
+        chosen, rejected = (y2, y1) if d == "better" else (y1, y2)
+        out.append({"prompt": r["prompt"], "chosen": assistant(chosen), "rejected": assistant(rejected),
+                    "source": f"{NAME}/{TEMPLATE_VERSION}",
+                    "meta": {"prompt_id": r["id"], "direction": d, "aspects": changed, "guideline": cfg.guideline,
+                             "raw_edit": e}})
+    if report is not None:
+        report.update({"input_examples": len(rows), "pairs": len(out), "dropped": sum(dropped.values()),
+                       "drop_reasons": dict(dropped)})
+    return pair_table(out)
+
+
+def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
+    import json
+
+    from prefdata.pipeline import StepResult
+
+    report: dict = {}
+    pairs = generate(table, ctx.engine(), cfg, seed=ctx.seed, report=report)
+    metas = [json.loads(m) for m in pairs.column("meta").to_pylist()]
+    dirs = Counter(m["direction"] for m in metas)
+    asp = Counter(a for m in metas for a in m["aspects"])
+    sections = [
+        ("Preference-conditional synthesis", f"{report['pairs']} pairs from {report['input_examples']} prompts. "
+         "y2 edits y1 towards a seeded direction on named aspects; labels by construction (RMBoost, arXiv 2407.16008)."),
+        ("Directions and aspects", "directions: " + ", ".join(f"{k}: {v}" for k, v in dirs.items()) +
+         "\n\naspects edited: " + ", ".join(f"{k}: {v}" for k, v in asp.most_common())),
+        ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
+        ("Examples", examples_markdown(pairs)),
+    ]
+    figures = {"lengths": length_figure(pairs, "Conditional: chosen vs rejected length")} if len(pairs) else {}
+    return StepResult(tables={"train": pairs}, card_sections=sections, figures=figures, report=report,
+                      lineage={"templates": {"conditional": TEMPLATE_VERSION}, "guideline": cfg.guideline})
+
+
+def register() -> None:
+    from prefdata.pipeline import register_step
+
+    register_step(NAME, ConditionalConfig, run_step)

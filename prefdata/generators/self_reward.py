@@ -1,0 +1,150 @@
+"""Self-rewarding pairs: the policy answers N times and judges its own answers (Yuan et al. 2024,
+arXiv 2401.10020).
+
+Per prompt: N candidates (T 0.7, top-p 0.9), each judged k times with the additive 5-point rubric;
+a candidate's score is the mean of its parseable judgements. The pair is best vs worst; a tie at
+the top and bottom gives no pair. margin = score gap. Every candidate, with every raw judgement and
+parsed score (null when unparseable), is kept in a candidates side table.
+
+    from prefdata.generators import self_reward
+    pairs, candidates = self_reward.generate(prompts, engine, self_reward.SelfRewardConfig())
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.generators.common import (assistant, clean_output, degenerate_reason, drop_reasons_markdown,
+                                        examples_markdown, length_figure, pair_table)
+from prefdata.judges import pointwise
+from prefdata.schema import COMPLETION, content_id
+
+NAME = "self_reward"
+TEMPLATE_VERSION = "self-reward-1"
+
+
+class SelfRewardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_candidates: int = Field(4, ge=2, le=64, description="Candidates per prompt (the paper: 4).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Candidate sampling temperature (the paper: 0.7).")
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(128, ge=1, le=4096)
+    judgements: int = Field(3, ge=1, le=16, description="Judgements per candidate (the paper: 3); score = mean of the parseable.")
+    judge_temperature: float = Field(0.7, ge=0, le=2)
+    judge_max_tokens: int = Field(160, ge=8)
+    judge_engine: dict | None = Field(None, description="Engine overrides for the judge; default: the policy judges itself.")
+
+
+def generate(prompts: pa.Table, engine: Engine, config: SelfRewardConfig | None = None, *, seed: int = 0,
+             judge_engine: Engine | None = None, report: dict | None = None) -> tuple[pa.Table, pa.Table]:
+    cfg = config or SelfRewardConfig()
+    judge_engine = judge_engine or engine
+    rows = prompts.select(["id", "prompt"]).to_pylist()
+    reqs = [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION, request_id=r["id"]) for r in rows]
+    outs = engine.generate(reqs, SamplingParams(n=cfg.n_candidates, temperature=cfg.temperature, top_p=cfg.top_p,
+                                                max_tokens=cfg.max_tokens, seed=seed))
+    texts = [[clean_output(c.text) for c in cs] for cs in outs]
+    flat_prompts = [r["prompt"] for r, ts in zip(rows, texts) for _ in ts]
+    flat_texts = [t for ts in texts for t in ts]
+    judge = pointwise.RubricJudge(k=cfg.judgements, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+    raws, scores, means = judge.judge(judge_engine, flat_prompts, flat_texts, seed=seed)
+
+    cand_rows, pairs, dropped = [], [], Counter()
+    k = 0
+    for ri, (r, cands) in enumerate(zip(rows, texts)):
+        scored = []
+        for j, text in enumerate(cands):
+            bad = degenerate_reason(text)
+            cand_rows.append({
+                "id": content_id(r["id"], j, text), "prompt_id": r["id"], "prompt": r["prompt"],
+                "completion": [{"role": "assistant", "content": text}], "engine": engine.name,
+                "model": engine.model_id, "sampling": json.dumps({"temperature": cfg.temperature, "top_p": cfg.top_p,
+                                                                  "seed": seed, "sample": j}),
+                "finish_reason": outs[ri][j].finish_reason, "logprob": None,
+                "judgements": raws[k], "judge_scores": scores[k], "score": means[k], "filtered": bad,
+            })
+            if bad is None and means[k] is not None:
+                scored.append((means[k], j))
+            k += 1
+        if len(scored) < 2:
+            dropped["fewer than 2 candidates with a parseable score"] += 1
+            continue
+        best, worst = max(scored), min(scored)
+        if best[0] == worst[0]:
+            dropped["tie between best and worst"] += 1
+            continue
+        pairs.append({"prompt": r["prompt"], "chosen": assistant(cands[best[1]]), "rejected": assistant(cands[worst[1]]),
+                      "source": f"{NAME}/{TEMPLATE_VERSION}+{pointwise.TEMPLATE_VERSION}",
+                      "chosen_score": best[0], "rejected_score": worst[0], "margin": best[0] - worst[0],
+                      "meta": {"prompt_id": r["id"], "chosen_index": best[1], "rejected_index": worst[1]}})
+    all_scores = [s for c in cand_rows for s in c["judge_scores"]]
+    if report is not None:
+        report.update({"input_examples": len(rows), "pairs": len(pairs), "dropped": sum(dropped.values()),
+                       "drop_reasons": dict(dropped), "candidates": len(cand_rows),
+                       "judgements": len(all_scores),
+                       "unparseable_rate": round(sum(s is None for s in all_scores) / max(len(all_scores), 1), 4),
+                       "tie_rate": round(dropped["tie between best and worst"] / max(len(rows), 1), 4),
+                       "judge_agreement": judge_agreement([c["judge_scores"] for c in cand_rows])})
+    cand_table = pa.Table.from_pylist(cand_rows)
+    cand_table = pa.Table.from_arrays([cand_table.column(f.name).cast(f.type) for f in COMPLETION] +
+                                      [cand_table.column(n) for n in ("judgements", "judge_scores", "score", "filtered")],
+                                      names=COMPLETION.names + ["judgements", "judge_scores", "score", "filtered"])
+    return pair_table(pairs), cand_table
+
+
+def judge_agreement(score_lists: list[list[float | None]]) -> dict:
+    """How consistent repeated judgements of the same answer are: exact-agreement rate over pairs of
+    parseable judgements, and the mean within-answer std."""
+    same = total = 0
+    stds = []
+    for s in score_lists:
+        v = [x for x in s if x is not None]
+        for i in range(len(v)):
+            for j in range(i + 1, len(v)):
+                total += 1
+                same += v[i] == v[j]
+        if len(v) >= 2:
+            stds.append(float(np.std(v)))
+    return {"exact_agreement": round(same / total, 4) if total else None,
+            "mean_within_std": round(float(np.mean(stds)), 4) if stds else None}
+
+
+def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
+    from prefdata.pipeline import StepResult
+
+    report: dict = {}
+    engine = ctx.engine()
+    judge = ctx.engine(cfg.judge_engine) if cfg.judge_engine else engine
+    pairs, cands = generate(table, engine, cfg, seed=ctx.seed, judge_engine=judge, report=report)
+    scores = [s for s in cands.column("score").to_pylist() if s is not None]
+    dist = Counter(round(s) for s in scores)
+    sections = [
+        ("Self-rewarding generation", f"{report['pairs']} pairs from {report['input_examples']} prompts; "
+         f"{report['candidates']} candidates judged {cfg.judgements}x each by `{judge.model_id}` with an additive "
+         f"5-point rubric (Yuan et al. 2024, arXiv 2401.10020). Chosen = best, rejected = worst, margin = score gap."),
+        ("Judge statistics", "\n".join([
+            "| | |", "|---|---|", f"| judgements | {report['judgements']} |",
+            f"| unparseable rate | {report['unparseable_rate']:.1%} |", f"| tie rate (prompts) | {report['tie_rate']:.1%} |",
+            f"| exact agreement between repeated judgements | {report['judge_agreement']['exact_agreement']} |",
+            f"| mean std of repeated judgements | {report['judge_agreement']['mean_within_std']} |",
+            "| candidate score (rounded) distribution | " + ", ".join(f"{k}: {v}" for k, v in sorted(dist.items())) + " |"])),
+        ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
+        ("Examples", examples_markdown(pairs)),
+    ]
+    figures = {"lengths": length_figure(pairs, "Self-reward: chosen vs rejected length")} if len(pairs) else {}
+    return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures, report=report,
+                      lineage={"templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION},
+                               "judge_model": judge.model_id},
+                      side_tables={"candidates": ("completion", cands)})
+
+
+def register() -> None:
+    from prefdata.pipeline import register_step
+
+    register_step(NAME, SelfRewardConfig, run_step)
