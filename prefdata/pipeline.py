@@ -344,6 +344,14 @@ def register(app: typer.Typer) -> None:
     ):
         """Run a YAML pipeline and commit each step's output as a dataset version."""
         command = "prefdata run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+        if file.is_file() and "self_reward_loop" in (yaml.safe_load(file.read_text(encoding="utf-8")) or {}):
+            # A loop alternates generation and training, so it has its own runner (trainers/self_reward_loop.py).
+            from trainers import self_reward_loop
+
+            state = self_reward_loop.run(self_reward_loop.load(file, set_), command=command)
+            for t, it in state["iterations"].items():
+                typer.echo(f"iteration {t}: {it.get('dataset')}  model: {it.get('model')}")
+            return
         outputs = run_pipeline(file, set_, executor=executor, command=command)
         for name, v in outputs.items():
             typer.echo(f"{name}: {v.ref}  card: {v.card_path}")

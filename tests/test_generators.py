@@ -144,3 +144,11 @@ def test_rlcd_rescore_keeps_ties_null():
 
 def test_rubric_is_our_five_point_additive_scale():
     assert RUBRIC.count("\n1.") + RUBRIC.count("\n2.") + RUBRIC.count("\n5.") == 3 and "Score: <points>" in RUBRIC
+
+
+@pytest.mark.parametrize("cont,want", [("4 out of 5", 4.0), ("3, good", 3.0), ("10 points", None), ("2.5/5", 2.5),
+                                       ("great", None), ("7", None)])
+def test_parse_score_first(cont, want):
+    from prefdata.judges.pointwise import parse_score_first
+
+    assert parse_score_first(cont) == want

@@ -19,7 +19,7 @@ SMALL = {
                          "steps.conditional.config.max_retries=0"],
     "self_reward.yaml": ["steps.self_reward.limit=2", "steps.self_reward.config.n_candidates=2",
                          "steps.self_reward.config.max_tokens=24", "steps.self_reward.config.judgements=2",
-                         "steps.self_reward.config.judge_max_tokens=40"],
+                         "steps.self_reward.config.judge_max_tokens=12"],
     "bpo.yaml": ["steps.pairs.limit=2", "steps.pairs.config.max_tokens=24", "steps.construct.config.max_tokens=64",
                  "steps.construct.config.max_retries=0", "steps.rewrite.limit=2", "steps.rewrite.config.max_tokens=48",
                  "steps.evaluate.config.max_tokens=24"],

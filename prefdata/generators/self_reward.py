@@ -38,6 +38,8 @@ class SelfRewardConfig(BaseModel):
     judgements: int = Field(3, ge=1, le=16, description="Judgements per candidate (the paper: 3); score = mean of the parseable.")
     judge_temperature: float = Field(0.7, ge=0, le=2)
     judge_max_tokens: int = Field(160, ge=8)
+    judge_score_first: bool = Field(False, description="Ask for 'Score: n' first (as an assistant prefix) instead "
+                                    "of after the justification; far fewer unparseable judgements from small models.")
     judge_engine: dict | None = Field(None, description="Engine overrides for the judge; default: the policy judges itself.")
 
 
@@ -52,7 +54,8 @@ def generate(prompts: pa.Table, engine: Engine, config: SelfRewardConfig | None 
     texts = [[clean_output(c.text) for c in cs] for cs in outs]
     flat_prompts = [r["prompt"] for r, ts in zip(rows, texts) for _ in ts]
     flat_texts = [t for ts in texts for t in ts]
-    judge = pointwise.RubricJudge(k=cfg.judgements, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+    judge = pointwise.RubricJudge(k=cfg.judgements, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens,
+                                  score_first=cfg.judge_score_first)
     raws, scores, means = judge.judge(judge_engine, flat_prompts, flat_texts, seed=seed)
 
     cand_rows, pairs, dropped = [], [], Counter()
