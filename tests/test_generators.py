@@ -143,7 +143,9 @@ def test_rlcd_rescore_keeps_ties_null():
 
 
 def test_rubric_is_our_five_point_additive_scale():
-    assert RUBRIC.count("\n1.") + RUBRIC.count("\n2.") + RUBRIC.count("\n5.") == 3 and "Score: <points>" in RUBRIC
+    from prefdata.judges.pointwise import JUSTIFY_THEN_SCORE
+
+    assert RUBRIC.count("\n1.") + RUBRIC.count("\n2.") + RUBRIC.count("\n5.") == 3 and "Score: <points>" in JUSTIFY_THEN_SCORE
 
 
 @pytest.mark.parametrize("cont,want", [("4 out of 5", 4.0), ("3, good", 3.0), ("10 points", None), ("2.5/5", 2.5),
@@ -152,3 +154,18 @@ def test_parse_score_first(cont, want):
     from prefdata.judges.pointwise import parse_score_first
 
     assert parse_score_first(cont) == want
+
+
+def test_conditional_seeded_aspects_mode():
+    def engine(req, s):
+        text = req.messages[-1]["content"]
+        if "Draft reply" in text:
+            assert "Reply with the rewritten reply only" in text
+            return "A rewritten reply that differs from the draft."
+        return "A first draft reply to the request."
+
+    out = conditional.generate(prompts(4), ScriptedEngine(engine), conditional.ConditionalConfig(aspect_choice="seeded"))
+    assert len(out) == 4
+    for r in out.to_pylist():
+        meta = json.loads(r["meta"])
+        assert 1 <= len(meta["aspects"]) <= 3 and set(meta["aspects"]) <= set(conditional.GUIDELINES["chat"])

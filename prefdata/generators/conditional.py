@@ -41,6 +41,18 @@ Answer in exactly this format:
 <aspects>the aspects you changed, comma-separated</aspects>
 <response>the rewritten reply</response>"""
 
+# For engines that cannot keep a tagged format (a 135M model cannot): we draw the aspects with the
+# seed and ask for the rewritten reply alone. Labels stay by construction; the aspects are recorded.
+EDIT_PROMPT_SEEDED = """Here is a user request and a draft reply.
+
+Request:
+{question}
+
+Draft reply:
+{draft}
+
+Rewrite the draft so that it becomes clearly {direction} in {aspects}. Reply with the rewritten reply only."""
+
 _ASPECTS = re.compile(r"<aspects>(.*?)</aspects>", re.DOTALL | re.IGNORECASE)
 _RESPONSE = re.compile(r"<response>(.*?)(?:</response>|$)", re.DOTALL | re.IGNORECASE)
 
@@ -50,6 +62,9 @@ class ConditionalConfig(BaseModel):
     guideline: str = Field("chat", description="Aspect guideline: chat or summarization, or a key of `guidelines`.")
     guidelines: dict[str, list[str]] = Field(default_factory=dict, description="Extra or replacement guidelines.")
     p_better: float = Field(0.5, ge=0, le=1, description="Probability of drawing the 'better' direction.")
+    aspect_choice: str = Field("model", pattern="^(model|seeded)$", description="model: the editor picks and names "
+                               "the aspects in tagged output (RMBoost); seeded: 1-3 aspects drawn per example, for "
+                               "engines that cannot follow a tagged format.")
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(160, ge=8, le=4096)
@@ -59,6 +74,14 @@ class ConditionalConfig(BaseModel):
 def direction(example_id: str, seed: int, p_better: float) -> str:
     u = int.from_bytes(hashlib.sha256(f"{seed}:dir:{example_id}".encode()).digest()[:8], "big") / 2**64
     return "better" if u < p_better else "worse"
+
+
+def seeded_aspects(example_id: str, seed: int, aspects: list[str]) -> list[str]:
+    import numpy as np
+
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:aspects:{example_id}".encode()).digest()[:8], "big"))
+    k = int(rng.integers(1, min(3, len(aspects)) + 1))
+    return sorted(rng.choice(aspects, size=k, replace=False).tolist(), key=aspects.index)
 
 
 def parse_edit(text: str, allowed: list[str]) -> tuple[list[str] | None, str | None, str | None]:
@@ -95,12 +118,21 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
             dropped[f"first reply {w}"] += 1
         else:
             todo.append((r, y1, direction(r["id"], seed, cfg.p_better)))
-    edit_reqs = [ChatRequest(messages=[{"role": "user", "content": EDIT_PROMPT.format(
-        question=last_user_text(r["prompt"]), draft=y1, direction=d, aspects=", ".join(aspects))}],
-        template_version=TEMPLATE_VERSION) for r, y1, d in todo]
+    seeded = cfg.aspect_choice == "seeded"
+    picked = {r["id"]: seeded_aspects(r["id"], seed, aspects) for r, _, _ in todo} if seeded else {}
+    edit_reqs = [ChatRequest(messages=[{"role": "user", "content": (EDIT_PROMPT_SEEDED if seeded else EDIT_PROMPT).format(
+        question=last_user_text(r["prompt"]), draft=y1, direction=d,
+        aspects=" and ".join(picked[r["id"]]) if seeded else ", ".join(aspects))}],
+        template_version=TEMPLATE_VERSION + ("+seeded" if seeded else "")) for r, y1, d in todo]
     parsed = {}
 
     def check(text: str) -> str | None:
+        if seeded:
+            resp = clean_output(text)
+            why = degenerate_reason(resp)
+            if why is None:
+                parsed[text] = (None, resp)
+            return why and f"edited response {why}"
         a, resp, why = parse_edit(text, aspects)
         if why is None:
             parsed[text] = (a, resp)
@@ -114,6 +146,7 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
             dropped[w or "unparseable edit"] += 1
             continue
         changed, y2 = parsed[e]
+        changed = changed or picked[r["id"]]
         if clean_output(y2) == y1:
             dropped["edit identical to the draft"] += 1
             continue
