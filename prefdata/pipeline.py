@@ -101,6 +101,7 @@ class StepContext:
     step: StepSpec
     source_file: str
     seed: int
+    executor: str = "local"
     _engines: dict = field(default_factory=dict)
 
     def engine_config(self, override: dict | None = None):
@@ -119,7 +120,12 @@ class StepContext:
         cfg = self.engine_config(override)
         key = cfg.model_dump_json()
         if key not in self._engines:
-            self._engines[key] = get_engine(cfg)
+            if self.executor == "ray":
+                from prefdata.executors.ray import RayEngine
+
+                self._engines[key] = RayEngine(cfg)
+            else:
+                self._engines[key] = get_engine(cfg)
         return self._engines[key]
 
 
@@ -278,8 +284,13 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
 
     console = Console(stderr=True)
     spec = load_spec(path, overrides)
-    if executor != "local":
-        raise PrefdataError(f"executor '{executor}' is not available in this build (use --executor local)")
+    if executor not in ("local", "ray"):
+        raise PrefdataError(f"unknown executor '{executor}' (local or ray)")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ModuleNotFoundError:
+            raise PrefdataError("--executor ray needs Ray: pip install 'prefdata[ray]'") from None
     command = command or "prefdata run " + " ".join(shlex.quote(a) for a in [str(path)] + [f"--set={o}" for o in (overrides or [])])
     types = step_types()
     outputs: dict[str, Any] = {}
@@ -290,7 +301,7 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
         table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
         if step.limit is not None:
             table = table.slice(0, step.limit)
-        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed)
+        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed, executor=executor)
         engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
         fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
         done = _find_committed(step.output, fp)
