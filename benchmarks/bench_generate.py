@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prefdata.engines import CachedEngine, EngineConfig  # noqa: E402
 from prefdata.engines.base import ChatRequest, SamplingParams  # noqa: E402
 from prefdata.engines.transformers import TransformersEngine  # noqa: E402
-from prefdata.models import DEFAULT_MODEL, resolve_model  # noqa: E402
+from prefdata.models import DEFAULT_MODEL  # noqa: E402
 
 TOPICS = ["bread", "rain", "chess", "volcanoes", "tides", "bees", "taxes", "jazz", "glaciers", "bridges",
           "vaccines", "comets", "coffee", "maps", "sleep", "kites"]

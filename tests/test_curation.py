@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
 
 from prefdata.curation.policies import PolicyConfig, apply

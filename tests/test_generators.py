@@ -169,3 +169,22 @@ def test_conditional_seeded_aspects_mode():
     for r in out.to_pylist():
         meta = json.loads(r["meta"])
         assert 1 <= len(meta["aspects"]) <= 3 and set(meta["aspects"]) <= set(conditional.GUIDELINES["chat"])
+
+
+def test_bpo_two_step_construct():
+    pairs = rlcd.pair_table([{"prompt": [{"role": "user", "content": "Explain gravity to me"}],
+                              "chosen": [{"role": "assistant", "content": "Gravity pulls masses together."}],
+                              "rejected": [{"role": "assistant", "content": "No."}], "source": "t"}])
+
+    def engine(req, s):
+        t = req.messages[-1]["content"]
+        if t.endswith("correctness, helpfulness and harmlessness."):
+            return "The good reply explains; the bad one refuses."
+        if "Write only the rewritten instruction" in t:
+            assert "The good reply explains" in t
+            return "Explain gravity to me in simple terms."
+        raise AssertionError(t)
+
+    out = bpo.construct(pairs, ScriptedEngine(engine), bpo.ConstructConfig(format="two_step"))
+    row = out.to_pylist()[0]
+    assert row["optimized_prompt"] == "Explain gravity to me in simple terms." and "refuses" in row["comparison"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from prefdata.engines.base import ChatRequest, Completion, SamplingParams
+from prefdata.engines.base import Completion
 from prefdata.errors import ConfigError
 from prefdata.generators import rlcd
 from prefdata.generators.common import clean_output, degenerate_reason

@@ -8,10 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import datasets
-import pyarrow as pa
 import pytest
 import yaml
 

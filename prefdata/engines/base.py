@@ -6,7 +6,7 @@ Pipelines, generators and judges only ever see `Engine`; swapping backends chang
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 Messages = list[dict[str, str]]  # [{"role": "user", "content": "..."}], TRL/vLLM conversational format

@@ -44,6 +44,28 @@ Use exactly this format:
 <end>"""
 
 
+# Two-call variant for engines that cannot keep the tagged format (a 135M model cannot): the
+# comparison and the rewritten instruction are asked for separately, each as plain text.
+COMPARE_PROMPT = """An instruction was given to an assistant. One reply was judged good and one bad.
+
+Instruction:
+{instruction}
+
+Good reply:
+{good}
+
+Bad reply:
+{bad}
+
+In two or three sentences, compare the two replies on correctness, helpfulness and harmlessness."""
+OPTIMIZE_PROMPT = """Instruction:
+{instruction}
+
+A comparison of a good and a bad answer to it:
+{comparison}
+
+Rewrite the instruction so that an assistant would answer it like the good reply. Keep all of its information and intent, add no details from the answers, and do not answer it. Write only the rewritten instruction."""
+
 _COMP = re.compile(r"<comparison>(.*?)</comparison>", re.DOTALL | re.IGNORECASE)
 _OPT = re.compile(r"<optimized>(.*?)</optimized>", re.DOTALL | re.IGNORECASE)
 _LEFTOVER = re.compile(r"</?(comparison|optimized|end)>|\[/?INST\]|<\|im_(start|end)\|>", re.IGNORECASE)
@@ -74,6 +96,9 @@ def length_filter(original: str, optimized: str) -> str | None:
 
 class ConstructConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    format: str = Field("tagged", pattern="^(tagged|two_step)$", description="tagged: one call with <comparison>/"
+                        "<optimized> output (as in BPO); two_step: comparison and instruction asked separately, "
+                        "for engines that cannot keep a tagged format.")
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(256, ge=16)
@@ -96,7 +121,11 @@ def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = 
         return why
 
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
-    texts, reasons, _ = sample_with_retries(engine, reqs, params, cfg.max_retries, check=check, post=lambda t: t.strip())
+    if cfg.format == "two_step":
+        texts, reasons = _two_step(rows, engine, params, cfg.max_retries, ok)
+    else:
+        texts, reasons, _ = sample_with_retries(engine, reqs, params, cfg.max_retries, check=check,
+                                                post=lambda t: t.strip())
     out, dropped = [], Counter()
     for r, t, why in zip(rows, texts, reasons):
         if t is None:
@@ -116,6 +145,32 @@ def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = 
                        "drop_reasons": dict(dropped)})
     return pa.Table.from_pylist(out) if out else pa.table({"id": [], "prompt": [], "optimized_prompt": [],
                                                           "comparison": [], "raw": [], "meta": []})
+
+
+def _two_step(rows, engine, params, max_retries, ok):
+    """Comparison, then the optimized instruction; returns texts keyed into `ok` like the tagged path."""
+    args = [dict(instruction=last_user_text(r["prompt"]), good=r["chosen"][-1]["content"], bad=r["rejected"][-1]["content"])
+            for r in rows]
+    comps, why_c, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": COMPARE_PROMPT.format(**a)}],
+                                                               template_version=TEMPLATE_VERSION + "+compare") for a in args],
+                                          params, max_retries)
+    todo = [i for i, c in enumerate(comps) if c is not None]
+    opts, why_o, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": OPTIMIZE_PROMPT.format(
+        instruction=args[i]["instruction"], comparison=comps[i])}], template_version=TEMPLATE_VERSION + "+optimize")
+        for i in todo], params, max_retries)
+    texts, reasons = [None] * len(rows), [f"comparison {w}" if w else None for w in why_c]
+    for i, o, w in zip(todo, opts, why_o):
+        if o is None:
+            reasons[i] = f"optimized instruction {w}"
+            continue
+        raw = f"<comparison>{comps[i]}</comparison>\n<optimized>{o}</optimized>\n<end>"
+        comp, opt, why = parse_construct(raw)
+        if why:
+            reasons[i] = why
+            continue
+        ok[raw] = (comp, opt)
+        texts[i] = raw
+    return texts, reasons
 
 
 class RewriteConfig(BaseModel):

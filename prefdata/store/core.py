@@ -111,7 +111,7 @@ def list_versions(name: str | None = None) -> list[Version]:
 def resolve(ref: str) -> Version:
     """`name@v3`, `name@latest`, `name`, `name@sha:<prefix>`, or the path of a version directory."""
     if not isinstance(ref, str) or not ref:
-        raise RefError(f"empty dataset ref")
+        raise RefError("empty dataset ref")
     p = Path(ref).expanduser()
     if (p / "manifest.json").is_file():
         return _read_version(p.resolve())

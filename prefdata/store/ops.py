@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 
 from prefdata.errors import PrefdataError, RefError
 from prefdata.store.core import Version, load_table, resolve
