@@ -1,0 +1,38 @@
+"""Reward-model voters: a real 1-output classifier votes; more outputs is a clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefdata.errors import PrefdataError
+from prefdata.rewards.voters import RewardModelVoter, reward_model_votes
+from prefdata.schema import validate
+
+
+def seq_cls(tiny_model, tmp_path, labels):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=labels)
+    out = tmp_path / f"rm{labels}"
+    m.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return str(out)
+
+
+def test_reward_model_voter(tiny_model, tmp_path):
+    t = validate([{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad answer {i}"} for i in range(5)], "pair")
+    rm = seq_cls(tiny_model, tmp_path, 1)
+    votes = reward_model_votes(t, RewardModelVoter(model=rm, batch_size=2))
+    (name, d), = votes.items()
+    assert name.startswith("rm:") and d.shape == (5,) and (d != 0).any()
+    # Swapping chosen and rejected negates every vote.
+    swapped = t.set_column(t.schema.get_field_index("chosen"), "chosen", t.column("rejected")) \
+               .set_column(t.schema.get_field_index("rejected"), "rejected", t.column("chosen"))
+    (_, d2), = reward_model_votes(swapped, RewardModelVoter(model=rm)).items()
+    assert d2 == pytest.approx(-d, abs=1e-4)
+
+
+def test_multi_output_reward_model_is_rejected(tiny_model, tmp_path):
+    t = validate([{"prompt": "q", "chosen": "a", "rejected": "b"}], "pair")
+    with pytest.raises(PrefdataError, match="has 2 outputs"):
+        reward_model_votes(t, RewardModelVoter(model=seq_cls(tiny_model, tmp_path, 2)))
