@@ -1,4 +1,12 @@
-"""`prefdata train <kind>` and `python -m trainers.<kind>`: the same flags for every trainer."""
+"""`prefdata train <kind>` and `python -m trainers.<kind>`: the same flags for every trainer.
+
+    prefdata train dpo --dataset quickstart-rlcd@latest --config trainers/configs/quickstart_dpo.yaml
+    prefdata train reward --dataset hh-clean@v1 --set use_margin=false --output-dir out/rm
+
+`--config` is a YAML of the trainer's Config fields, `--set key=value` overrides one field (values
+parse as YAML), and `--dataset/--model/--output-dir` win over both. `prefdata train fields <kind>`
+lists every field with its range and source.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +18,47 @@ KINDS = {"sft": "SFTTrainConfig", "dpo": "DPOTrainConfig", "kto": "KTOTrainConfi
          "reward": "RewardTrainConfig"}
 
 
+def _config_cls(kind: str):
+    return getattr(importlib.import_module(f"trainers.{kind}"), KINDS[kind])
+
+
 def _run(kind: str, dataset: str, model: str | None, config: str | None, set_: list[str], output_dir: str | None):
     from trainers.common import load_config
 
     mod = importlib.import_module(f"trainers.{kind}")
-    cfg = load_config(getattr(mod, KINDS[kind]), config, set_, dataset=dataset, model=model, output_dir=output_dir)
+    cfg = load_config(_config_cls(kind), config, set_, dataset=dataset, model=model, output_dir=output_dir)
     card = mod.train(cfg)
     typer.echo(f"model: {card.parent}")
     typer.echo(f"card: {card}")
 
 
 def _command(kind: str):
-    def cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or .parquet/.jsonl file."),
+    def cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref (name@vN) or a .parquet/.jsonl file."),
             model: str = typer.Option(None, "--model", help="Hub id or path (default: embedded SmolLM2)."),
             config: str = typer.Option(None, "--config", help="YAML whose keys are the trainer's config fields."),
-            set_: list[str] = typer.Option([], "--set", help="Override a field: --set beta=0.2"),
-            output_dir: str = typer.Option(None, "--output-dir")):
+            set_: list[str] = typer.Option([], "--set", help="Override a config field: --set beta=0.2"),
+            output_dir: str = typer.Option(None, "--output-dir", help="Where model, card and curves go.")):
         _run(kind, dataset, model, config, set_, output_dir)
 
     cmd.__doc__ = f"Train with the {kind} trainer on a dataset version."
     return cmd
 
 
+def fields(kind: str = typer.Argument(..., help="sft | dpo | kto | orpo | reward")):
+    """List a trainer's config fields: its YAML keys and --set overrides, with ranges and sources."""
+    from prefdata.errors import PrefdataError
+    from trainers.common import config_help
+
+    if kind not in KINDS:
+        raise PrefdataError(f"unknown trainer '{kind}' (known: {', '.join(KINDS)})")
+    typer.echo(config_help(_config_cls(kind)))
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True)
     for kind in KINDS:
-        app.command(kind)(_command(kind))
+        app.command(kind, epilog=f"Config fields: prefdata train fields {kind}")(_command(kind))
+    app.command("fields")(fields)
     return app
 
 

@@ -1,48 +1,63 @@
-"""What every trainer shares: config loading (YAML + --set, unknown keys rejected), reading a store
-version or file, model loading with CPU-safe defaults, LoRA, and the model card with curves."""
+"""What every trainer shares: the base config (YAML + --set, unknown keys rejected), reading a store
+version or a file with its provenance, model loading with CPU-safe defaults, LoRA, and the checks
+that must fail before a single training step runs.
+
+The card and the curves live in `trainers.card` and `trainers.plots`; they are re-exported here.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prefdata.errors import ConfigError, PrefdataError
-
-# Keys every trainer config has; each trainer's dataclass adds its own.
-COMMON_HELP = {
-    "dataset": "Store ref (name@vN, name@latest, name@sha:..) or a .parquet/.jsonl file.",
-    "model": "Hub id or local path; default: the embedded SmolLM2-135M-Instruct.",
-}
+from prefdata.models import DEFAULT_MODEL
+from trainers.card import write_model_card  # noqa: F401  (re-export)
+from trainers.plots import plot_curves  # noqa: F401  (re-export)
 
 
-@dataclasses.dataclass
-class BaseTrainConfig:
-    """Fields every trainer shares; each trainer's Config adds its own (and they are all CLI/YAML keys)."""
-    dataset: str = dataclasses.field(default="", metadata={"help": COMMON_HELP["dataset"]})
-    model: str = dataclasses.field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": COMMON_HELP["model"]})
-    output_dir: str | None = None
-    max_length: int = 512
-    learning_rate: float = 5e-6
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = dataclasses.field(default=False, metadata={"help": "Only used on a GPU."})
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_targets: str = "all-linear"
-    seed: int = 0
-    trust_remote_code: bool = False
+class BaseTrainConfig(BaseModel):
+    """Fields every trainer shares. Each field is a YAML key and a `--set key=value` override."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=False)
+
+    dataset: str = Field("", description="Store ref (name@vN, name@latest, name@sha:..) or a .parquet/.jsonl file.")
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local path; the default falls back to the embedded "
+                                                  "SmolLM2-135M-Instruct checkpoint.")
+    output_dir: str | None = Field(None, description="Where the model, card and curves go; default "
+                                                     "$PREFDATA_HOME/models/trained/<kind>-<dataset>.")
+    max_length: int = Field(512, ge=1, le=131072, description="Tokens per prompt+completion; longer sequences "
+                                                               "are truncated (reward: dropped). In [1, 131072].")
+    learning_rate: float = Field(5e-6, gt=0, le=1, description="AdamW step size, in (0, 1]. DPO papers use "
+                                                               "5e-7..5e-6 for full fine-tuning; LoRA takes ~10x more.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the data (> 0); ignored when max_steps > 0.")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 = run num_train_epochs.")
+    batch_size: int = Field(2, ge=1, description="Examples (pairs) per device per step, >= 1.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step, >= 1.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward; only applied on "
+                                                            "a GPU (on CPU it costs time and saves little).")
+    bf16: bool = Field(False, description="bfloat16 mixed precision; only applied on a GPU.")
+    use_cpu: bool | None = Field(None, description="Force CPU; default: CPU exactly when no CUDA device exists.")
+    lora: bool = Field(False, description="Train LoRA adapters (Hu et al. 2021) instead of all weights.")
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank r, in [1, 1024].")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scale alpha (update scaled by alpha/r), >= 1.")
+    lora_targets: str | list[str] = Field("all-linear", description="Modules that get adapters: 'all-linear' or "
+                                                                    "a list of names such as [q_proj, v_proj].")
+    logging_steps: int = Field(1, ge=1, description="Log loss/metrics every n steps (the curves' resolution).")
+    seed: int = Field(0, description="Seed for init of new heads/adapters and data order.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only).")
 
 
-def load_config(cls, config_file: str | None, overrides: list[str], **given):
-    """Dataclass `cls` from a YAML file, then `--set k=v` overrides, then explicit CLI flags."""
+def load_config(cls, config_file: str | None, overrides: list[str] | None = None, **given):
+    """`cls` from a YAML file, then `--set k=v` overrides, then explicit CLI flags (later wins).
+    Unknown keys and bad values raise ConfigError naming the file and the key."""
+    source = str(config_file) if config_file else "--set"
     raw: dict[str, Any] = {}
     if config_file:
         p = Path(config_file)
@@ -50,42 +65,72 @@ def load_config(cls, config_file: str | None, overrides: list[str], **given):
             raise ConfigError(f"config file not found: {p}")
         raw = yaml.safe_load(p.read_text()) or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+            raise ConfigError(f"{p}: top level must be a mapping of {cls.__name__} keys")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         k, v = item.split("=", 1)
         raw[k.strip()] = yaml.safe_load(v)
     raw.update({k: v for k, v in given.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{config_file or 'config'}: unknown key '{unknown[0]}' for {cls.__name__} "
-                          f"(known: {', '.join(sorted(names))})")
     try:
-        cfg = cls(**raw)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{config_file or 'config'}: {e}") from None
-    return cfg
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation(source, cls, e)) from None
 
 
-def load_dataset_ref(ref_or_path: str, kind: str | None = "pair"):
-    """(datasets.Dataset, provenance) for a store ref or a file; provenance names the exact version."""
+def format_validation(source: str, cls, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(config)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}' for {cls.__name__} (known: {', '.join(cls.model_fields)})")
+        else:
+            parts.append(f"key '{key}': {e['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def config_help(cls) -> str:
+    """One line per field for `--help`: the same text the YAML keys are documented with."""
+    return "\n".join(f"{n} ({f.default!r}): {f.description or ''}" for n, f in cls.model_fields.items())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_dataset_ref(ref_or_path: str, kind: str | None = None):
+    """(datasets.Dataset, provenance) for a store ref or a .parquet/.jsonl/... file.
+
+    Provenance names the exact data: a store version's `name@vN` and content hash, or a file's
+    absolute path and sha256 (so cards and the reference log-prob cache key on content either way).
+    `kind` validates a file as that record kind; None infers it (pairs, unpaired rows, prompts...).
+    """
     import datasets
 
-    from prefdata import io, store
-
+    if not ref_or_path:
+        raise PrefdataError("no dataset given: pass --dataset REF (a store ref such as name@v1, or a file)")
     p = Path(ref_or_path)
-    if p.exists() and not (p / "manifest.json").is_file():
-        table = io.read(str(p), kind)
-        prov = {"dataset": str(p.resolve()), "dataset_sha256": None}
+    if p.is_file():
+        from prefdata import io
+
+        ds = datasets.Dataset(io.read(str(p), kind))
+        prov = {"dataset": str(p.resolve()), "dataset_sha256": file_sha256(p)}
     else:
+        from prefdata import store
+
         v = store.resolve(ref_or_path)
-        table = store.load_table(str(v.path))
+        ds = store.load(v.ref)
         prov = {"dataset": v.ref, "dataset_sha256": v.sha}
-    if table.num_rows == 0:
+    if len(ds) == 0:
         raise PrefdataError(f"{ref_or_path}: no rows to train on")
-    return datasets.Dataset(table), prov
+    return ds, prov
 
 
 def require_columns(ds, columns: list[str], what: str) -> None:
@@ -96,15 +141,55 @@ def require_columns(ds, columns: list[str], what: str) -> None:
 
 
 def check_label_prob(ds) -> None:
+    """label_prob is P(chosen truly preferred): it must be a probability in every row (null = 1)."""
     import numpy as np
 
-    p = np.asarray(ds["label_prob"], dtype=float)
+    p = np.asarray([1.0 if x is None else x for x in ds["label_prob"]], dtype=float)
     bad = np.flatnonzero(~np.isfinite(p) | (p < 0) | (p > 1))
     if bad.size:
-        raise PrefdataError(f"row {bad[0] + 1}, field 'label_prob': {p[bad[0]]} is outside [0, 1]")
+        raise PrefdataError(f"row {bad[0] + 1}, field 'label_prob': {p[bad[0]]} is outside [0, 1] "
+                            f"({bad.size} such rows)")
+
+
+def is_conversational(ds, column: str = "prompt") -> bool:
+    first = ds[0][column]
+    return isinstance(first, list) and bool(first) and isinstance(first[0], dict)
+
+
+def check_chat_template(tok, model_name: str) -> None:
+    if not getattr(tok, "chat_template", None):
+        raise PrefdataError(f"tokenizer of '{model_name}' has no chat template, but the data is conversational "
+                            "(message lists); use a chat model or add a chat template to its tokenizer")
+
+
+def check_lengths(ds, tok, max_length: int, completions=("chosen", "rejected"), sample: int = 2000) -> None:
+    """Fail before training when no example fits in max_length: TRL would silently filter or truncate
+    everything away. An example's length is its prompt plus its longest completion, as rendered by
+    the chat template. Warns with the share that does not fit."""
+    n = min(len(ds), sample)
+    over = 0
+    for row in ds.select(range(n)):
+        longest = 0
+        for col in completions:
+            if col not in row or row[col] is None:
+                continue
+            msgs = row["prompt"] + row[col] if isinstance(row["prompt"], list) else None
+            text = tok.apply_chat_template(msgs, tokenize=False) if msgs else f"{row['prompt']}{row[col]}"
+            longest = max(longest, len(tok(text, add_special_tokens=False)["input_ids"]))
+        over += longest > max_length
+    if over == n:
+        raise PrefdataError(f"every example is longer than max_length={max_length} tokens (checked {n}); "
+                            "raise max_length or shorten the data")
+    if over:
+        print(f"warning: {over}/{n} examples exceed max_length={max_length} and will be truncated or dropped",
+              file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- model
 
 
 def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_cls: bool = False):
+    """(model, tokenizer, local dir) in float32: CPU training in half precision is slow and lossy."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -117,50 +202,47 @@ def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_
     if seq_cls:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
                                                                    trust_remote_code=trust_remote_code)
-        model.config.pad_token_id = tok.pad_token_id
+        model.config.pad_token_id = tok.pad_token_id  # the classifier pools the last non-pad token
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     return model, tok, path
 
 
-def check_chat_template(tok, model_name: str) -> None:
-    if not getattr(tok, "chat_template", None):
-        raise PrefdataError(f"tokenizer of '{model_name}' has no chat template, but the data is conversational "
-                            "(message lists); use a chat model or set a chat template")
-
-
-def check_lengths(ds, tok, max_length: int, columns=("chosen", "rejected")) -> None:
-    """Fail before training if no example fits in max_length (everything would be truncated away)."""
-    fits = 0
-    for row in ds.select(range(min(len(ds), 2000))):
-        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        if n_prompt + 1 < max_length:
-            fits += 1
-    if fits == 0:
-        raise PrefdataError(f"every example's prompt is longer than max_length={max_length}; raise max_length")
+def model_fingerprint(path: str) -> str:
+    """Identity of a local checkpoint for cache keys: its path plus each weight/tokenizer file's size and
+    mtime, so a directory overwritten in place (e.g. M_t in a loop) gets a new key without hashing GBs."""
+    p = Path(path).resolve()
+    parts = [str(p)]
+    for f in sorted(p.glob("*")):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".json", ".jinja", ".model")):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def training_args_common(cfg) -> dict:
-    """CPU-safe defaults: use_cpu without CUDA, no bf16, no gradient checkpointing; a GPU changes only the device."""
+    """TrainingArguments shared by every trainer. CPU-safe: use_cpu without CUDA, no bf16 and no
+    gradient checkpointing there; on a GPU only the device changes (plus the two opt-ins)."""
     import torch
 
     gpu = torch.cuda.is_available()
+    use_cpu = (not gpu) if cfg.use_cpu is None else (cfg.use_cpu or not gpu)
+    on_gpu = gpu and not use_cpu
     return dict(output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
                 max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-                gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=1, save_strategy="no",
-                report_to=[], seed=cfg.seed, use_cpu=not gpu, bf16=False, fp16=False,
-                gradient_checkpointing=bool(cfg.gradient_checkpointing and gpu), dataloader_num_workers=0,
-                disable_tqdm=not os.isatty(2))
+                gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=cfg.logging_steps,
+                save_strategy="no", report_to=[], seed=cfg.seed, use_cpu=use_cpu, bf16=bool(cfg.bf16 and on_gpu),
+                fp16=False, gradient_checkpointing=bool(cfg.gradient_checkpointing and on_gpu),
+                dataloader_num_workers=0, disable_tqdm=not os.isatty(2))
 
 
-def peft_config(cfg):
+def peft_config(cfg, task: str = "CAUSAL_LM"):
     if not cfg.lora:
         return None
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets,
-                      task_type="CAUSAL_LM" if getattr(cfg, "_task", "causal") == "causal" else "SEQ_CLS")
+                      task_type=task)
 
 
 def default_output_dir(kind: str, prov: dict) -> str:
@@ -170,46 +252,8 @@ def default_output_dir(kind: str, prov: dict) -> str:
     return str(home() / "models" / "trained" / f"{kind}-{name}")
 
 
-def plot_curves(log_history: list[dict], out: Path, keys=("loss", "rewards/accuracies", "rewards/margins")) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = {k: [(h["step"], h[k]) for h in log_history if k in h and "step" in h] for k in keys}
-    series = {k: v for k, v in series.items() if v}
-    if not series:
-        return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3))
-    axes = [axes] if len(series) == 1 else list(axes)
-    for ax, (k, pts) in zip(axes, series.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts])
-        ax.set_title(k), ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list[dict], extra: dict | None = None) -> Path:
-    """README.md naming the exact dataset version (ref + content hash), the config and the curves."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = plot_curves(log_history, out / "training_curves.png")
-    cfg_dict = dataclasses.asdict(cfg)
-    final = {k: v for k, v in (log_history[-1] if log_history else {}).items() if isinstance(v, (int, float))}
-    lines = [
-        "---", yaml.safe_dump({"library_name": "transformers", "tags": ["prefdata", kind],
-                               "base_model": cfg.model}, sort_keys=False).strip(), "---",
-        f"# {kind} model trained by prefdata", "",
-        f"- dataset: `{prov['dataset']}`" + (f" (content hash `{prov['dataset_sha256']}`)" if prov.get("dataset_sha256") else ""),
-        f"- base model: `{cfg.model}`", "",
-        "## Config", "", "```yaml", yaml.safe_dump(cfg_dict, sort_keys=False).strip(), "```", "",
-        "## Result", "", "```json", json.dumps({**final, **(extra or {})}, indent=2), "```", "",
-    ]
-    if png:
-        lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
-    (out / "README.md").write_text("\n".join(lines))
-    (out / "prefdata-train.json").write_text(json.dumps({"kind": kind, "config": cfg_dict, **prov,
-                                                         "result": {**final, **(extra or {})}}, indent=2, default=str))
-    return out / "README.md"
+def save_outputs(trainer, tok, cfg, kind: str, prov: dict, extra: dict | None = None) -> Path:
+    """Model (or LoRA adapter) + tokenizer + card + curves into cfg.output_dir; returns the card path."""
+    trainer.save_model(cfg.output_dir)
+    tok.save_pretrained(cfg.output_dir)
+    return write_model_card(cfg.output_dir, kind, cfg, prov, trainer.state.log_history, extra)

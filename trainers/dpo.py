@@ -1,59 +1,76 @@
-"""DPO and its per-example variants, straight from a dataset version.
+"""DPO and its per-pair variants, straight from a dataset version.
 
     prefdata train dpo --dataset quickstart-rlcd@v1 --set loss=soft --set lora=true --set max_steps=20
     python -m trainers.dpo --dataset quickstart-rlcd-clean@latest --set loss=offset
+    python -m trainers.dpo --dataset pairs.parquet --config trainers/configs/quickstart_dpo.yaml
 
 TRL's DPOTrainer keeps only its own columns, so a pair's `label_prob` and `margin` would be dropped
-before the loss. `PrefDPOTrainer` subclasses it (TRL >=1.16,<1.17; tests/test_trainers.py fails
-loudly if the internals it relies on move) to carry both columns through the collator into
+before the loss. `PrefDPOTrainer` subclasses it (TRL >=1.16,<1.17; tests/test_trainers_dpo.py fails
+loudly if the internals it relies on move) and carries both columns through the collator into
 `trainers.losses`:
-  sigmoid  -log s(beta h)                                 (Rafailov et al. 2023)
-  ipo      (h/len - 1/(2 beta))^2                         (Azar et al. 2023)
-  robust   TRL's unbiased robust loss, global eps          (Chowdhury et al. 2024)
-  soft     cDPO with eps = 1 - label_prob, per pair        (Mitchell 2023; Secrets of RLHF II)
-  offset   -log s(beta h - margin), per pair               (ODPO, Amini et al. 2024)
+  sigmoid  -log s(beta h)                                   (Rafailov et al. 2023)
+  ipo      (h_per_token - 1/(2 beta))^2                     (Azar et al. 2023)
+  robust   TRL's unbiased robust loss, one global eps       (Chowdhury et al. 2024)
+  soft     cDPO with eps = 1 - label_prob, per pair         (Mitchell 2023; Secrets of RLHF II)
+  offset   -log s(beta h - alpha * margin), per pair        (ODPO, Amini et al. 2024)
+
+The reference model is `ref_model` when given; otherwise the starting policy (a frozen copy, or the
+base weights with LoRA adapters switched off). With `precompute_ref_log_probs`, reference
+log-probs are computed once and cached under `<store home>/refcache/`, keyed on (reference model,
+dataset content hash, max_length), so later runs on the same version skip the reference pass.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from prefdata.errors import ConfigError, PrefdataError
-from prefdata.models import DEFAULT_MODEL
+from prefdata.errors import PrefdataError
 from trainers import common
-from trainers.losses import DPO_LOSSES
+from trainers.losses import NEEDS, get_loss
 
+# Per-pair columns TRL would drop and our losses read.
 EXTRA_COLUMNS = ("label_prob", "margin")
 
 
-@dataclass
 class DPOTrainConfig(common.BaseTrainConfig):
-    loss: Literal["sigmoid", "ipo", "robust", "soft", "offset"] = "sigmoid"
-    beta: float = field(default=0.1, metadata={"help": "KL strength; 0.1 as in DPO and Self-Rewarding LMs. > 0."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "robust: assumed flip rate eps in [0, 0.5)."})
-    offset_alpha: float = field(default=1.0, metadata={"help": "offset: scale of log(s_c - s_r) when the margin "
-                                                                 "column is all zero and scores exist (ODPO)."})
-    ref_model: str | None = field(default=None, metadata={"help": "Reference model; default: the initial policy."})
-    precompute_ref_log_probs: bool = field(default=False, metadata={"help": "Compute reference log-probs once and "
-                                           "cache them next to the dataset version, keyed on (model, version, max_length)."})
+    """`prefdata train dpo` / `python -m trainers.dpo`: every field is a YAML key and a --set override."""
 
-    def __post_init__(self):
-        if self.beta <= 0:
-            raise ValueError("beta must be > 0")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError("label_smoothing must be in [0, 0.5)")
+    loss: Literal["sigmoid", "ipo", "robust", "soft", "offset"] = Field(
+        "sigmoid", description="sigmoid (DPO eq. 7) | ipo (IPO eq. 17) | robust (rDPO eq. 8, global eps) | "
+                               "soft (cDPO, per-pair label_prob) | offset (ODPO eq. 6, per-pair margin).")
+    beta: float = Field(0.1, gt=0, le=10, description="DPO's beta (IPO's tau): inverse KL strength, in (0, 10]. "
+                                                      "0.1 as in DPO and Self-Rewarding LMs.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed global flip rate eps in [0, 0.5) "
+                                                                  "(Chowdhury et al. 2024). Per-pair: use loss=soft.")
+    offset_alpha: float = Field(1.0, ge=0, description="offset: alpha in ODPO's delta = alpha * margin, >= 0; when "
+                                "`margin` is all zero it is log(s_c - s_r) from the score columns. Not scaled by beta.")
+    ref_model: str | None = Field(None, description="Reference model (hub id or path); default: the starting policy "
+                                                    "(with LoRA: the base weights, adapters off).")
+    precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once, cached under "
+                                           "<store home>/refcache/ keyed on (model, dataset hash, max_length).")
+
+    @model_validator(mode="after")
+    def _robust_needs_eps(self):
+        if self.loss == "robust" and self.label_smoothing == 0:
+            print("warning: loss=robust with label_smoothing=0 is plain sigmoid DPO", file=sys.stderr)
+        return self
+
+
+Config = DPOTrainConfig
 
 
 class PreferenceCollator(DataCollatorForPreference):
-    """TRL's collator plus the per-pair columns our losses read."""
+    """TRL's collator plus the per-pair float columns our losses read, as (b,) tensors."""
 
     def torch_call(self, examples):
         out = super().torch_call(examples)
@@ -64,21 +81,29 @@ class PreferenceCollator(DataCollatorForPreference):
 
 
 class PrefDPOTrainer(DPOTrainer):
-    """DPOTrainer whose loss reads per-pair `label_prob` and `margin` (see module docstring)."""
+    """DPOTrainer whose loss reads per-pair `label_prob` and `margin` (see the module docstring).
 
-    def __init__(self, *args, pref_loss: str = "sigmoid", ref_cache_key: str | None = None, **kwargs):
-        self.pref_loss = pref_loss
-        self.ref_cache_key = ref_cache_key
+    Overrides, all checked by the TRL-internals test: `_set_signature_columns_if_needed` (keep our
+    columns), `compute_ref_log_probs` (keep them away from the model), `_precompute_ref_logps`
+    (persistent cache) and `_compute_loss` (our loss registry)."""
+
+    def __init__(self, *args, pref_loss: str = "sigmoid", offset_alpha: float = 1.0,
+                 ref_cache_key: str | None = None, **kwargs):
+        self.pref_loss, self.offset_alpha, self.ref_cache_key = pref_loss, offset_alpha, ref_cache_key
+        self.loss_fn = get_loss(pref_loss)
         super().__init__(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(self._signature_columns) + [c for c in EXTRA_COLUMNS
-                                                                   if c not in self._signature_columns]
+        self._signature_columns = list(self._signature_columns) + [
+            c for c in EXTRA_COLUMNS if c not in self._signature_columns]
+
+    def compute_ref_log_probs(self, model, inputs):
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in EXTRA_COLUMNS})
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        """Reuse reference log-probs across runs: cached under the store home, keyed on
-        (reference model, dataset version, max length, split name)."""
+        """TRL's pass, but cached across runs and processes: TRL's own cache lives in the datasets
+        cache of one in-memory dataset and is keyed on its fingerprint, which changes per load."""
         if self.ref_cache_key is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         import datasets as hfd
@@ -92,117 +117,143 @@ class PrefDPOTrainer(DPOTrainer):
                 return hfd.concatenate_datasets([dataset, cached], axis=1)
         full = super()._precompute_ref_logps(dataset, name, batch_size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         full.select_columns(["ref_chosen_logps", "ref_rejected_logps"]).to_parquet(str(tmp))
-        tmp.rename(path)
+        tmp.replace(path)  # atomic: a killed run never leaves a half cache that a later run trusts
         return full
 
     def _logps(self, model, inputs):
-        """Summed completion log-probs, (2b,) = [chosen..., rejected...], via TRL's fused LM head."""
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        """Summed completion log-probs, (2b,) = [chosen..., rejected...], via TRL's fused LM head
+        (patched onto the model in TRL's __init__; it never materialises the full logits)."""
+        mask = inputs["completion_mask"]  # (2b, T)
+        labels = inputs["input_ids"].masked_fill(mask == 0, -100)
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
                     fused_lm_head=True, use_cache=False)
-        seq_len = completion_mask.size(1) - 1
-        return out.log_probs[:, -seq_len:].sum(dim=1)
+        return out.log_probs[:, -(mask.size(1) - 1):].sum(dim=1)  # (2b,); log_probs are shifted by one
+
+    def _ref_logps(self, inputs):
+        if self.precompute_ref_logps:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        with torch.no_grad():
+            if self.ref_model is not None:
+                ref = self._logps(self.ref_model, inputs)
+            else:
+                # A LoRA policy's reference is the base model: the same weights with adapters off.
+                with self.accelerator.unwrap_model(self.model).disable_adapter():
+                    ref = self._logps(self.model, inputs)
+        return ref.chunk(2, dim=0)
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        chosen_logps, rejected_logps = self._logps(model, inputs).chunk(2, dim=0)
-        if self.precompute_ref_logps:
-            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            with torch.no_grad():
-                if self.ref_model is None:
-                    # A LoRA policy's reference is the base model: the same weights with adapters off.
-                    unwrapped = self.accelerator.unwrap_model(self.model)
-                    with unwrapped.disable_adapter():
-                        ref = self._logps(self.model, inputs)
-                else:
-                    ref = self._logps(self.ref_model, inputs)
-            ref_chosen, ref_rejected = ref.chunk(2, dim=0)
+        chosen_logps, rejected_logps = self._logps(model, inputs).chunk(2, dim=0)  # (b,), (b,)
+        ref_chosen, ref_rejected = self._ref_logps(inputs)
         chosen_lr, rejected_lr = chosen_logps - ref_chosen, rejected_logps - ref_rejected
         h = chosen_lr - rejected_lr  # (b,)
-        chosen_len, rejected_len = inputs["completion_mask"][:, 1:].sum(1).float().chunk(2, dim=0)
-        b = h.shape[0]
-        per_pair = DPO_LOSSES[self.pref_loss](
-            h, beta=self.beta, label_smoothing=self.label_smoothing,
-            label_prob=inputs.get("label_prob", torch.ones(b)).to(h.device),
-            margin=inputs.get("margin", torch.zeros(b)).to(h.device),
+        chosen_len, rejected_len = inputs["completion_mask"].sum(1).float().chunk(2, dim=0)
+        ones = torch.ones_like(h)
+        per_pair = self.loss_fn(
+            h, beta=self.beta, label_smoothing=self.label_smoothing, alpha=self.offset_alpha,
+            label_prob=inputs.get("label_prob", ones).to(h), margin=inputs.get("margin", 0 * ones).to(h),
             chosen_logratio=chosen_lr, rejected_logratio=rejected_lr, chosen_len=chosen_len, rejected_len=rejected_len)
         loss = per_pair.mean()
-        cr, rr = self.beta * chosen_lr.detach(), self.beta * rejected_lr.detach()
+        self._log_metrics(mode, chosen_lr.detach(), rejected_lr.detach(), chosen_logps.detach(),
+                          rejected_logps.detach())
+        return (loss, None) if return_outputs else loss
+
+    def _log_metrics(self, mode, chosen_lr, rejected_lr, chosen_logps, rejected_logps):
+        # The same names TRL logs, so curves and dashboards read alike.
+        gather = self.accelerator.gather_for_metrics
+        cr, rr = gather(self.beta * chosen_lr), gather(self.beta * rejected_lr)
         m = self._metrics[mode]
         m["rewards/chosen"].append(cr.mean().item())
         m["rewards/rejected"].append(rr.mean().item())
         m["rewards/accuracies"].append((cr > rr).float().mean().item())
         m["rewards/margins"].append((cr - rr).mean().item())
-        m["logps/chosen"].append(chosen_logps.detach().mean().item())
-        m["logps/rejected"].append(rejected_logps.detach().mean().item())
-        return (loss, None) if return_outputs else loss
+        m["logps/chosen"].append(gather(chosen_logps).mean().item())
+        m["logps/rejected"].append(gather(rejected_logps).mean().item())
+
+
+def _offset_margins(ds) -> list[float]:
+    """ODPO offsets: the `margin` column, or log(s_c - s_r) when every margin is zero/absent."""
+    import numpy as np
+
+    margins = np.asarray([np.nan if m is None else m for m in ds["margin"]], dtype=float) \
+        if "margin" in ds.column_names else np.zeros(len(ds))
+    if np.any(np.nan_to_num(margins) != 0):
+        return [float(x) for x in np.nan_to_num(margins)]
+    common.require_columns(ds, ["chosen_score", "rejected_score"],
+                           "the offset (ODPO) loss: `margin` is all zero, so the offset comes from score gaps")
+    cs = np.asarray([np.nan if x is None else x for x in ds["chosen_score"]], dtype=float)
+    rs = np.asarray([np.nan if x is None else x for x in ds["rejected_score"]], dtype=float)
+    gap = cs - rs
+    bad = np.flatnonzero(~np.isfinite(gap) | (gap <= 0))
+    if bad.size:
+        raise PrefdataError(f"offset loss: row {bad[0] + 1} has no positive score gap (chosen_score - rejected_score "
+                            f"= {gap[bad[0]]}), so log(s_c - s_r) is undefined; give a `margin` column instead")
+    return [float(x) for x in np.log(gap)]
 
 
 def prepare(cfg: DPOTrainConfig):
-    """Load and check data, model and reference before any training step."""
+    """Load and check data, model and reference; every bad input fails here, before any step.
+    Returns (dataset, provenance, model, tokenizer, reference model or None, local model dir)."""
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
-    common.require_columns(ds, ["prompt", "chosen", "rejected"], f"DPO ({cfg.loss})")
-    if cfg.loss == "soft":
-        common.require_columns(ds, ["label_prob"], "the soft-label loss")
-        common.check_label_prob(ds)
-    if cfg.loss == "offset":
-        common.require_columns(ds, ["margin"], "the offset (ODPO) loss")
-        import numpy as np
-
-        margins = np.asarray([m if m is not None else np.nan for m in ds["margin"]], dtype=float)
-        if np.all(np.nan_to_num(margins) == 0):
-            common.require_columns(ds, ["chosen_score", "rejected_score"],
-                                   "an ODPO offset (margin is all zero, so it is computed from score gaps)")
-            gap = np.asarray(ds["chosen_score"], dtype=float) - np.asarray(ds["rejected_score"], dtype=float)
-            if np.any(~np.isfinite(gap)) or np.any(gap <= 0):
-                raise PrefdataError("offset loss: chosen_score must exceed rejected_score in every row to take "
-                                    "log(s_c - s_r); set a margin column instead")
-            margins = cfg.offset_alpha * np.log(gap)
-        ds = ds.remove_columns(["margin"]).add_column("margin", [float(x) for x in np.nan_to_num(margins)])
-    keep = ["prompt", "chosen", "rejected"] + [c for c in EXTRA_COLUMNS if c in ds.column_names]
-    ds = ds.select_columns(keep)
+    common.require_columns(ds, ["prompt", "chosen", "rejected", *NEEDS[cfg.loss]], f"DPO (loss={cfg.loss})")
     if "label_prob" in ds.column_names:
-        ds = ds.map(lambda r: {"label_prob": 1.0 if r["label_prob"] is None else r["label_prob"]})
+        common.check_label_prob(ds)  # even when unused: an out-of-range probability means broken data
+    if cfg.loss == "offset":
+        margins = _offset_margins(ds)
+        ds = ds.remove_columns([c for c in ["margin"] if c in ds.column_names]).add_column("margin", margins)
+    keep = ["prompt", "chosen", "rejected", *NEEDS[cfg.loss]]
+    ds = ds.select_columns(keep)
+    if "label_prob" in keep:
+        ds = ds.map(lambda r: {"label_prob": 1.0 if r["label_prob"] is None else float(r["label_prob"])})
     model, tok, path = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    common.check_chat_template(tok, cfg.model)
+    if common.is_conversational(ds):
+        common.check_chat_template(tok, cfg.model)
     common.check_lengths(ds, tok, cfg.max_length)
     ref = None
     if cfg.ref_model:
         ref, _, _ = common.load_model_and_tokenizer(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
     elif not cfg.lora and not cfg.precompute_ref_log_probs:
-        # An in-memory policy needs an explicit reference: a frozen copy of the starting weights.
-        import copy
-
-        ref = copy.deepcopy(model).eval()
+        ref = copy.deepcopy(model).eval()  # TRL needs an explicit reference for an in-memory policy
     return ds, prov, model, tok, ref, path
+
+
+def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str) -> str | None:
+    """(reference model, dataset content hash, max_length) -> cache key; a sidecar JSON names the parts."""
+    if not (cfg.precompute_ref_log_probs and prov.get("dataset_sha256")):
+        return None
+    from prefdata.models import resolve_model
+    from prefdata.store import home
+
+    ref_path = resolve_model(cfg.ref_model) if cfg.ref_model else path
+    parts = {"model": str(ref_path), "model_fingerprint": common.model_fingerprint(ref_path),
+             "dataset": prov["dataset"], "dataset_sha256": prov["dataset_sha256"], "max_length": cfg.max_length}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    side = home() / "refcache" / f"{key}.json"
+    side.parent.mkdir(parents=True, exist_ok=True)
+    side.write_text(json.dumps(parts, indent=2))
+    return key
 
 
 def build_trainer(cfg: DPOTrainConfig, ds, prov, model, tok, ref, path) -> PrefDPOTrainer:
     cfg.output_dir = cfg.output_dir or common.default_output_dir("dpo", prov)
+    # loss_type only matters for TRL's own argument checks (e.g. robust's eps range); our loss replaces TRL's.
     args = DPOConfig(**common.training_args_common(cfg), beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                      max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
                      loss_type="robust" if cfg.loss == "robust" else "sigmoid")
-    key = None
-    if cfg.precompute_ref_log_probs and prov.get("dataset_sha256"):
-        blob = f"{cfg.ref_model or path}|{prov['dataset_sha256']}|{cfg.max_length}"
-        key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     return PrefDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=common.peft_config(cfg), pref_loss=cfg.loss, ref_cache_key=key,
+                          peft_config=common.peft_config(cfg), pref_loss=cfg.loss, offset_alpha=cfg.offset_alpha,
+                          ref_cache_key=ref_cache_key(cfg, prov, path),
                           data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id, max_length=cfg.max_length))
 
 
 def train(cfg: DPOTrainConfig) -> Path:
-    """Train and save; returns the model card path."""
+    """Train and save the model (or LoRA adapter), card and curves; returns the card path."""
     ds, prov, model, tok, ref, path = prepare(cfg)
     trainer = build_trainer(cfg, ds, prov, model, tok, ref, path)
     trainer.train()
-    trainer.save_model(cfg.output_dir)
-    tok.save_pretrained(cfg.output_dir)
-    return common.write_model_card(cfg.output_dir, "dpo", cfg, prov, trainer.state.log_history)
+    return common.save_outputs(trainer, tok, cfg, "dpo", prov, {"pairs": len(ds)})
 
 
 def main(argv: list[str] | None = None) -> None:

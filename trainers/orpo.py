@@ -1,23 +1,31 @@
-"""ORPO (Hong et al. 2024) through `trl.experimental.orpo`, from a dataset version.
+"""ORPO (Hong et al. 2024, arXiv 2403.07691) through `trl.experimental.orpo`, from a dataset version.
 
     prefdata train orpo --dataset quickstart-rlcd@v1 --set max_steps=20
+    python -m trainers.orpo --dataset pairs.parquet --set beta=0.2
 
-loss = NLL(chosen) - lambda * mean log sigmoid(log-odds(chosen) - log-odds(rejected)), with
-length-averaged log-probabilities. No reference model.
+loss = NLL(chosen) - lambda * mean log sigmoid(log-odds(chosen) - log-odds(rejected)) (eq. 6-7),
+with length-averaged log-probabilities; no reference model, so it starts from a base model.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import Field
 
 from trainers import common
 
 
-@dataclass
 class ORPOTrainConfig(common.BaseTrainConfig):
-    beta: float = 0.1  # lambda in the paper
+    """`prefdata train orpo`: every field is a YAML key and a --set override."""
+
+    beta: float = Field(0.1, gt=0, le=10, description="lambda in ORPO eq. 6: weight of the odds-ratio term, "
+                                                      "in (0, 10]; the paper uses 0.1-0.25.")
+    learning_rate: float = Field(8e-6, gt=0, le=1, description="AdamW step size, in (0, 1]; the paper: 8e-6.")
+
+
+Config = ORPOTrainConfig
 
 
 def train(cfg: ORPOTrainConfig) -> Path:
@@ -25,18 +33,19 @@ def train(cfg: ORPOTrainConfig) -> Path:
 
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
     common.require_columns(ds, ["prompt", "chosen", "rejected"], "ORPO")
+    if "label_prob" in ds.column_names:
+        common.check_label_prob(ds)
     ds = ds.select_columns(["prompt", "chosen", "rejected"])
     model, tok, _ = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    common.check_chat_template(tok, cfg.model)
+    if common.is_conversational(ds):
+        common.check_chat_template(tok, cfg.model)
     common.check_lengths(ds, tok, cfg.max_length)
     cfg.output_dir = cfg.output_dir or common.default_output_dir("orpo", prov)
     args = ORPOConfig(**common.training_args_common(cfg), beta=cfg.beta, max_length=cfg.max_length)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=common.peft_config(cfg))
     trainer.train()
-    trainer.save_model(cfg.output_dir)
-    tok.save_pretrained(cfg.output_dir)
-    return common.write_model_card(cfg.output_dir, "orpo", cfg, prov, trainer.state.log_history)
+    return common.save_outputs(trainer, tok, cfg, "orpo", prov, {"pairs": len(ds)})
 
 
 def main(argv: list[str] | None = None) -> None:

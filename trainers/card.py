@@ -1,0 +1,63 @@
+"""The model card every trainer writes: the exact dataset version (ref + content hash), the full
+config, package versions, final metrics, the curves, and for LoRA how to load or merge the adapter."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from trainers.plots import plot_curves
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("prefdata", "trl", "transformers", "torch", "peft"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _lora_note(cfg) -> list[str]:
+    return ["## LoRA adapter", "",
+            f"This directory holds a LoRA adapter (r={cfg.lora_r}, alpha={cfg.lora_alpha}) for `{cfg.model}`, "
+            "not full weights. Load it with `peft.AutoPeftModelForCausalLM.from_pretrained(<this dir>)`, or merge "
+            "it into the base with `PeftModel.from_pretrained(base, <this dir>).merge_and_unload()` to get a plain "
+            "checkpoint (generation engines need the merged one).", ""]
+
+
+def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list[dict],
+                     extra: dict | None = None) -> Path:
+    """README.md (+ prefdata-train.json, training_curves.png) in out_dir; returns the README path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_curves(log_history, out / "training_curves.png")
+    cfg_dict = cfg.model_dump(mode="json")
+    final = {k: v for k, v in (log_history[-1] if log_history else {}).items() if isinstance(v, (int, float))}
+    result = {**final, **(extra or {})}
+    adapter = bool(cfg_dict.get("lora")) and kind != "reward"  # the reward trainer merges before saving
+    sha = prov.get("dataset_sha256")
+    front = {"library_name": "peft" if adapter else "transformers", "tags": ["prefdata", kind],
+             "base_model": cfg.model, "datasets": [prov["dataset"]]}
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# {kind} model trained by prefdata", "",
+        f"- dataset: `{prov['dataset']}`" + (f" (content hash `{sha}`)" if sha else ""),
+        f"- base model: `{cfg.model}`",
+        f"- packages: {', '.join(f'{k} {v}' for k, v in _versions().items())}", "",
+    ]
+    if adapter:
+        lines += _lora_note(cfg)
+    lines += ["## Config", "", "```yaml", yaml.safe_dump(cfg_dict, sort_keys=False).strip(), "```", "",
+              "## Result", "", "```json", json.dumps(result, indent=2, default=str), "```", ""]
+    if png:
+        lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
+    (out / "README.md").write_text("\n".join(lines))
+    (out / "prefdata-train.json").write_text(json.dumps(
+        {"kind": kind, "config": cfg_dict, **prov, "adapter": adapter, "result": result,
+         "versions": _versions()}, indent=2, default=str))
+    return out / "README.md"
