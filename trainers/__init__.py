@@ -1,0 +1,15 @@
+"""Trainers that consume dataset versions directly (issue 5).
+
+One module per method, each with a pydantic `Config` (its YAML keys / `--set` fields) and
+`train(cfg) -> Path` (the model card), also runnable as `python -m trainers.<kind>` and
+`prefdata train <kind>`:
+
+- `trainers.sft`     chat SFT, loss on completions only; also the BPO prompt rewriter
+- `trainers.dpo`     DPO with per-pair soft labels and offsets (`PrefDPOTrainer`), cached reference log-probs
+- `trainers.kto`     KTO on unpaired rows or split pairs, desirable/undesirable weight band checked
+- `trainers.orpo`    ORPO through `trl.experimental.orpo`
+- `trainers.reward`  Bradley-Terry reward model with margins and soft labels (`PrefRewardTrainer`)
+
+Shared pieces: `trainers.losses` (pure loss functions), `trainers.common` (config loading, data,
+checks, model loading), `trainers.card` and `trainers.plots` (outputs), `trainers.cli`.
+"""

@@ -21,6 +21,7 @@ def plot_curves(log_history: list[dict], out: Path, keys=CURVE_KEYS) -> Path | N
 
     matplotlib.use("Agg")  # headless: training runs on servers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     series = curve_series(log_history, keys)
     if not series:
@@ -30,6 +31,7 @@ def plot_curves(log_history: list[dict], out: Path, keys=CURVE_KEYS) -> Path | N
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
         ax.set_title(k)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
