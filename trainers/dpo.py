@@ -112,7 +112,9 @@ class PrefDPOTrainer(DPOTrainer):
 
         path = home() / "refcache" / f"{self.ref_cache_key}-{name}.parquet"
         if path.is_file():
-            cached = hfd.Dataset.from_parquet(str(path))
+            import pyarrow.parquet as pq
+
+            cached = hfd.Dataset(pq.read_table(path))  # in memory: two float columns, no arrow cache round trip
             if len(cached) == len(dataset):
                 return hfd.concatenate_datasets([dataset, cached], axis=1)
         full = super()._precompute_ref_logps(dataset, name, batch_size)
