@@ -140,8 +140,8 @@ def main():
 NOTE = ("Reading: the wrapper is not slower than raw TRL per step. Its loss path skips TRL's per-step entropy, "
         "mean-logit and token-accuracy metrics (extra reductions and host syncs), and the per-pair columns add one "
         "(b,) tensor each, so the 5% overhead target is met with room to spare. The cache removes the reference "
-        "forward from every step (about a third of the forward work, less of the step once backward is counted), "
-        "so an epoch runs about 1.3x faster on both models; the first precompute run costs about one recomputing "
+        "forward from every step (one of its two forward passes, about a quarter of its compute, so at most 4/3x), "
+        "and an epoch runs about 1.27x faster on both models; the first precompute run costs about one recomputing "
         "epoch, so the cache pays off from the second run on.")
 
 
