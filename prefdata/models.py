@@ -9,7 +9,6 @@ safetensors checkpoint under `$PREFDATA_HOME/models/`, with checksums recorded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,11 +37,9 @@ def models_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from prefdata.store.core import sha256_file  # the one file hasher
+
+    return sha256_file(path)
 
 
 def _offline() -> bool:

@@ -98,11 +98,9 @@ def config_help(cls) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from prefdata.store.core import sha256_file  # the one file hasher
+
+    return sha256_file(path)
 
 
 def load_dataset_ref(ref_or_path: str, kind: str | None = None):
