@@ -26,7 +26,8 @@ from prefdata.prompts.bpo import REWRITER_INSTRUCTION, REWRITER_TEMPLATE_VERSION
 from prefdata.schema import content_id
 
 TEMPLATE_VERSION = "bpo-construct-1"
-CONSTRUCT_PROMPT = """An instruction was given to an assistant. One reply was judged good and one bad.
+# What both construction prompts show: the instruction and the judged pair.
+PAIR_CONTEXT = """An instruction was given to an assistant. One reply was judged good and one bad.
 
 Instruction:
 {instruction}
@@ -37,7 +38,8 @@ Good reply:
 Bad reply:
 {bad}
 
-First compare the two replies on correctness, helpfulness and harmlessness. Then rewrite the instruction so that an assistant would be more likely to give a reply like the good one. The new instruction must keep all of the original information and intent, must not copy details from the good reply, and must not answer the instruction itself.
+"""
+CONSTRUCT_PROMPT = PAIR_CONTEXT + """First compare the two replies on correctness, helpfulness and harmlessness. Then rewrite the instruction so that an assistant would be more likely to give a reply like the good one. The new instruction must keep all of the original information and intent, must not copy details from the good reply, and must not answer the instruction itself.
 Use exactly this format:
 <comparison>your comparison</comparison>
 <optimized>the rewritten instruction</optimized>
@@ -46,18 +48,7 @@ Use exactly this format:
 
 # Two-call variant for engines that cannot keep the tagged format (a 135M model cannot): the
 # comparison and the rewritten instruction are asked for separately, each as plain text.
-COMPARE_PROMPT = """An instruction was given to an assistant. One reply was judged good and one bad.
-
-Instruction:
-{instruction}
-
-Good reply:
-{good}
-
-Bad reply:
-{bad}
-
-In two or three sentences, compare the two replies on correctness, helpfulness and harmlessness."""
+COMPARE_PROMPT = PAIR_CONTEXT + """In two or three sentences, compare the two replies on correctness, helpfulness and harmlessness."""
 OPTIMIZE_PROMPT = """Instruction:
 {instruction}
 
