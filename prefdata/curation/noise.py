@@ -81,7 +81,8 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
     recall = tp / max(int(injected.sum()), 1)
 
     # Step 5: the same reward head on three versions of the train data.
-    bb = Backbone(cfg.rm_backbone.backbone, max_length=cfg.rm_backbone.max_length, pooling=cfg.rm_backbone.pooling)
+    bb = Backbone(cfg.rm_backbone.backbone, max_length=cfg.rm_backbone.max_length, pooling=cfg.rm_backbone.pooling,
+                  layer=cfg.rm_backbone.layer)
     cache = FeatureCache()
     tc, tr = pair_features(test, bb, cache, progress)
     nc, nr = pair_features(noisy, bb, cache, progress)

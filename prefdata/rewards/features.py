@@ -42,7 +42,7 @@ class Backbone:
     """A frozen model that maps texts to fixed-size vectors (batched, length-sorted)."""
 
     def __init__(self, name: str = "minilm", *, max_length: int = 256, pooling: str | None = None,
-                 batch_size: int = 16, trust_remote_code: bool = False):
+                 layer: int | None = None, batch_size: int = 16, trust_remote_code: bool = False):
         from transformers import AutoModel, AutoTokenizer
 
         self.name = name
@@ -69,34 +69,55 @@ class Backbone:
         # from the right would make chosen and rejected identical after truncation.
         self.tokenizer.truncation_side = "left"
         self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32).eval()
-        self.id = f"{name}|{self.pooling}|{max_length}|left-truncated"
+        self.layer = layer  # None = the last hidden state; an index into hidden_states otherwise
+        self.id = self.id_for(layer)
+
+    def id_for(self, layer: int | None) -> str:
+        """Cache identity of this backbone's vectors at `layer` (the last layer keeps the short id)."""
+        base = f"{self.name}|{self.pooling}|{self.max_length}|left-truncated"
+        return base if layer is None else f"{base}|layer{layer}"
 
     @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], layers: tuple[int | None, ...] | None = None) -> list[np.ndarray]:
+        """One forward pass; pooled vectors for each requested layer (default: this backbone's)."""
+        layers = layers or (self.layer,)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.model(**enc).last_hidden_state  # (b, t, h)
+        want_hidden = any(layer is not None for layer in layers)
+        out = self.model(**enc, output_hidden_states=want_hidden)
         mask = enc["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        last_idx = enc["attention_mask"].sum(1) - 1  # (b,)
-        last = hidden[torch.arange(hidden.shape[0]), last_idx]
-        feats = {"mean": mean, "last": last, "last+mean": torch.cat([last, mean], -1)}[self.pooling]
-        return feats.float().numpy()
+        last_idx = enc["attention_mask"].sum(1) - 1  # (b,) right padding: last real token
+        pooled = []
+        for layer in layers:
+            hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]  # (b, t, h)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            last = hidden[torch.arange(hidden.shape[0]), last_idx]
+            feats = {"mean": mean, "last": last, "last+mean": torch.cat([last, mean], -1)}[self.pooling]
+            pooled.append(feats.float().numpy())
+        return pooled
 
-    def embed(self, texts: list[str], cache: "FeatureCache | None" = None, progress: bool = True) -> np.ndarray:
-        """Vectors for `texts` in order; only texts missing from the cache go through the model."""
+    def embed(self, texts: list[str], cache: "FeatureCache | None" = None, progress: bool = True,
+              also_layers: tuple[int, ...] = ()) -> np.ndarray:
+        """Vectors for `texts` in order; only texts missing from the cache go through the model.
+
+        `also_layers` caches other layers' vectors from the same forward pass (for layer sweeps)."""
         from rich.progress import Progress
 
         keys = [hashlib.sha256(f"{self.id}\0{t}".encode()).hexdigest() for t in texts]
         have = cache.get_many(keys) if cache is not None else {}
         todo = sorted({k: i for i, k in enumerate(keys) if k not in have}.values(), key=lambda i: len(texts[i]))
+        layers = (self.layer, *also_layers)
         with Progress(disable=not progress or not todo, transient=True) as bar:
             task = bar.add_task(f"embedding with {self.name}", total=len(todo))
             for s in range(0, len(todo), self.batch_size):
                 idx = todo[s:s + self.batch_size]
-                vecs = self._embed([texts[i] for i in idx])
-                fresh = {keys[i]: v for i, v in zip(idx, vecs)}
+                batch = [texts[i] for i in idx]
+                vecs = self._embed(batch, layers)
+                fresh = {keys[i]: v for i, v in zip(idx, vecs[0])}
                 if cache is not None:
                     cache.put_many(fresh)  # per batch: an interrupted embedding run resumes
+                    for layer, lv in zip(also_layers, vecs[1:]):
+                        lid = self.id_for(layer)
+                        cache.put_many({hashlib.sha256(f"{lid}\0{t}".encode()).hexdigest(): v for t, v in zip(batch, lv)})
                 have.update(fresh)
                 bar.update(task, advance=len(idx))
         return np.stack([have[k] for k in keys]).astype(np.float32)
