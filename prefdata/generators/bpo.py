@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,44 +23,16 @@ from prefdata.engines.base import ChatRequest, Engine, SamplingParams
 from prefdata.generators.common import clean_output, drop_reasons_markdown, sample_with_retries
 from prefdata.judges.pairwise import PairwiseJudge
 from prefdata.judges.pointwise import last_user_text
+from prefdata.prompts import bpo as tpl
 from prefdata.prompts.bpo import REWRITER_INSTRUCTION, REWRITER_TEMPLATE_VERSION
-from prefdata.schema import content_id
+from prefdata.schema import MESSAGES, content_id
 
-TEMPLATE_VERSION = "bpo-construct-1"
-# What both construction prompts show: the instruction and the judged pair.
-PAIR_CONTEXT = """An instruction was given to an assistant. One reply was judged good and one bad.
-
-Instruction:
-{instruction}
-
-Good reply:
-{good}
-
-Bad reply:
-{bad}
-
-"""
-CONSTRUCT_PROMPT = PAIR_CONTEXT + """First compare the two replies on correctness, helpfulness and harmlessness. Then rewrite the instruction so that an assistant would be more likely to give a reply like the good one. The new instruction must keep all of the original information and intent, must not copy details from the good reply, and must not answer the instruction itself.
-Use exactly this format:
-<comparison>your comparison</comparison>
-<optimized>the rewritten instruction</optimized>
-<end>"""
-
-
-# Two-call variant for engines that cannot keep the tagged format (a 135M model cannot): the
-# comparison and the rewritten instruction are asked for separately, each as plain text.
-COMPARE_PROMPT = PAIR_CONTEXT + """In two or three sentences, compare the two replies on correctness, helpfulness and harmlessness."""
-OPTIMIZE_PROMPT = """Instruction:
-{instruction}
-
-A comparison of a good and a bad answer to it:
-{comparison}
-
-Rewrite the instruction so that an assistant would answer it like the good reply. Keep all of its information and intent, add no details from the answers, and do not answer it. Write only the rewritten instruction."""
+TEMPLATE_VERSION = tpl.TEMPLATE_VERSION
 
 _COMP = re.compile(r"<comparison>(.*?)</comparison>", re.DOTALL | re.IGNORECASE)
 _OPT = re.compile(r"<optimized>(.*?)</optimized>", re.DOTALL | re.IGNORECASE)
-_LEFTOVER = re.compile(r"</?(comparison|optimized|end)>|\[/?INST\]|<\|im_(start|end)\|>", re.IGNORECASE)
+# Template debris that means the model did not finish cleanly (the paper drops such outputs).
+_LEFTOVER = re.compile(r"</?(comparison|optimized|end|response)>|\[/?(INST|END)\]|<\|[a-z_]+\|>|</s>", re.IGNORECASE)
 
 
 def parse_construct(text: str) -> tuple[str | None, str | None, str | None]:
@@ -87,20 +60,32 @@ def length_filter(original: str, optimized: str) -> str | None:
 
 class ConstructConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format: str = Field("tagged", pattern="^(tagged|two_step)$", description="tagged: one call with <comparison>/"
-                        "<optimized> output (as in BPO); two_step: comparison and instruction asked separately, "
-                        "for engines that cannot keep a tagged format.")
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_tokens: int = Field(256, ge=16)
-    max_retries: int = Field(2, ge=0, le=10)
+    format: Literal["tagged", "two_step"] = Field(
+        "tagged", description="tagged: one call answering in <comparison>/<optimized> tags, as in BPO (Cheng et al. "
+        "2023, arXiv 2311.04155, Sec. 3.1); two_step: the comparison and the instruction are asked for separately, "
+        "for engines that cannot keep a tagged format.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature, in [0, 2].")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling, in (0, 1].")
+    max_tokens: int = Field(256, ge=16, le=4096, description="New tokens per call; the tagged answer needs room "
+                            "for both parts.")
+    max_retries: int = Field(2, ge=0, le=10, description="Re-sample an unparseable or degenerate answer this many "
+                             "times, then drop the pair with the reason.")
+
+
+# The BPO data table: one row per (original, optimized) prompt. `prompt` holds the original as
+# messages so the prompt readers and `trainers.sft` treat it like any prompt column.
+BPO_ROWS = pa.schema([("id", pa.string()), ("prompt", MESSAGES), ("optimized_prompt", pa.string()),
+                      ("comparison", pa.string()), ("raw", pa.string()), ("source", pa.string()),
+                      ("meta", pa.string())])
 
 
 def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = None, *, seed: int = 0,
               report: dict | None = None) -> pa.Table:
     cfg = config or ConstructConfig()
-    rows = pairs.select(["id", "prompt", "chosen", "rejected"]).to_pylist()
-    reqs = [ChatRequest(messages=[{"role": "user", "content": CONSTRUCT_PROMPT.format(
+    # Only the last user turn is rewritten: BPO optimizes single instructions (multi-turn HH
+    # prefixes contribute their final request; meta.turns records how many there were).
+    rows = pairs.select([c for c in ("id", "prompt", "chosen", "rejected", "source") if c in pairs.column_names]).to_pylist()
+    reqs = [ChatRequest(messages=[{"role": "user", "content": tpl.CONSTRUCT_PROMPT.format(
         instruction=last_user_text(r["prompt"]), good=r["chosen"][-1]["content"], bad=r["rejected"][-1]["content"])}],
         template_version=TEMPLATE_VERSION) for r in rows]
     ok: dict[str, tuple[str, str]] = {}
@@ -129,24 +114,24 @@ def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = 
             dropped[lf] += 1
             continue
         out.append({"id": content_id(orig, opt), "prompt": [{"role": "user", "content": orig}],
-                    "optimized_prompt": opt, "comparison": comp, "raw": t,
-                    "meta": json.dumps({"pair_id": r["id"], "template": TEMPLATE_VERSION})})
+                    "optimized_prompt": opt, "comparison": comp, "raw": t, "source": r.get("source"),
+                    "meta": json.dumps({"pair_id": r["id"], "template": TEMPLATE_VERSION, "format": cfg.format,
+                                        "turns": sum(m["role"] == "user" for m in r["prompt"])})})
     if report is not None:
         report.update({"input_examples": len(rows), "rows": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
-    return pa.Table.from_pylist(out) if out else pa.table({"id": [], "prompt": [], "optimized_prompt": [],
-                                                          "comparison": [], "raw": [], "meta": []})
+    return pa.Table.from_pylist(out, schema=BPO_ROWS)
 
 
 def _two_step(rows, engine, params, max_retries, ok):
     """Comparison, then the optimized instruction; returns texts keyed into `ok` like the tagged path."""
     args = [dict(instruction=last_user_text(r["prompt"]), good=r["chosen"][-1]["content"], bad=r["rejected"][-1]["content"])
             for r in rows]
-    comps, why_c, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": COMPARE_PROMPT.format(**a)}],
+    comps, why_c, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": tpl.COMPARE_PROMPT.format(**a)}],
                                                                template_version=TEMPLATE_VERSION + "+compare") for a in args],
                                           params, max_retries)
     todo = [i for i, c in enumerate(comps) if c is not None]
-    opts, why_o, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": OPTIMIZE_PROMPT.format(
+    opts, why_o, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": tpl.OPTIMIZE_PROMPT.format(
         instruction=args[i]["instruction"], comparison=comps[i])}], template_version=TEMPLATE_VERSION + "+optimize")
         for i in todo], params, max_retries)
     texts, reasons = [None] * len(rows), [f"comparison {w}" if w else None for w in why_c]
@@ -166,89 +151,146 @@ def _two_step(rows, engine, params, max_retries, ok):
 
 class RewriteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rewriter_model: str | None = Field(None, description="A trained rewriter (any causal LM path/id); default: "
-                                       "zero-shot with the pipeline's engine.")
-    temperature: float = Field(0.6, ge=0, le=2, description="The paper samples the optimizer at T 0.6, top-p 0.9.")
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_tokens: int = Field(192, ge=8)
-    max_retries: int = Field(2, ge=0, le=10)
+    rewriter_model: str | None = Field(None, description="A trained rewriter: any causal LM (local dir or hub id), "
+                                       "run by the transformers engine under the BPO instruction template "
+                                       "(`prefdata train sft --set target=optimized_prompt` trains one). Default: "
+                                       "zero-shot with the pipeline's engine and the same template.")
+    temperature: float = Field(0.6, ge=0, le=2, description="The paper samples the optimizer at T 0.6 (arXiv "
+                               "2311.04155), in [0, 2].")
+    top_p: float = Field(0.9, gt=0, le=1, description="The paper: top-p 0.9, in (0, 1].")
+    max_tokens: int = Field(192, ge=8, le=4096, description="New tokens for the optimized prompt.")
+    max_retries: int = Field(2, ge=0, le=10, description="Re-sample an empty or degenerate rewrite this many "
+                             "times, then drop the prompt with the reason.")
+
+
+REWRITE_ROWS = pa.schema([("id", pa.string()), ("prompt", MESSAGES), ("optimized_prompt", pa.string()),
+                          ("meta", pa.string())])
 
 
 def rewrite(prompts: pa.Table, engine: Engine, config: RewriteConfig | None = None, *, seed: int = 0,
             report: dict | None = None) -> pa.Table:
+    """(id, prompt, optimized_prompt, meta) for each prompt whose rewrite passed the filters."""
     cfg = config or RewriteConfig()
     rows = prompts.select(["id", "prompt"]).to_pylist()
     reqs = [ChatRequest(messages=[{"role": "user", "content": REWRITER_INSTRUCTION.format(prompt=last_user_text(r["prompt"]))}],
-                        template_version=REWRITER_TEMPLATE_VERSION) for r in rows]
+                        template_version=REWRITER_TEMPLATE_VERSION, request_id=r["id"]) for r in rows]
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
     texts, reasons, _ = sample_with_retries(engine, reqs, params, cfg.max_retries)
     out, dropped = [], Counter()
     for r, t, why in zip(rows, texts, reasons):
-        orig = last_user_text(r["prompt"])
-        lf = length_filter(orig, t) if t else None
-        if t is None or lf:
-            dropped[lf or why or "empty"] += 1
+        # The same length-ratio filter as construction: a rewrite that lost or swamped the request is
+        # not that request any more.
+        lf = length_filter(last_user_text(r["prompt"]), t) if t is not None else None
+        if t is None or lf or _LEFTOVER.search(t):
+            dropped[lf or (f"rewrite {why}" if t is None else "leftover markers in the rewrite")] += 1
             continue
-        out.append({"id": r["id"], "prompt": r["prompt"], "optimized_prompt": clean_output(t),
+        out.append({"id": r["id"], "prompt": r["prompt"], "optimized_prompt": t,
                     "meta": json.dumps({"rewriter": cfg.rewriter_model or "zero-shot", "template": REWRITER_TEMPLATE_VERSION})})
     if report is not None:
         report.update({"input_examples": len(rows), "rows": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
-    return pa.Table.from_pylist(out) if out else pa.table({"id": [], "prompt": [], "optimized_prompt": [], "meta": []})
+    return pa.Table.from_pylist(out, schema=REWRITE_ROWS)
 
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_engine: dict | None = Field(None, description="Engine answering both prompts; default: the pipeline's.")
-    judge_engine: dict | None = Field(None, description="Pairwise judge engine; default: the pipeline's.")
-    max_tokens: int = Field(128, ge=8)
-    temperature: float = Field(0.0, ge=0, le=2, description="Greedy answers isolate the prompt's effect.")
+    target_engine: dict | None = Field(None, description="Engine overrides for the target model that answers both "
+                                       "prompts (BPO is black-box: the target never changes); default: the pipeline's.")
+    judge_engine: dict | None = Field(None, description="Engine overrides for the pairwise judge; default: the pipeline's.")
+    judge_method: Literal["generate", "logprob"] = Field(
+        "generate", description="generate: the judge writes 'Winner: A|B|tie' (any engine); logprob: ' A' vs ' B' "
+        "log-likelihood after 'Winner:' (transformers/vllm). Both orders are always judged.")
+    max_tokens: int = Field(128, ge=8, le=4096, description="New tokens per answer.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Answer temperature; greedy (0) isolates the prompt's effect.")
+    judge_max_tokens: int = Field(128, ge=4, le=4096, description="New tokens per judgement (generate method).")
 
 
 def evaluate(rows: pa.Table, target: Engine, judge_engine: Engine, config: EvaluateConfig | None = None, *,
              seed: int = 0) -> tuple[pa.Table, dict]:
+    """Answer original and optimized prompts with `target`; a position-swapped judge compares the
+    answers. Returns the per-prompt table and {win, tie, loss, n} for the optimized prompt."""
     cfg = config or EvaluateConfig()
     data = rows.select(["id", "prompt", "optimized_prompt"]).to_pylist()
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
-    orig = target.generate([ChatRequest(messages=r["prompt"]) for r in data], params)
-    opt = target.generate([ChatRequest(messages=[{"role": "user", "content": r["optimized_prompt"]}]) for r in data], params)
-    a_orig, a_opt = [o[0].text for o in orig], [o[0].text for o in opt]
-    verdicts, raw_ab, raw_ba = PairwiseJudge().judge(judge_engine, [r["prompt"] for r in data], a_opt, a_orig, seed=seed)
-    n = max(len(verdicts), 1)
-    stats = {"win": sum(v == 1.0 for v in verdicts) / n, "tie": sum(v is None for v in verdicts) / n,
-             "loss": sum(v == 0.0 for v in verdicts) / n, "n": len(verdicts)}
-    table = pa.table({"id": [r["id"] for r in data], "prompt": [r["prompt"] for r in data],
-                      "optimized_prompt": [r["optimized_prompt"] for r in data], "answer_original": a_orig,
-                      "answer_optimized": a_opt, "optimized_wins": verdicts, "judge_raw_ab": raw_ab, "judge_raw_ba": raw_ba})
+    orig = target.generate([ChatRequest(messages=r["prompt"], request_id=r["id"]) for r in data], params)
+    opt = target.generate([ChatRequest(messages=[{"role": "user", "content": r["optimized_prompt"]}], request_id=r["id"])
+                           for r in data], params)
+    a_orig, a_opt = [clean_output(o[0].text) for o in orig], [clean_output(o[0].text) for o in opt]
+    # The judge sees the original request for both answers: the question is which answer serves the
+    # user's actual request better.
+    judge = PairwiseJudge(method=cfg.judge_method, max_tokens=cfg.judge_max_tokens)
+    verdicts, raw_ab, raw_ba = judge.judge(judge_engine, [r["prompt"] for r in data], a_opt, a_orig, seed=seed)
+    n = len(verdicts)
+    stats = {"win": sum(v == 1.0 for v in verdicts) / n if n else 0.0,
+             "tie": sum(v is None for v in verdicts) / n if n else 0.0,
+             "loss": sum(v == 0.0 for v in verdicts) / n if n else 0.0, "n": n}
+    table = pa.table({"id": pa.array([r["id"] for r in data], pa.string()),
+                      "prompt": pa.array([r["prompt"] for r in data], MESSAGES),
+                      "optimized_prompt": pa.array([r["optimized_prompt"] for r in data], pa.string()),
+                      "answer_original": pa.array(a_orig, pa.string()), "answer_optimized": pa.array(a_opt, pa.string()),
+                      "optimized_wins": pa.array(verdicts, pa.float64()),
+                      "judge_raw_ab": pa.array(raw_ab, pa.string()), "judge_raw_ba": pa.array(raw_ba, pa.string())})
     return table, stats
 
 
+# ----------------------------------------------------------------------------- pipeline steps
+
+
+def _bpo_examples(table: pa.Table, k: int = 3) -> str:
+    return "\n\n".join(f"- **original:** {last_user_text(r['prompt'])[:200]}\n  **optimized:** {r['optimized_prompt'][:300]}"
+                        for r in table.slice(0, k).to_pylist()) or "(no rows)"
+
+
+def _ratio_figure(table: pa.Table, title: str):
+    """log2(optimized words / original words), with the paper's filter bounds (1/2 and 6) marked."""
+    import math
+
+    from prefdata.generators.common import histogram_figure
+
+    ratios = [math.log2(max(len(o.split()), 1) / max(len(last_user_text(p).split()), 1))
+              for p, o in zip(table.column("prompt").to_pylist(), table.column("optimized_prompt").to_pylist())]
+    fig = histogram_figure({"prompts": ratios}, title, "log2(optimized / original length in words)")
+    for bound in (-1.0, math.log2(6)):
+        fig.axes[0].axvline(bound, color="grey", linestyle="--")
+    return fig
+
+
 def _step_construct(cfg: ConstructConfig, table: pa.Table, ctx):
+    from prefdata.generators.common import source_counts_markdown
     from prefdata.pipeline import StepResult
     from prefdata.schema import conform
 
     report: dict = {}
     out = construct(conform(table, "pair"), ctx.engine(), cfg, seed=ctx.seed, report=report)
-    ex = "\n\n".join(f"- **original:** {r['prompt'][0]['content'][:200]}\n  **optimized:** {r['optimized_prompt'][:300]}"
-                     for r in out.slice(0, 3).to_pylist()) or "(no rows)"
     return StepResult(tables={"train": out}, kind="bpo", report=report,
                       card_sections=[("BPO construction", f"{report['rows']} optimized instructions from "
-                                      f"{report['input_examples']} pairs (Cheng et al. 2023, arXiv 2311.04155)."),
-                                     ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])), ("Examples", ex)],
-                      lineage={"templates": {"bpo_construct": TEMPLATE_VERSION}})
+                                      f"{report['input_examples']} preference pairs ({cfg.format} prompts; Cheng et "
+                                      "al. 2023, arXiv 2311.04155). Filters: orig/opt > 2 or opt/orig > 6 words, "
+                                      "leftover markers. Rows: (prompt, optimized_prompt, comparison, raw)."),
+                                     ("Rows per source pair set", source_counts_markdown(out)),
+                                     ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
+                                     ("Examples", _bpo_examples(out))],
+                      figures={"length_ratio": _ratio_figure(out, "BPO construction: length ratio")} if len(out) else {},
+                      lineage={"templates": {"bpo_construct": TEMPLATE_VERSION + ("+two-step" if cfg.format == "two_step" else "")}})
 
 
 def _step_rewrite(cfg: RewriteConfig, table: pa.Table, ctx):
     from prefdata.pipeline import StepResult
 
     report: dict = {}
-    engine = ctx.engine({"model": cfg.rewriter_model}) if cfg.rewriter_model else ctx.engine()
+    # A trained rewriter is a plain causal LM on local weights: always the transformers engine,
+    # whatever backend the rest of the pipeline uses.
+    engine = ctx.engine({"backend": "transformers", "model": cfg.rewriter_model}) if cfg.rewriter_model else ctx.engine()
     out = rewrite(table, engine, cfg, seed=ctx.seed, report=report)
     return StepResult(tables={"train": out}, kind="bpo", report=report,
                       card_sections=[("BPO rewriting", f"{report['rows']} of {report['input_examples']} prompts rewritten "
-                                      f"by {cfg.rewriter_model or 'the zero-shot template'}."),
-                                     ("Drop reasons", drop_reasons_markdown(report["drop_reasons"]))],
-                      lineage={"templates": {"bpo_rewriter": REWRITER_TEMPLATE_VERSION}})
+                                      f"by {'`' + engine.model_id + '` (trained rewriter)' if cfg.rewriter_model else 'the zero-shot template on `' + engine.model_id + '`'} "
+                                      f"at T {cfg.temperature}, top-p {cfg.top_p}."),
+                                     ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
+                                     ("Examples", _bpo_examples(out))],
+                      figures={"length_ratio": _ratio_figure(out, "BPO rewrite: length ratio")} if len(out) else {},
+                      lineage={"templates": {"bpo_rewriter": REWRITER_TEMPLATE_VERSION},
+                               "rewriter_model": engine.model_id})
 
 
 def _step_evaluate(cfg: EvaluateConfig, table: pa.Table, ctx):
@@ -258,11 +300,15 @@ def _step_evaluate(cfg: EvaluateConfig, table: pa.Table, ctx):
     judge = ctx.engine(cfg.judge_engine)
     out, stats = evaluate(table, target, judge, cfg, seed=ctx.seed)
     md = ("| optimized vs original | rate |\n|---|---|\n" + f"| win | {stats['win']:.1%} |\n| tie | {stats['tie']:.1%} |\n"
-          f"| loss | {stats['loss']:.1%} |\n\n{stats['n']} prompts; ties include verdicts that flipped with the order.")
+          f"| loss | {stats['loss']:.1%} |\n\n{stats['n']} prompts answered by `{target.model_id}`, judged by "
+          f"`{judge.model_id}` ({cfg.judge_method}) in both orders; ties include verdicts that flipped with the order.")
+    ex = "\n\n".join(f"- **original:** {last_user_text(r['prompt'])[:150]}\n  **optimized:** {r['optimized_prompt'][:150]}\n"
+                      f"  **verdict:** {'optimized wins' if r['optimized_wins'] == 1.0 else 'original wins' if r['optimized_wins'] == 0.0 else 'tie'}"
+                      for r in out.slice(0, 3).to_pylist()) or "(no rows)"
     return StepResult(tables={"train": out}, kind="bpo_eval", report=stats,
-                      card_sections=[("BPO evaluation (pairwise, position-swapped)", md)],
-                      lineage={"templates": {"pairwise_judge": "pairwise-judge-1"}, "target": target.model_id,
-                               "judge": judge.model_id})
+                      card_sections=[("BPO evaluation (pairwise, position-swapped)", md), ("Examples", ex)],
+                      lineage={"templates": {"pairwise_judge": PairwiseJudge(method=cfg.judge_method).template_version},
+                               "target": target.model_id, "judge": judge.model_id})
 
 
 def register() -> None:

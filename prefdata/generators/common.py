@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import pyarrow as pa
 
@@ -148,5 +148,34 @@ def length_figure(table: pa.Table, title: str):
     ax.set_ylabel("pairs")
     ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def source_counts_markdown(table: pa.Table, column: str = "source") -> str:
+    """Rows per source: the first line of every card, so mixed datasets show what they are made of."""
+    if column not in table.column_names or not len(table):
+        return "(no rows)"
+    counts: dict[str, int] = {}
+    for s in table.column(column).to_pylist():
+        counts[s] = counts.get(s, 0) + 1
+    return "| source | rows |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
+
+
+def histogram_figure(series: dict[str, list[float]], title: str, xlabel: str, bins=20):
+    """Overlaid histograms of named value lists (scores, lengths); empty lists are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    kept = {k: v for k, v in series.items() if v}
+    if kept:
+        ax.hist(list(kept.values()), bins=bins, label=list(kept))
+        ax.legend()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
     fig.tight_layout()
     return fig

@@ -11,64 +11,65 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.engines.base import ChatRequest, Engine, SamplingParams
-from prefdata.generators.common import (assistant, clean_output, degenerate_reason, drop_reasons_markdown,
-                                        examples_markdown, length_figure, pair_table, sample_with_retries)
+from prefdata.generators.common import (
+    assistant,
+    clean_output,
+    degenerate_reason,
+    drop_reasons_markdown,
+    examples_markdown,
+    length_figure,
+    pair_table,
+    sample_with_retries,
+    source_counts_markdown,
+)
 from prefdata.judges.pointwise import last_user_text
+from prefdata.prompts import conditional as tpl
 
 NAME = "conditional"
-TEMPLATE_VERSION = "conditional-edit-1"
-
-GUIDELINES = {
-    "chat": ["helpfulness", "relevance", "completeness", "honesty", "harmlessness"],
-    "summarization": ["coherence", "accuracy", "coverage"],
-}
-
-EDIT_PROMPT = """Here is a user request and a draft reply.
-
-Request:
-{question}
-
-Draft reply:
-{draft}
-
-Rewrite the draft so that it becomes clearly {direction} on one to three of these aspects: {aspects}. Change only what those aspects need.
-Answer in exactly this format:
-<aspects>the aspects you changed, comma-separated</aspects>
-<response>the rewritten reply</response>"""
-
-# For engines that cannot keep a tagged format (a 135M model cannot): we draw the aspects with the
-# seed and ask for the rewritten reply alone. Labels stay by construction; the aspects are recorded.
-EDIT_PROMPT_SEEDED = """Here is a user request and a draft reply.
-
-Request:
-{question}
-
-Draft reply:
-{draft}
-
-Rewrite the draft so that it becomes clearly {direction} in {aspects}. Reply with the rewritten reply only."""
+TEMPLATE_VERSION = tpl.TEMPLATE_VERSION
+GUIDELINES = tpl.GUIDELINES
 
 _ASPECTS = re.compile(r"<aspects>(.*?)</aspects>", re.DOTALL | re.IGNORECASE)
-_RESPONSE = re.compile(r"<response>(.*?)(?:</response>|$)", re.DOTALL | re.IGNORECASE)
+# The closing tag is required: an edit cut off at max_tokens is not the edit the model meant.
+_RESPONSE = re.compile(r"<response>(.*?)</response>", re.DOTALL | re.IGNORECASE)
+_SPLIT = re.compile(r",|;|\band\b")
 
 
 class ConditionalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    guideline: str = Field("chat", description="Aspect guideline: chat or summarization, or a key of `guidelines`.")
-    guidelines: dict[str, list[str]] = Field(default_factory=dict, description="Extra or replacement guidelines.")
-    p_better: float = Field(0.5, ge=0, le=1, description="Probability of drawing the 'better' direction.")
-    aspect_choice: str = Field("model", pattern="^(model|seeded)$", description="model: the editor picks and names "
-                               "the aspects in tagged output (RMBoost); seeded: 1-3 aspects drawn per example, for "
-                               "engines that cannot follow a tagged format.")
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_tokens: int = Field(160, ge=8, le=4096)
-    max_retries: int = Field(2, ge=0, le=10)
+    guideline: str = Field("chat", description="Aspect guideline: 'chat' (helpfulness, relevance, completeness, "
+                           "honesty, harmlessness) or 'summarization' (coherence, accuracy, coverage), as in RMBoost "
+                           "(arXiv 2407.16008, Sec. 3), or a key of `guidelines`.")
+    guidelines: dict[str, list[str]] = Field(default_factory=dict, description="Your own guidelines: "
+                                             "{name: [aspect, ...]}; a shipped name is replaced.")
+    p_better: float = Field(0.5, ge=0, le=1, description="Probability in [0, 1] of drawing the 'better' direction "
+                            "per example (RMBoost draws the direction uniformly).")
+    aspect_choice: Literal["model", "seeded"] = Field(
+        "model", description="model: the editor picks 1-3 aspects and names them in <aspects> tags (RMBoost); "
+        "seeded: 1-3 aspects are drawn per example and named in the prompt, for engines that cannot keep tags.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for y1 and the edit, in [0, 2].")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling, in (0, 1].")
+    max_tokens: int = Field(160, ge=8, le=4096, description="New tokens for y1 and for the edit (tags included).")
+    max_retries: int = Field(2, ge=0, le=10, description="Re-sample a degenerate y1 or an unparseable edit this many "
+                             "times, then drop the example with the reason.")
+
+    @model_validator(mode="after")
+    def _guidelines_nonempty(self):
+        for name, aspects in self.guidelines.items():
+            if not aspects or not all(isinstance(a, str) and a.strip() for a in aspects):
+                raise ValueError(f"guidelines.{name} must be a non-empty list of aspect names")
+        return self
+
+
+def guideline_version(cfg: ConditionalConfig) -> str:
+    """The shipped version, or 'custom' when the chosen guideline comes from the YAML."""
+    return "custom" if cfg.guideline in cfg.guidelines else tpl.GUIDELINES_VERSION
 
 
 def direction(example_id: str, seed: int, p_better: float) -> str:
@@ -88,9 +89,9 @@ def parse_edit(text: str, allowed: list[str]) -> tuple[list[str] | None, str | N
     """(aspects, response, None) or (None, None, reason)."""
     a, r = _ASPECTS.search(text or ""), _RESPONSE.search(text or "")
     if not a or not r:
-        return None, None, "unparseable edit (missing <aspects> or <response>)"
-    aspects = [x.strip().lower() for x in a.group(1).split(",") if x.strip()]
-    aspects = [x for x in aspects if x in allowed]
+        return None, None, "unparseable edit (missing <aspects>…</aspects> or <response>…</response>)"
+    names = {x.lower(): x for x in allowed}
+    aspects = [names[x.strip().lower()] for x in _SPLIT.split(a.group(1)) if x.strip().lower() in names]
     if not aspects:
         return None, None, "edit names no aspect from the guideline"
     resp = r.group(1).strip()
@@ -108,6 +109,7 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
 
         raise ConfigError(f"guideline '{cfg.guideline}' not found (have: {', '.join(guides)})")
     aspects = guides[cfg.guideline]
+    g_version = guideline_version(cfg)
     rows = prompts.select(["id", "prompt"]).to_pylist()
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
     y1s, why1, _ = sample_with_retries(engine, [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION)
@@ -120,7 +122,7 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
             todo.append((r, y1, direction(r["id"], seed, cfg.p_better)))
     seeded = cfg.aspect_choice == "seeded"
     picked = {r["id"]: seeded_aspects(r["id"], seed, aspects) for r, _, _ in todo} if seeded else {}
-    edit_reqs = [ChatRequest(messages=[{"role": "user", "content": (EDIT_PROMPT_SEEDED if seeded else EDIT_PROMPT).format(
+    edit_reqs = [ChatRequest(messages=[{"role": "user", "content": (tpl.EDIT_PROMPT_SEEDED if seeded else tpl.EDIT_PROMPT).format(
         question=last_user_text(r["prompt"]), draft=y1, direction=d,
         aspects=" and ".join(picked[r["id"]]) if seeded else ", ".join(aspects))}],
         template_version=TEMPLATE_VERSION + ("+seeded" if seeded else "")) for r, y1, d in todo]
@@ -154,7 +156,7 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
         out.append({"prompt": r["prompt"], "chosen": assistant(chosen), "rejected": assistant(rejected),
                     "source": f"{NAME}/{TEMPLATE_VERSION}",
                     "meta": {"prompt_id": r["id"], "direction": d, "aspects": changed, "guideline": cfg.guideline,
-                             "raw_edit": e}})
+                             "guideline_version": g_version, "raw_edit": e}})
     if report is not None:
         report.update({"input_examples": len(rows), "pairs": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
@@ -174,14 +176,18 @@ def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
     sections = [
         ("Preference-conditional synthesis", f"{report['pairs']} pairs from {report['input_examples']} prompts. "
          "y2 edits y1 towards a seeded direction on named aspects; labels by construction (RMBoost, arXiv 2407.16008)."),
-        ("Directions and aspects", "directions: " + ", ".join(f"{k}: {v}" for k, v in dirs.items()) +
+        ("Directions and aspects", f"guideline `{cfg.guideline}` ({guideline_version(cfg)}), aspects named by "
+         f"{'the seed' if cfg.aspect_choice == 'seeded' else 'the editor'}\n\n"
+         "directions: " + ", ".join(f"{k}: {v}" for k, v in sorted(dirs.items())) +
          "\n\naspects edited: " + ", ".join(f"{k}: {v}" for k, v in asp.most_common())),
+        ("Rows per source", source_counts_markdown(pairs)),
         ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
         ("Examples", examples_markdown(pairs)),
     ]
     figures = {"lengths": length_figure(pairs, "Conditional: chosen vs rejected length")} if len(pairs) else {}
     return StepResult(tables={"train": pairs}, card_sections=sections, figures=figures, report=report,
-                      lineage={"templates": {"conditional": TEMPLATE_VERSION}, "guideline": cfg.guideline})
+                      lineage={"templates": {"conditional": TEMPLATE_VERSION, "aspect_guidelines": guideline_version(cfg)},
+                               "guideline": cfg.guideline})
 
 
 def register() -> None:

@@ -13,13 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.base import ChatRequest, Engine, SamplingParams
-from prefdata.generators.common import (assistant, drop_reasons_markdown, examples_markdown, length_figure,
-                                        pair_table, sample_with_retries)
+from prefdata.generators.common import (
+    assistant,
+    drop_reasons_markdown,
+    examples_markdown,
+    length_figure,
+    pair_table,
+    sample_with_retries,
+    source_counts_markdown,
+)
 from prefdata.prompts import rlcd as tpl
 
 NAME = "rlcd"
@@ -37,8 +45,12 @@ class RLCDConfig(BaseModel):
     category_sets: dict[str, str] = Field(default_factory=dict, description="Per-example set by the prompt's "
                                           "meta.category, e.g. {harmlessness: harmless, helpfulness: helpful}; "
                                           "other examples use `principle_set`.")
-    rescore: bool = Field(False, description="RLCD-Rescore: re-label each (o+, o-) with a pairwise judge shown "
-                          "both orders; an order-dependent verdict is a tie, kept with a null label_prob.")
+    rescore: bool = Field(False, description="RLCD-Rescore (arXiv 2307.12950, Sec. 4): re-label each (o+, o-) with a "
+                          "pairwise judge shown both orders; an order-dependent verdict is a tie, kept with a null "
+                          "label_prob and meta.rescore='tie'.")
+    rescore_method: Literal["generate", "logprob"] = Field(
+        "generate", description="How the rescore judge answers: generate ('Winner: A|B|tie', any engine) or logprob "
+        "(log-likelihood of ' A' vs ' B' after 'Winner:', as in the paper; transformers/vllm engines only).")
     max_retries: int = Field(5, ge=0, le=20, description="Re-sample an empty or degenerate output this many "
                              "times, then drop the example with the reason recorded (the paper retries 5x).")
 
@@ -106,7 +118,7 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
                      "attempts": [attempts[2 * k], attempts[2 * k + 1]]},
         })
     if config.rescore and out:
-        rescore(out, engine, seed)
+        rescore(out, engine, seed, method=config.rescore_method)
     if report is not None:
         report.update({"input_examples": len(rows), "pairs": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
@@ -115,15 +127,16 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
     return pair_table(out)
 
 
-def rescore(rows: list[dict], engine: Engine, seed: int) -> None:
+def rescore(rows: list[dict], engine: Engine, seed: int, method: str = "generate") -> None:
     """Replace construction labels by a position-swapped judge's (in place). agree: kept; the judge
     prefers o-: swapped; order-dependent or unparseable: tie, label_prob None (no guess)."""
     from prefdata.judges.pairwise import PairwiseJudge
 
-    verdicts, _, _ = PairwiseJudge().judge(engine, [r["prompt"] for r in rows],
+    verdicts, raw_ab, raw_ba = PairwiseJudge(method=method).judge(engine, [r["prompt"] for r in rows],
                                            [r["chosen"][0]["content"] for r in rows],
                                            [r["rejected"][0]["content"] for r in rows], seed=seed)
-    for r, v in zip(rows, verdicts):
+    for r, v, ab, ba in zip(rows, verdicts, raw_ab, raw_ba):
+        r["meta"]["rescore_raw"] = [ab, ba]  # the judge's own words, both orders, kept for audit
         if v == 1.0:
             r["meta"]["rescore"] = "agree"
         elif v == 0.0:
@@ -167,14 +180,24 @@ def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
         ("RLCD generation", f"{report['pairs']} pairs from {report['input_examples']} prompts "
                             f"({report['dropped']} dropped). Chosen = continuation under the positive "
                             f"descriptor, rejected = under the negative one (Yang et al. 2023, arXiv 2307.12950)."),
+        ("Rows per source", source_counts_markdown(pairs)),
         ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
         (f"Descriptor pairs ({version})",
          "| set | index | positive | negative | pairs |\n|---|---|---|---|---|\n" + principles),
         ("Examples", examples_markdown(pairs)),
     ]
+    templates = {"rlcd_prompt": tpl.TEMPLATE_VERSION, "rlcd_principles": version}
+    if cfg.rescore:
+        from prefdata.judges.pairwise import PairwiseJudge
+
+        templates["pairwise_judge"] = PairwiseJudge(method=cfg.rescore_method).template_version
+        sections.insert(3, ("RLCD-Rescore", "A position-swapped pairwise judge re-labelled every pair "
+                            f"({cfg.rescore_method}); a verdict that flips with the order is a tie with a null "
+                            "label_prob, never a guess.\n\n| verdict | pairs |\n|---|---|\n" +
+                            "\n".join(f"| {k} | {v} |" for k, v in sorted(report.get("rescore", {}).items()))))
     figures = {"lengths": length_figure(pairs, "RLCD: chosen vs rejected length")} if len(pairs) else {}
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures,
-                      lineage={"templates": {"rlcd_prompt": tpl.TEMPLATE_VERSION, "rlcd_principles": version},
+                      lineage={"templates": templates,
                                "seeds": {"pipeline": ctx.seed}},
                       report=report)
 

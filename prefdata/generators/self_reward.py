@@ -20,27 +20,48 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.base import ChatRequest, Engine, SamplingParams
-from prefdata.generators.common import (assistant, clean_output, degenerate_reason, drop_reasons_markdown,
-                                        examples_markdown, length_figure, pair_table)
+from prefdata.generators.common import (
+    assistant,
+    clean_output,
+    degenerate_reason,
+    drop_reasons_markdown,
+    examples_markdown,
+    histogram_figure,
+    length_figure,
+    pair_table,
+    source_counts_markdown,
+)
 from prefdata.judges import pointwise
 from prefdata.schema import COMPLETION, content_id
 
 NAME = "self_reward"
 TEMPLATE_VERSION = "self-reward-1"
+# Completion rows plus the judge's evidence; explicit types so an all-null column keeps its type.
+CANDIDATES = pa.schema(list(COMPLETION) + [
+    pa.field("judgements", pa.list_(pa.string())),  # raw judge texts, k per candidate
+    pa.field("judge_scores", pa.list_(pa.float64())),  # parsed, null when unparseable
+    pa.field("score", pa.float64()),  # mean of the parseable judgements, null when none
+    pa.field("filtered", pa.string()),  # why a candidate was kept out of pairing (empty, repetitive), or null
+])
 
 
 class SelfRewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_candidates: int = Field(4, ge=2, le=64, description="Candidates per prompt (the paper: 4).")
-    temperature: float = Field(0.7, ge=0, le=2, description="Candidate sampling temperature (the paper: 0.7).")
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_tokens: int = Field(128, ge=1, le=4096)
-    judgements: int = Field(3, ge=1, le=16, description="Judgements per candidate (the paper: 3); score = mean of the parseable.")
-    judge_temperature: float = Field(0.7, ge=0, le=2)
-    judge_max_tokens: int = Field(160, ge=8)
+    n_candidates: int = Field(4, ge=2, le=64, description="Candidates per prompt, in [2, 64] (Yuan et al. 2024, "
+                              "arXiv 2401.10020: N=4).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Candidate sampling temperature, in [0, 2] (the paper: 0.7).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Candidate nucleus sampling, in (0, 1] (the paper: 0.9).")
+    max_tokens: int = Field(128, ge=1, le=4096, description="New tokens per candidate.")
+    judgements: int = Field(3, ge=1, le=16, description="Judgements per candidate, in [1, 16] (the paper: 3); the "
+                            "score is the mean of the parseable ones.")
+    judge_temperature: float = Field(0.7, ge=0, le=2, description="Judge sampling temperature; > 0 so repeated "
+                                     "judgements differ (their agreement is reported).")
+    judge_max_tokens: int = Field(160, ge=8, le=4096, description="New tokens per judgement; the score line must "
+                                  "fit (judge_score_first needs only a few).")
     judge_score_first: bool = Field(False, description="Ask for 'Score: n' first (as an assistant prefix) instead "
                                     "of after the justification; far fewer unparseable judgements from small models.")
-    judge_engine: dict | None = Field(None, description="Engine overrides for the judge; default: the policy judges itself.")
+    judge_engine: dict | None = Field(None, description="Engine overrides for the judge (e.g. {model: ...}); "
+                                      "default: the policy judges itself, as in the paper.")
 
 
 def generate(prompts: pa.Table, engine: Engine, config: SelfRewardConfig | None = None, *, seed: int = 0,
@@ -83,7 +104,7 @@ def generate(prompts: pa.Table, engine: Engine, config: SelfRewardConfig | None 
             dropped["tie between best and worst"] += 1
             continue
         pairs.append({"prompt": r["prompt"], "chosen": assistant(cands[best[1]]), "rejected": assistant(cands[worst[1]]),
-                      "source": f"{NAME}/{TEMPLATE_VERSION}+{pointwise.TEMPLATE_VERSION}",
+                      "source": f"{NAME}/{TEMPLATE_VERSION}+{judge.template_version}",
                       "chosen_score": best[0], "rejected_score": worst[0], "margin": best[0] - worst[0],
                       "meta": {"prompt_id": r["id"], "chosen_index": best[1], "rejected_index": worst[1]}})
     all_scores = [s for c in cand_rows for s in c["judge_scores"]]
@@ -94,11 +115,7 @@ def generate(prompts: pa.Table, engine: Engine, config: SelfRewardConfig | None 
                        "unparseable_rate": round(sum(s is None for s in all_scores) / max(len(all_scores), 1), 4),
                        "tie_rate": round(dropped["tie between best and worst"] / max(len(rows), 1), 4),
                        "judge_agreement": judge_agreement([c["judge_scores"] for c in cand_rows])})
-    cand_table = pa.Table.from_pylist(cand_rows)
-    cand_table = pa.Table.from_arrays([cand_table.column(f.name).cast(f.type) for f in COMPLETION] +
-                                      [cand_table.column(n) for n in ("judgements", "judge_scores", "score", "filtered")],
-                                      names=COMPLETION.names + ["judgements", "judge_scores", "score", "filtered"])
-    return pair_table(pairs), cand_table
+    return pair_table(pairs), pa.Table.from_pylist(cand_rows, schema=CANDIDATES)
 
 
 def judge_agreement(score_lists: list[list[float | None]]) -> dict:
@@ -126,25 +143,38 @@ def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
     judge = ctx.engine(cfg.judge_engine) if cfg.judge_engine else engine
     pairs, cands = generate(table, engine, cfg, seed=ctx.seed, judge_engine=judge, report=report)
     scores = [s for s in cands.column("score").to_pylist() if s is not None]
-    dist = Counter(round(s) for s in scores)
+    single = [s for ss in cands.column("judge_scores").to_pylist() for s in ss if s is not None]
+    dist = Counter(round(s) for s in single)
+    agree = report["judge_agreement"]
     sections = [
         ("Self-rewarding generation", f"{report['pairs']} pairs from {report['input_examples']} prompts; "
          f"{report['candidates']} candidates judged {cfg.judgements}x each by `{judge.model_id}` with an additive "
-         f"5-point rubric (Yuan et al. 2024, arXiv 2401.10020). Chosen = best, rejected = worst, margin = score gap."),
+         f"5-point rubric (Yuan et al. 2024, arXiv 2401.10020). Chosen = best, rejected = worst, margin = score gap. "
+         f"All candidates with raw judgements are in the `candidates` side table."),
+        ("Rows per source", source_counts_markdown(pairs)),
         ("Judge statistics", "\n".join([
             "| | |", "|---|---|", f"| judgements | {report['judgements']} |",
-            f"| unparseable rate | {report['unparseable_rate']:.1%} |", f"| tie rate (prompts) | {report['tie_rate']:.1%} |",
-            f"| exact agreement between repeated judgements | {report['judge_agreement']['exact_agreement']} |",
-            f"| mean std of repeated judgements | {report['judge_agreement']['mean_within_std']} |",
-            "| candidate score (rounded) distribution | " + ", ".join(f"{k}: {v}" for k, v in sorted(dist.items())) + " |"])),
+            f"| unparseable rate | {report['unparseable_rate']:.1%} |",
+            f"| tie rate (prompts whose best and worst tie) | {report['tie_rate']:.1%} |",
+            f"| exact agreement between repeated judgements | {_fmt(agree['exact_agreement'])} |",
+            f"| mean std of repeated judgements | {_fmt(agree['mean_within_std'])} |",
+            "| judgement score distribution | " + (", ".join(f"{k}: {v}" for k, v in sorted(dist.items())) or "-") + " |"])),
         ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
         ("Examples", examples_markdown(pairs)),
     ]
-    figures = {"lengths": length_figure(pairs, "Self-reward: chosen vs rejected length")} if len(pairs) else {}
+    figures = {"scores": histogram_figure({"candidate score (mean)": scores, "single judgement": single},
+                                          "Self-reward: rubric scores", "score (0-5)", bins=[x / 4 for x in range(21)])}
+    if len(pairs):
+        figures["lengths"] = length_figure(pairs, "Self-reward: chosen vs rejected length")
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures, report=report,
-                      lineage={"templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION},
+                      lineage={"templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION
+                                             + ("+score-first" if cfg.judge_score_first else "")},
                                "judge_model": judge.model_id},
                       side_tables={"candidates": ("completion", cands)})
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def register() -> None:
