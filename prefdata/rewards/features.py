@@ -68,7 +68,9 @@ class Backbone:
         # Keep the end of long dialogues: the response being judged is the last turn, and cutting
         # from the right would make chosen and rejected identical after truncation.
         self.tokenizer.truncation_side = "left"
-        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch.float32).eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                               dtype=torch.float32).eval().to(self.device)
         self.layer = layer  # None = the last hidden state; an index into hidden_states otherwise
         self.id = self.id_for(layer)
 
@@ -81,7 +83,8 @@ class Backbone:
     def _embed(self, texts: list[str], layers: tuple[int | None, ...] | None = None) -> list[np.ndarray]:
         """One forward pass; pooled vectors for each requested layer (default: this backbone's)."""
         layers = layers or (self.layer,)
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
         want_hidden = any(layer is not None for layer in layers)
         out = self.model(**enc, output_hidden_states=want_hidden)
         mask = enc["attention_mask"].unsqueeze(-1).float()  # (b, t, 1)
@@ -92,7 +95,7 @@ class Backbone:
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             last = hidden[torch.arange(hidden.shape[0]), last_idx]
             feats = {"mean": mean, "last": last, "last+mean": torch.cat([last, mean], -1)}[self.pooling]
-            pooled.append(feats.float().numpy())
+            pooled.append(feats.float().cpu().numpy())
         return pooled
 
     def embed(self, texts: list[str], cache: "FeatureCache | None" = None, progress: bool = True,

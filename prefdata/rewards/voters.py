@@ -73,6 +73,7 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
     from prefdata.rewards.features import render
 
     path = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=spec.trust_remote_code).eval()
     if model.config.num_labels != 1:
         raise PrefdataError(f"reward model '{spec.model}' has {model.config.num_labels} outputs; a reward model "
@@ -81,6 +82,7 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
+    model.to(device)
 
     def texts(col):
         prompts = table.column("prompt").to_pylist()
@@ -95,8 +97,8 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
             for s in range(0, len(ts), spec.batch_size):
                 idx = order[s:s + spec.batch_size]
                 enc = tok([ts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
-                          return_tensors="pt")
-                out[idx] = model(**enc).logits[:, 0].float().numpy()
+                          return_tensors="pt").to(device)
+                out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
         return out
 
     return {f"rm:{spec.model}": rewards(texts("chosen")) - rewards(texts("rejected"))}
