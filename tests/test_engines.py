@@ -186,3 +186,21 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
     with pytest.raises(PrefdataError, match="model path not found"):
         get_engine(EngineConfig(model=str(tmp_path / "nope")))
+
+
+def test_backends_never_share_cached_text(tmp_path):
+    """The same request on two backends (or two servers) serving one model name samples differently."""
+    from prefdata.engines import CachedEngine
+    from prefdata.engines.scripted import ScriptedEngine
+
+    cache = RequestCache(tmp_path / "c.sqlite")
+    r = [ChatRequest(messages=[{"role": "user", "content": "hi"}])]
+    a, b = ScriptedEngine(["from a"], model_id="m"), ScriptedEngine(["from b"], model_id="m")
+    b.name = "other"
+    c = ScriptedEngine(["from c"], model_id="m")
+    c.base_url = "http://elsewhere/v1"
+    assert CachedEngine(a, cache).generate(r, SamplingParams())[0][0].text == "from a"
+    assert CachedEngine(b, cache).generate(r, SamplingParams())[0][0].text == "from b"
+    assert CachedEngine(c, cache).generate(r, SamplingParams())[0][0].text == "from c"
+    assert CachedEngine(ScriptedEngine(["again"], model_id="m"), cache).generate(r, SamplingParams())[0][0].text \
+        == "from a"  # the same backend still replays its cache

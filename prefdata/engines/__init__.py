@@ -7,7 +7,6 @@ transformers, vLLM and OpenAI-compatible servers.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +35,11 @@ class EngineConfig(BaseModel):
     concurrency: int = Field(16, ge=1, le=4096, description="openai backend: requests in flight.")
     max_retries: int = Field(5, ge=0, le=50)
     timeout_s: float = Field(60.0, gt=0)
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend: share of GPU memory.")
+    max_model_len: int = Field(4096, ge=64, description="vllm backend: longest prompt + completion in tokens; "
+                               "bounds the KV cache it reserves.")
+    enforce_eager: bool = Field(False, description="vllm backend: skip torch.compile and graph capture; starts "
+                                "in seconds instead of minutes, decodes more slowly.")
     progress: bool = Field(True, description="Show a progress bar with tokens/s.")
 
 
@@ -49,9 +52,13 @@ class CachedEngine:
         self.name = backend.name
         self.model_id = backend.model_id
         self.stats = getattr(backend, "stats", {})
+        # Backends sample differently, so the same request on transformers and on vLLM (or on two
+        # servers serving the same model name) must not share cached text.
+        where = getattr(backend, "base_url", None)
+        self.cache_id = f"{backend.name}:{where}:{backend.model_id}" if where else f"{backend.name}:{backend.model_id}"
 
     def generate(self, requests: list[ChatRequest], params: SamplingParams) -> list[list[Completion]]:
-        keys = [[request_key(self.model_id, r, params, s) for s in range(params.n)] for r in requests]
+        keys = [[request_key(self.cache_id, r, params, s) for s in range(params.n)] for r in requests]
         hits = self.cache.get_many([k for ks in keys for k in ks]) if self.cache is not None else {}
         # Missing samples are generated as single-sample requests with an explicit sample index so
         # that a partially cached request produces exactly the samples it lacks.
@@ -71,7 +78,7 @@ class CachedEngine:
         return [[hits[k] for k in ks] for ks in keys]
 
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
-        keys = [score_key(self.model_id, r, c) for r, c in zip(requests, completions)]
+        keys = [score_key(self.cache_id, r, c) for r, c in zip(requests, completions)]
         hits = self.cache.get_scores(keys) if self.cache is not None else {}
         todo = [i for i, k in enumerate(keys) if k not in hits]
         if todo:
@@ -91,10 +98,8 @@ def get_engine(cfg: EngineConfig | dict | None = None) -> CachedEngine:
 
         backend = TransformersEngine(cfg)
     elif cfg.backend == "vllm":
-        try:
-            from prefdata.engines.vllm import VLLMEngine
-        except ModuleNotFoundError as e:
-            raise PrefdataError(f"the vllm backend needs vLLM installed (pip install 'prefdata[vllm]'): {e}") from None
+        from prefdata.engines.vllm import VLLMEngine  # imports vllm itself, with a clear error if absent
+
         backend = VLLMEngine(cfg)
     else:
         try:

@@ -6,6 +6,8 @@ Pipelines, generators and judges only ever see `Engine`; swapping backends chang
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -86,3 +88,14 @@ class Backend(Protocol):
 
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
         ...
+
+
+def row_seed(req: ChatRequest, params: SamplingParams, sample: int) -> int:
+    """The seed of one (request, sample): a hash of the request's content, seed and sample index.
+
+    Local engines (transformers, vLLM) seed each sample with it, so a sample's text never depends on
+    which other requests share its batch; that is what lets the cache replay samples one by one.
+    """
+    blob = json.dumps([params.seed + req.seed_offset, sample, req.messages, req.assistant_prefix,
+                       req.template_version], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") & ((1 << 63) - 1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from prefdata.engines.base import ChatRequest, Completion, SamplingParams
+from prefdata.engines.base import ChatRequest, Completion, SamplingParams, row_seed
 from prefdata.errors import PrefdataError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -36,12 +36,6 @@ def _model_fingerprint(path: str, name: str) -> str:
         parts = [json.loads(info.read_text()).get("weights_sha256", "")]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     return f"{name}#{digest}"
-
-
-def row_seed(req: ChatRequest, params: SamplingParams, sample: int) -> int:
-    blob = json.dumps([params.seed + req.seed_offset, sample, req.messages, req.assistant_prefix,
-                       req.template_version], sort_keys=True, ensure_ascii=False)
-    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") & ((1 << 63) - 1)
 
 
 class TransformersEngine:
