@@ -7,6 +7,7 @@ import pytest
 from prefdata.engines import EngineConfig, get_engine
 from prefdata.engines.base import ChatRequest, SamplingParams
 from prefdata.engines.faultserver import FaultServer, answer
+from prefdata.engines.openai import FLUSH_EVERY, OpenAIEngine
 
 SENTINEL = "sk-sentinel-DO-NOT-LEAK-123456789"
 
@@ -16,8 +17,9 @@ def reqs(n):
 
 
 def engine(url, tmp_path, name, **kw):
-    cfg = dict(backend="openai", model="test-model", base_url=url, timeout_s=0.5, max_retries=8, concurrency=32,
-               progress=False, cache_path=str(tmp_path / f"{name}.sqlite"), api_key_env="PREFDATA_TEST_KEY")
+    cfg = {"backend": "openai", "model": "test-model", "base_url": url, "timeout_s": 0.5, "max_retries": 8,
+           "concurrency": 32, "progress": False, "cache_path": str(tmp_path / f"{name}.sqlite"),
+           "api_key_env": "PREFDATA_TEST_KEY"}
     return get_engine(EngineConfig(**{**cfg, **kw}))
 
 
@@ -60,6 +62,38 @@ def test_empty_choice_wrong_model_and_unreachable(tmp_path, monkeypatch):
         assert out[0][0].finish_reason == "error" and "not found" in out[0][0].error
     out = engine("http://127.0.0.1:9/v1", tmp_path, "down", max_retries=1).generate(reqs(1), SamplingParams())
     assert out[0][0].finish_reason == "error" and "Connection" in out[0][0].error
+
+
+def test_a_burst_of_connections_is_served_without_retries(tmp_path):
+    """256 connections opened at once: the server must accept them all (the stdlib server's backlog
+    of 5 refused some), and the client must keep them alive rather than reconnecting."""
+    with FaultServer(latency=0.05) as s:
+        eng = engine(s.url, tmp_path, "burst", concurrency=256, max_retries=0, timeout_s=10, cache=False)
+        out = eng.generate(reqs(768), SamplingParams(seed=1))
+    assert not [o for o in out if o[0].finish_reason == "error"]
+    assert eng.stats["retries"] == 0 and eng.stats["failed"] == 0
+
+
+def test_results_reach_on_batch_in_groups_each_once(tmp_path):
+    """The cache commits once per on_batch call: results arrive grouped, every position exactly once,
+    each with its own completion."""
+    calls = []
+    with FaultServer(fault_rate=0.1, faults=("500", "drop"), seed=5) as s:
+        eng = OpenAIEngine(EngineConfig(backend="openai", model="test-model", base_url=s.url, concurrency=16,
+                                        progress=False, max_retries=8))
+        items = [(r, 0) for r in reqs(300)]
+        out = eng.generate_samples(items, SamplingParams(seed=2), on_batch=lambda p, c: calls.append((p, c)))
+    positions = [p for ps, _ in calls for p in ps]
+    assert sorted(positions) == list(range(300))
+    assert len(calls) < 300 / 8 and max(len(ps) for ps, _ in calls) <= FLUSH_EVERY
+    assert all(out[p] is c for ps, cs in calls for p, c in zip(ps, cs))
+    assert out[7].text == answer([{"role": "user", "content": "prompt number 7"}], 2)
+    assert eng.stats["requests"] == 300 and eng.stats["failed"] == 0 and eng.stats["retries"] > 0
+
+
+def test_no_items_no_requests():
+    eng = OpenAIEngine(EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", progress=False))
+    assert eng.generate_samples([], SamplingParams()) == [] and eng.stats["failed"] == 0
 
 
 def test_key_never_reaches_store_or_logs(tmp_path, monkeypatch, capsys):

@@ -5,20 +5,29 @@
 Answers are a deterministic function of (messages, seed), so a run through faults and a fault-free
 run must produce the same rows. Faults, drawn per request at `fault_rate` from a seeded RNG:
 429 with Retry-After, 500, a reply slower than the client's timeout, malformed JSON, a dropped
-connection, and (optionally) an empty choices list. Only ever binds 127.0.0.1.
+connection, and (optionally) an empty choices list. A request for another model gets a 404.
+Only ever binds 127.0.0.1.
+
+One asyncio loop on a background thread, HTTP/1.1 with keep-alive, a listen backlog of 4096: the
+stdlib ThreadingHTTPServer it replaces had a backlog of 5 (connections refused under a burst of
+64+ connects, which clients saw as errors and retried) and a thread per connection. Only what an
+OpenAI client sends is parsed: a request line, headers, a Content-Length body.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "slow", "malformed", "drop")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required", 429: "Too Many Requests",
+            500: "Internal Server Error"}
 
 
 def answer(messages: list[dict], seed) -> str:
@@ -26,74 +35,127 @@ def answer(messages: list[dict], seed) -> str:
     return f"answer {h} to: {messages[-1]['content'][:40]}"
 
 
+def _response(code: int, body: bytes, headers: dict | None = None, close: bool = False) -> bytes:
+    head = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}", "Content-Type: application/json",
+            f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
 class FaultServer:
     def __init__(self, port: int = 0, fault_rate: float = 0.0, latency: float = 0.0, slow_s: float = 2.0,
                  seed: int = 0, faults: tuple[str, ...] = FAULTS, model: str = "test-model"):
         self.fault_rate, self.latency, self.slow_s, self.faults, self.model = fault_rate, latency, slow_s, faults, model
-        self.rng = random.Random(seed)
-        self.lock = threading.Lock()
+        self.rng = random.Random(seed)  # drawn only on the loop thread, in arrival order
         self.counts: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):  # quiet
-                pass
-
-            def _send(self, code, body: bytes, headers=None):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if req.get("model") != server.model:
-                    return self._send(404, json.dumps({"error": {"message": f"model {req.get('model')} not found"}}).encode())
-                with server.lock:
-                    fault = server.rng.choice(server.faults) if server.rng.random() < server.fault_rate else None
-                    server.counts[fault or "ok"] = server.counts.get(fault or "ok", 0) + 1
-                if server.latency:
-                    time.sleep(server.latency)
-                if fault == "429":
-                    return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "0.05"})
-                if fault == "500":
-                    return self._send(500, b'{"error": {"message": "boom"}}')
-                if fault == "slow":
-                    time.sleep(server.slow_s)
-                if fault == "malformed":
-                    return self._send(200, b'{"choices": [ {"message": ')
-                if fault == "drop":
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                if fault == "empty":
-                    return self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
-                                                       "model": server.model, "choices": []}).encode())
-                text = answer(req["messages"], req.get("seed"))
-                body = {"id": "x", "object": "chat.completion", "created": 0, "model": server.model,
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10}}
-                self._send(200, json.dumps(body).encode())
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
+        # Bound here so the port (and any "address in use") is known before the loop starts.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- one request -------------------------------------------------------------------------
+    async def _reply(self, method: str, path: str, body: bytes) -> bytes | None:
+        """The bytes to send back, or None to drop the connection without a reply."""
+        if method == "GET" and path.rstrip("/").endswith("/models"):
+            models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            return _response(200, json.dumps(models).encode())
+        if method != "POST":
+            return _response(404, b'{"error": {"message": "not found"}}')
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            return _response(400, b'{"error": {"message": "request body is not JSON"}}')
+        if req.get("model") != self.model:
+            return _response(404, json.dumps({"error": {"message": f"model {req.get('model')} not found"}}).encode())
+        fault = self.rng.choice(self.faults) if self.rng.random() < self.fault_rate else None
+        self.counts[fault or "ok"] = self.counts.get(fault or "ok", 0) + 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if fault == "429":
+            return _response(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "0.05"})
+        if fault == "500":
+            return _response(500, b'{"error": {"message": "boom"}}')
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)  # then answer normally, long after the client gave up
+        if fault == "malformed":
+            return _response(200, b'{"choices": [ {"message": ')
+        if fault == "drop":
+            return None
+        if fault == "empty":
+            return _response(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
+                                              "model": self.model, "choices": []}).encode())
+        text = answer(req["messages"], req.get("seed"))
+        out = {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
+               "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+               "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10}}
+        return _response(200, json.dumps(out).encode())
+
+    # -- one keep-alive connection -----------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return  # client closed the connection (or sent garbage)
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, version = (lines[0].split(" ") + ["", "", ""])[:3]
+                headers = {}
+                for line in lines[1:]:
+                    k, sep, v = line.partition(":")
+                    if sep:
+                        headers[k.strip().lower()] = v.strip()
+                close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    writer.write(_response(411, b'{"error": {"message": "send a Content-Length"}}', close=True))
+                    await writer.drain()
+                    return
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                reply = await self._reply(method, path, body)
+                if reply is None:  # the "drop" fault
+                    writer.transport.abort()
+                    return
+                writer.write(reply)
+                await writer.drain()
+                if close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # a client that timed out and went away mid-reply
+        finally:
+            writer.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _run(self, ready: threading.Event) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, sock=self.sock, backlog=4096))
+        ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.server.close()
+            tasks = asyncio.all_tasks(self.loop)
+            for t in tasks:  # connections still sleeping (latency, "slow")
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.close()
 
     def __enter__(self):
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True, name="faultserver")
         self.thread.start()
+        ready.wait()
         return self
 
     def __exit__(self, *a):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.sock.close()
 
 
 def main():
