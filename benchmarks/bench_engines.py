@@ -1,6 +1,10 @@
-"""OpenAI engine efficiency against the loopback test server with a fixed 200 ms latency.
+"""Engine benchmarks. Two parts, each writing its own section of RESULTS.md:
 
-    .venv/bin/python benchmarks/bench_engines.py
+    .venv/bin/python benchmarks/bench_engines.py              # OpenAI engine efficiency (below)
+    VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/bench_engines.py throughput
+                                                             # tokens/s of every engine: engine_throughput.py
+
+OpenAI engine efficiency is measured against the loopback test server with a fixed 200 ms latency.
 
 At concurrency c and latency L the ceiling is c / L requests per second; efficiency is achieved
 throughput over that ceiling. Each level runs ROUNDS x c requests (so the first round's connection
@@ -165,6 +169,11 @@ def efficiency_section() -> str:
 
 
 def main():
+    if sys.argv[1:2] == ["throughput"]:  # needs vLLM, so it runs in the integration venv
+        import engine_throughput
+
+        sys.argv.pop(1)
+        return engine_throughput.main()
     write_section(Path(__file__).with_name("RESULTS.md"), EFFICIENCY_HEADING, efficiency_section())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefdata.engines import EngineConfig, get_engine
-from prefdata.engines.base import ChatRequest, SamplingParams
+from prefdata.engines.base import ChatRequest, SamplingParams, row_seed
 from prefdata.engines.faultserver import FaultServer, answer
 from prefdata.engines.openai import FLUSH_EVERY, OpenAIEngine
 
@@ -38,7 +38,9 @@ def test_faults_recover_to_the_same_rows_without_duplicates(tmp_path, monkeypatc
     assert len(got) == 1000 and not failed  # every prompt answered (retries absorbed the faults)
     assert texts == want  # same rows as the fault-free run
     assert len(set(texts)) == 1000  # no duplicates
-    assert texts[5] == answer([{"role": "user", "content": "prompt number 5"}], 3)
+    # the server saw the row's own seed: a hash of the request, seed and sample
+    assert texts[5] == answer([{"role": "user", "content": "prompt number 5"}],
+                              row_seed(reqs(6)[5], params, 0) & 0x7FFFFFFF)
     assert eng.stats["retries"] >= injected * 0.9
 
 
@@ -82,12 +84,14 @@ def test_results_reach_on_batch_in_groups_each_once(tmp_path):
         eng = OpenAIEngine(EngineConfig(backend="openai", model="test-model", base_url=s.url, concurrency=16,
                                         progress=False, max_retries=8))
         items = [(r, 0) for r in reqs(300)]
-        out = eng.generate_samples(items, SamplingParams(seed=2), on_batch=lambda p, c: calls.append((p, c)))
+        params = SamplingParams(seed=2)
+        out = eng.generate_samples(items, params, on_batch=lambda p, c: calls.append((p, c)))
     positions = [p for ps, _ in calls for p in ps]
     assert sorted(positions) == list(range(300))
     assert len(calls) < 300 / 8 and max(len(ps) for ps, _ in calls) <= FLUSH_EVERY
     assert all(out[p] is c for ps, cs in calls for p, c in zip(ps, cs))
-    assert out[7].text == answer([{"role": "user", "content": "prompt number 7"}], 2)
+    assert out[7].text == answer([{"role": "user", "content": "prompt number 7"}],
+                                 row_seed(items[7][0], params, 0) & 0x7FFFFFFF)
     assert eng.stats["requests"] == 300 and eng.stats["failed"] == 0 and eng.stats["retries"] > 0
 
 

@@ -8,8 +8,10 @@ generators count it as a failed attempt.
 
 The API key is read from the environment variable named by `api_key_env` and is only ever handed to
 the client: it is not part of the config, the cache key, the lineage or any error message.
-Each (request, sample) is its own call with seed = seed + seed_offset + sample, so a sample's text
-depends only on the request, as the cache requires.
+Each (request, sample) is its own call seeded with `row_seed` (a hash of the request, seed and sample,
+cut to 31 bits because servers differ in the integer range they accept), so a sample's text depends
+only on the request, as the cache requires, and two prompts never share a seed: with one seed for
+all, vLLM gave near-identical answers to prompts that differ in a word.
 
 Efficiency (benchmarks/bench_engines.py; profiled with py-spy): one event loop runs every request,
 so the client's CPU per request is what bounds throughput. `concurrency` worker tasks pull from the
@@ -33,7 +35,7 @@ import re
 import sys
 import time
 
-from prefdata.engines.base import ChatRequest, Completion, SamplingParams
+from prefdata.engines.base import ChatRequest, Completion, SamplingParams, row_seed
 from prefdata.errors import PrefdataError
 
 # Completions are handed to `on_batch` (the request cache: one sqlite commit per call) in groups of
@@ -110,7 +112,7 @@ class OpenAIEngine:
 
     async def _one(self, client, req: ChatRequest, sample: int, params: SamplingParams) -> Completion:
         body = {"model": self.cfg.model, "messages": list(req.messages), "n": 1, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens, "seed": params.seed + req.seed_offset + sample}
+                "top_p": params.top_p, "max_tokens": params.max_tokens, "seed": row_seed(req, params, sample) & 0x7FFFFFFF}
         if params.stop:
             body["stop"] = list(params.stop)
         if req.assistant_prefix:

