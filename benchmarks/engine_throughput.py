@@ -158,17 +158,17 @@ def throughput_section(n_prompts: int = 256, new_tokens: int = 128, naive_prompt
     ceil_line = ", ".join(f"{m} rows: {f / 1e9:.1f} GFLOP/s" for m, f in ceil.items())
     return "\n".join([
         "## Engines: tokens/s and the compute ceiling", "",
-        "Command: `VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/bench_engines.py throughput` "
-        "(the vLLM venv: `make integration-install`)",
-        f"Run: {datetime.date.today()}, {os.cpu_count()} cores, embedded SmolLM2-135M-Instruct in float32, "
-        f"{n_prompts} prompts x up to {new_tokens} new tokens (T 0.7, top-p 0.9, EOS stops a row), request cache off, "
-        "one process, engines one after another.", "",
+        ("Command: `VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/bench_engines.py throughput` "
+         "(the vLLM venv: `make integration-install`)"),
+        (f"Run: {datetime.date.today()}, {os.cpu_count()} cores, embedded SmolLM2-135M-Instruct in float32, "
+         f"{n_prompts} prompts x up to {new_tokens} new tokens (T 0.7, top-p 0.9, EOS stops a row), request cache "
+         "off, one process, engines one after another; vllm serve started with `serve_command()`."), "",
         *table, "",
-        f"Compute ceiling: float32 `torch.matmul` over the model's own projection and LM-head shapes "
-        f"({P / 1e6:.0f}M matmul parameters per token), best of 5: {ceil_line}. A share is the model FLOPs the engine "
-        "did per second (2 x parameters x (prompt + generated tokens)) over the best of those; attention "
-        "and sampling are not counted, so shares understate the work slightly. "
-        "Load s is model load (vLLM: with torch.compile warm-up; vllm serve: process start to first /v1/models).", "",
+        (f"Compute ceiling: float32 `torch.matmul` over the model's own projection and LM-head shapes "
+         f"({P / 1e6:.0f}M matmul parameters per token), best of 5: {ceil_line}. A share is the model FLOPs the "
+         "engine did per second (2 x parameters x (prompt + generated tokens)) over the best of those; attention "
+         "and sampling are not counted, so shares understate the work slightly. Load s is model load (vLLM: with "
+         "torch.compile warm-up; vllm serve: process start to first /v1/models)."), "",
     ])
 
 
