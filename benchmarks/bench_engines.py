@@ -94,11 +94,12 @@ def _one_level(server: ServerProcess, c: int) -> dict:
 
 
 BEFORE_NOTES = (
-    "Before this change (commit a09255b: stdlib test server, typed `create()` with a semaphore over a coroutine "
-    "per request, default connection pool, one cache commit per request), measured with this same harness on "
-    "2026-11-24: efficiency 0.74 / 0.58 / 0.14 at 16 / 64 / 256, client CPU 4.3 / 4.4 / 5.5 ms per request, "
-    "server CPU 0.7 / 0.6 / 0.5 ms, and 0 / 52 / 438 retries over the three calls (its own 10-round benchmark "
-    "gave 0.62 / 0.49 / 0.14 the same day)."
+    "History, each measured with this same harness on this machine. Commit a09255b (stdlib test server, typed "
+    "`create()` with a semaphore over a coroutine per request, default connection pool, one cache commit per "
+    "request), 2026-11-24: efficiency 0.74 / 0.58 / 0.14 at 16 / 64 / 256, client CPU 4.3 / 4.4 / 5.5 ms per "
+    "request, server CPU 0.7 / 0.6 / 0.5 ms, and 0 / 52 / 438 retries over the three calls (its own 10-round "
+    "benchmark gave 0.62 / 0.49 / 0.14 the same day). Commit e59e82d (the changes below, but a new event loop, "
+    "new clients and new connections on every call), 2026-11-24: 0.93 / 0.89 / 0.44, client CPU about 2 ms."
 )
 PROFILE_NOTES = (
     "What limited it (py-spy on client and server). The test server was a stdlib ThreadingHTTPServer whose "
@@ -116,18 +117,21 @@ PROFILE_NOTES = (
     "the cache in groups of 64 or every 0.5 s instead of one sqlite commit per request."
 )
 LIMIT_NOTES = (
-    "What limits it now: the client's CPU per request in the HTTP stack it keeps (openai's request layer, "
-    "httpx2, httpcore2, anyio, h11), all on one event loop, about 2 ms per request; the server uses about "
-    "0.35 ms per request of the other core, and the engine's own code (building requests, parsing replies, "
-    "batching results) is about 1% of the client's samples. "
-    "CPU per request by layer, measured on this machine at 64 in flight against the same server: a bare asyncio "
-    "HTTP/1.1 client 0.1 ms (efficiency 0.97), httpcore2 alone 1.1 ms, httpx2 1.7 ms (0.90-0.92), openai "
-    "`post()` 2.0-2.3 ms, openai typed `create()` 3.2 ms. So 0.9 at 64 sits at the edge of what the official "
-    "client allows here; clearing it with margin means dropping the openai client for plain httpx2 or for a "
-    "small HTTP client of our own. At 256 the ceiling (1280 req/s) would need more than two cores of client "
-    "CPU at that cost, so that level is bound by the client's CPU, not by the latency. The 2 cores are shared "
-    "with whatever else "
-    "runs (load average in the Run line)."
+    "Then (2026-12-01) the engine kept one event loop and its clients for its life instead of `asyncio.run` "
+    "per call: each call had spent about 0.12 s before its first request (an SSL context per client, about "
+    "20 ms each, a new loop, new connections) and its first round of requests paid the connects. "
+    "What limits it now: at 16 and 64 the remaining loss is queueing on the client's one event loop (requests "
+    "take a median of 211 ms and a mean of 214 ms against the server's 200 at 64 in flight); at 256 the "
+    "ceiling (1280 req/s) times the client's CPU per request (column above) needs more than one core, and one "
+    "event loop has one, so that level is bound by the client's CPU, not by the latency. That CPU is spent in "
+    "the HTTP stack the official client brings (openai's request layer, httpx2, httpcore2, anyio, h11); the "
+    "engine's own code (building requests, parsing replies, batching results) was about 1% of the client's "
+    "py-spy samples. CPU per request by layer, measured on 2026-11-24 at 64 in flight against the same server: "
+    "a bare asyncio HTTP/1.1 client 0.1 ms (efficiency 0.97), httpcore2 alone 1.1 ms, httpx2 1.7 ms, openai "
+    "`post()` 2.0-2.3 ms, openai typed `create()` 3.2 ms; so going past about 0.7 at 256 would mean leaving the "
+    "official client or spreading the workers over processes. uvloop as the event loop was tried and changed "
+    "nothing measurable (0.90-0.91 at 64, 0.61-0.64 at 256), so it is not a dependency. The 2 cores are shared "
+    "by client and server (load average in the Run line)."
 )
 
 
@@ -152,8 +156,9 @@ def efficiency_section() -> str:
            f"{load0:.1f} at the start, {load1:.1f} at the end), loopback test server (prefdata/engines/faultserver.py) "
            f"in its own process, a fixed {LATENCY * 1e3:.0f} ms latency per request, no faults, cache off. Per "
            f"level: a warm-up call, then {REPEATS} calls of {ROUNDS} x concurrency requests each; the median call "
-           f"is shown, with the range of the {REPEATS} in brackets. Wall time is taken around `engine.generate`, "
-           "so it includes creating the clients and opening their connections.")
+           f"is shown, with the range of the {REPEATS} in brackets. Wall time is taken around `engine.generate`; "
+           "the engine keeps its loop and connections for its life, so the timed calls reuse the ones the "
+           "warm-up call opened, as every call after a pipeline's first does.")
     header = ("| concurrency | requests | seconds | achieved req/s | ceiling c/L | efficiency "
               "| client CPU ms per request | server CPU ms per request | retries |")
     return "\n".join([

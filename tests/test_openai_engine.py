@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from prefdata.engines import EngineConfig, get_engine
@@ -93,6 +95,41 @@ def test_results_reach_on_batch_in_groups_each_once(tmp_path):
     assert out[7].text == answer([{"role": "user", "content": "prompt number 7"}],
                                  row_seed(items[7][0], params, 0) & 0x7FFFFFFF)
     assert eng.stats["requests"] == 300 and eng.stats["failed"] == 0 and eng.stats["retries"] > 0
+
+
+def test_connections_live_across_calls_and_a_failed_call_leaves_nothing_running():
+    """One loop and its keep-alive connections serve every call; a call stopped by an error cancels
+    its workers, so they send nothing during the next call; close() ends it and a later call reopens."""
+    with FaultServer(latency=0.02) as s:
+        eng = OpenAIEngine(EngineConfig(backend="openai", model="test-model", base_url=s.url, concurrency=8,
+                                        progress=False))
+        params = SamplingParams(seed=4)
+        first = eng.generate_samples([(r, 0) for r in reqs(40)], params)
+        opened = s.connections
+        assert 1 <= opened <= 8
+        again = eng.generate_samples([(r, 0) for r in reqs(40)], params)
+        assert s.connections == opened  # the same connections, not new ones
+        assert [c.text for c in again] == [c.text for c in first]
+
+        def boom(positions, comps):
+            raise RuntimeError("cache is full")
+
+        with pytest.raises(RuntimeError, match="cache is full"):
+            eng.generate_samples([(r, 1) for r in reqs(400)], params, on_batch=boom)
+        time.sleep(0.3)  # requests written just before the cancel reach the server a moment later
+        sent = s.counts["ok"]
+        assert sent < 400  # stopped early
+        out = eng.generate_samples([(r, 2) for r in reqs(10)], params)
+        assert s.counts["ok"] == sent + 10  # only this call's requests: no worker of the failed call ran on
+        assert [c.text for c in out] == [answer(r.messages, row_seed(r, params, 2) & 0x7FFFFFFF) for r in reqs(10)]
+
+        loop = eng._loop
+        eng.close()
+        assert loop.is_closed() and eng._loop is None
+        eng.close()  # twice is harmless
+        assert eng.generate_samples([(reqs(1)[0], 0)], params)[0].text == first[0].text
+        assert s.connections > opened
+        eng.close()
 
 
 def test_no_items_no_requests():

@@ -50,6 +50,7 @@ class FaultServer:
         self.fault_rate, self.latency, self.slow_s, self.faults, self.model = fault_rate, latency, slow_s, faults, model
         self.rng = random.Random(seed)  # drawn only on the loop thread, in arrival order
         self.counts: dict[str, int] = {}
+        self.connections = 0  # accepted so far: shows whether a client keeps its connections alive
         # Bound here so the port (and any "address in use") is known before the loop starts.
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,6 +98,7 @@ class FaultServer:
 
     # -- one keep-alive connection -----------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 try:
