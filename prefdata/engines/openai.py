@@ -206,7 +206,7 @@ class OpenAIEngine:
             self._loop = asyncio.new_event_loop()
             n_clients = -(-self.cfg.concurrency // POOL)
             self._clients = [self._client(-(-self.cfg.concurrency // n_clients)) for _ in range(n_clients)]
-            weakref.finalize(self, _shutdown, self._loop, self._clients)
+            self._closer = weakref.finalize(self, _shutdown, self._loop, self._clients)
         try:
             return self._loop.run_until_complete(coro)
         finally:
@@ -220,7 +220,7 @@ class OpenAIEngine:
     def close(self) -> None:
         """Close the connections and the loop now (otherwise done when the engine is collected)."""
         if self._loop is not None:
-            _shutdown(self._loop, self._clients)
+            self._closer()  # runs _shutdown once; the finalizer is then dead
             self._loop, self._clients = None, []
 
     def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams, on_batch=None):
