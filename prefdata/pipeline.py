@@ -296,10 +296,12 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
     types = step_types()
     outputs: dict[str, Any] = {}
     engines: dict = {}  # shared by every step: a model loads once per run
+    for s in spec.steps:  # every output name is checked before any step reads or writes anything
+        store.check_name(s.output)
     for step in spec.steps:
         cfg_model, fn = types[step.uses]
         step_cfg = cfg_model(**step.config)
-        quarantine = store.home() / "quarantine" / f"{step.output}.jsonl"
+        quarantine = store.quarantine_path(step.output)
         table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
         if step.limit is not None:
             table = table.slice(0, step.limit)

@@ -83,11 +83,15 @@ def run(cfg: LoopConfig, command: str | None = None) -> dict:
     from prefdata.pipeline import read_input
     from trainers.dpo import DPOTrainConfig, train
 
-    out = Path(cfg.output_dir or store.home() / "models" / "loops" / cfg.name)
+    # The name becomes a directory and dataset names: check it (and the longest name committed)
+    # before anything is created.
+    store.check_name(cfg.name)
+    store.check_name(f"{cfg.name}-iter{cfg.iterations}-candidates")
+    out = Path(cfg.output_dir) if cfg.output_dir else store.named_path("models/loops", cfg.name)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"iterations": {}}
-    prompts, prompts_ref = read_input(cfg.prompts, {}, "raise", store.home() / "quarantine" / f"{cfg.name}.jsonl")
+    prompts, prompts_ref = read_input(cfg.prompts, {}, "raise", store.quarantine_path(cfg.name))
     if cfg.limit:
         prompts = prompts.slice(0, cfg.limit)
     model_t, prev_ref = cfg.model, None

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from prefdata import io
         from prefdata.curation.noise import NoiseEvalConfig, format_report, run_noise_eval
         from prefdata.errors import ConfigError
-        from prefdata.store import home
+        from prefdata.store import quarantine_path
 
         raw = {}
         if config is not None:
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         except Exception as e:
             raise ConfigError(f"{config or '--config'}: {e}") from None
         table = io.read(dataset, "pair", on_error="quarantine",
-                        quarantine_path=home() / "quarantine" / "eval-noise.jsonl")
+                        quarantine_path=quarantine_path("eval-noise"))
         report = run_noise_eval(table, cfg)
         typer.echo(format_report(report))
         if out:

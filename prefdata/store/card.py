@@ -86,6 +86,14 @@ def _histograms(splits: dict[str, pa.Table], dest: Path) -> dict[str, str]:
     return made
 
 
+def _duplicates_line(dups: dict[str, dict[str, int]]) -> str:
+    # Counted, not dropped: dropping is the caller's choice (`--dedup`, `store.dedup`).
+    ids = sum(d.get("ids", 0) for d in dups.values())
+    rows = sum(d.get("rows", 0) for d in dups.values())
+    return (f"Duplicates: {ids} rows repeat an earlier row's id, {rows} repeat an earlier row's content "
+            "(prompt and responses)" + ("." if not (ids or rows) else "; `store.dedup` or `--dedup` drops them."))
+
+
 def render_card(name: str, version: str, manifest: dict, splits: dict[str, pa.Table], images: dict[str, str],
                 sections: list[tuple[str, str]], dest: Path) -> str:
     lineage = manifest.get("lineage") or {}
@@ -93,6 +101,7 @@ def render_card(name: str, version: str, manifest: dict, splits: dict[str, pa.Ta
     images.update({k: v for k, v in auto.items() if k not in images})
 
     rows_table = "| split | rows |\n|---|---|\n" + "\n".join(f"| {s} | {t.num_rows} |" for s, t in splits.items())
+    rows_table += "\n\n" + _duplicates_line(manifest.get("duplicates") or {})
     sources = "—"
     first = next(iter(splits.values()))
     if "source" in first.column_names and first.num_rows:

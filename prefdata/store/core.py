@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 import prefdata
 from prefdata.errors import PrefdataError, RefError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: manifest.sha256 beside manifest.json
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION_RE = re.compile(r"^v(\d+)$")
 
@@ -88,24 +89,94 @@ def check_name(name: str) -> str:
 
 # ----------------------------------------------------------------------------- reading
 
+MANIFEST_SUM = "manifest.sha256"  # kept beside, not inside, the manifest: detects a rewritten one
+
+
+class CorruptVersion(PrefdataError):
+    """A version whose manifest does not parse or does not match its files; names the version."""
+
+    def __init__(self, ref: str, reason: str):
+        self.ref, self.reason = ref, reason
+        super().__init__(f"{ref} is corrupt: {reason} (run `prefdata datasets verify {ref}`)")
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """A listing entry for a version that could not be read; everything else keeps working."""
+    name: str
+    version: str
+    path: Path
+    reason: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _ref_of(path: Path) -> str:
+    return f"{path.parent.name}@{path.name}"
+
+
+def _check_manifest(man, ref: str) -> None:
+    # The fields every reader indexes without a guard; a KeyError deep in `show` is no message.
+    if not isinstance(man, dict):
+        raise CorruptVersion(ref, "manifest.json is not a JSON object")
+    for key, typ in (("name", str), ("kind", str), ("content_hash", str), ("splits", dict), ("files", dict),
+                     ("created", str)):
+        if not isinstance(man.get(key), typ):
+            raise CorruptVersion(ref, f"manifest.json lacks a valid '{key}'")
+    for s, info in man["splits"].items():
+        if not (isinstance(info, dict) and isinstance(info.get("rows"), int) and isinstance(info.get("files"), list)):
+            raise CorruptVersion(ref, f"manifest.json has a malformed split '{s}'")
+
 
 def _read_version(path: Path) -> Version:
-    man = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    ref = _ref_of(path)
+    try:
+        raw = (path / "manifest.json").read_bytes()
+    except OSError as e:
+        raise CorruptVersion(ref, f"manifest.json unreadable ({e.strerror or e})") from None
+    try:
+        man = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CorruptVersion(ref, f"manifest.json does not parse ({type(e).__name__})") from None
+    sum_file = path / MANIFEST_SUM
+    if sum_file.is_file():
+        if sum_file.read_text(encoding="ascii", errors="replace").strip() != hashlib.sha256(raw).hexdigest():
+            raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
+    _check_manifest(man, ref)
+    if not sum_file.is_file() and (not isinstance(man.get("schema_version"), int) or man["schema_version"] >= 2):
+        # Versions since schema 2 always carry the sum; only older ones may lack it.
+        raise CorruptVersion(ref, f"{MANIFEST_SUM} is missing")
     return Version(name=man["name"], version=path.name, sha=man["content_hash"], path=path, manifest=man)
 
 
-def list_versions(name: str | None = None) -> list[Version]:
-    """Committed versions, oldest first; temp dirs of unfinished commits are invisible."""
+def _version_numbers(d: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_RE.match(p.name)) and p.is_dir())
+
+
+def scan(name: str | None = None) -> list[Version | Corrupt]:
+    """Every version directory, oldest first: a Version, or a Corrupt entry saying why not."""
     root = datasets_dir()
     names = [name] if name else (sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
-    out: list[Version] = []
+    out: list[Version | Corrupt] = []
     for n in names:
         d = root / n
         if not d.is_dir():
             continue
-        nums = sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_RE.match(p.name)))
-        out += [_read_version(d / f"v{k}") for k in nums if (d / f"v{k}" / "manifest.json").is_file()]
+        for k in _version_numbers(d):
+            p = d / f"v{k}"
+            try:
+                out.append(_read_version(p))
+            except CorruptVersion as e:
+                out.append(Corrupt(n, p.name, p, e.reason))
     return out
+
+
+def list_versions(name: str | None = None) -> list[Version]:
+    """Readable committed versions, oldest first; temp dirs and corrupt versions are left out
+    (`scan` reports the latter)."""
+    return [v for v in scan(name) if isinstance(v, Version)]
 
 
 def resolve(ref: str) -> Version:
@@ -119,7 +190,12 @@ def resolve(ref: str) -> Version:
     sel = sel or "latest"
     if not _NAME_RE.match(name):
         raise RefError(f"malformed dataset ref '{ref}' (expected name@vN, name@latest or name@sha:<prefix>)")
-    versions = list_versions(name)
+    entries = scan(name)
+    versions = [v for v in entries if isinstance(v, Version)]
+    wanted = entries[-1].version if sel == "latest" and entries else sel
+    for c in entries:
+        if isinstance(c, Corrupt) and c.version == wanted:
+            raise CorruptVersion(c.ref, c.reason)
     if not versions:
         known = sorted({v.name for v in list_versions()})
         hint = f"known datasets: {', '.join(known)}" if known else f"the store at {datasets_dir()} is empty"
@@ -146,14 +222,36 @@ def resolve(ref: str) -> Version:
 
 
 def verify(version: Version, split: str | None = None) -> None:
-    """Recompute the sha256 of every file the manifest lists (data, card, plots) and compare."""
+    """Recompute the sha256 of every file the manifest lists (data, card, plots) and compare, and
+    check the manifest's row counts against the Parquet footers. Raises CorruptVersion."""
     version.data_files(split)  # unknown split -> clear error
+    ref = version.ref
+    sum_file = version.path / MANIFEST_SUM
+    if sum_file.is_file() and sum_file.read_text(encoding="ascii", errors="replace").strip() != \
+            sha256_file(version.path / "manifest.json"):
+        raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
     for rel, expected in version.manifest["files"].items():
         f = version.path / rel
         if not f.is_file():
-            raise PrefdataError(f"{version.ref}: missing file {rel}")
+            raise CorruptVersion(ref, f"missing file {rel}")
         if sha256_file(f) != expected:
-            raise PrefdataError(f"{version.ref}: checksum mismatch: {rel} was changed after commit")
+            raise CorruptVersion(ref, f"checksum mismatch: {rel} was changed after commit")
+    for s, info in version.manifest["splits"].items():
+        if split and s != split:
+            continue
+        try:
+            rows = sum(pq.ParquetFile(version.path / f).metadata.num_rows for f in info["files"])
+        except (OSError, pa.ArrowException) as e:
+            raise CorruptVersion(ref, f"split '{s}' is unreadable ({e})") from None
+        if rows != info["rows"]:
+            raise CorruptVersion(ref, f"manifest says {info['rows']} rows in '{s}', the data has {rows}")
+
+
+def verify_ref(ref: str) -> Version:
+    """resolve + verify: the version, checked, or CorruptVersion naming it."""
+    v = resolve(ref)
+    verify(v)
+    return v
 
 
 def load_table(ref: str, split: str = "train") -> pa.Table:
@@ -192,15 +290,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sweep_stale(dir_: Path, max_age_s: float = 0) -> None:
-    # A temp dir whose writer was killed. Age guard so a concurrent writer's dir is left alone.
-    now = time.time()
+_HOST = socket.gethostname()
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-[0-9a-f]+$")  # .tmp-<owner pid>-<uuid>
+_LEGACY_TMP_AGE_S = 6 * 3600  # temp dirs without an owner pid (older prefdata) keep the old age guard
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sweep_stale(dir_: Path) -> None:
+    """Remove temp dirs of commits whose writer is gone. The owner pid is in the dir's name (so it is
+    there from the first instant) and its host in `.owner`; a dir from another host, or one whose
+    owner still runs, is left alone, since it may be a live commit."""
     for p in dir_.glob(".tmp-*"):
         try:
-            if now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-        except FileNotFoundError:
-            pass
+            m = _TMP_RE.match(p.name)
+            if m:
+                owner = p / ".owner"
+                host = json.loads(owner.read_text()).get("host") if owner.is_file() else _HOST
+                if host != _HOST or _pid_alive(int(m.group(1))):
+                    continue
+            elif time.time() - p.stat().st_mtime <= _LEGACY_TMP_AGE_S:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # raced with its owner or another sweeper; try again next commit
 
 
 def content_hash(split_files: dict[str, list[str]], file_hashes: dict[str, str]) -> str:
@@ -235,9 +356,15 @@ def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, 
     except OSError as e:
         raise PrefdataError(f"store directory is not writable: {dest_dir} ({e.strerror or e})") from None
 
-    tmp = dest_dir / f".tmp-{uuid.uuid4().hex}"
+    from prefdata.store.checks import check_values, duplicate_counts
+
+    for s, t in splits.items():
+        check_values(t, f"{name}[{s}]")
+    _sweep_stale(dest_dir)
+    tmp = dest_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         (tmp / "data").mkdir(parents=True)
+        (tmp / ".owner").write_text(json.dumps({"pid": os.getpid(), "host": _HOST}))
         split_files: dict[str, list[str]] = {}
         hashes: dict[str, str] = {}
         for s, t in splits.items():
@@ -268,6 +395,7 @@ def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, 
             "kind": kind,
             "content_hash": chash,
             "splits": {s: {"rows": splits[s].num_rows, "files": split_files[s]} for s in splits},
+            "duplicates": {s: duplicate_counts(splits[s]) for s in splits},
             "columns": {s: [f"{f.name}: {f.type}" for f in splits[s].schema] for s in splits},
             "parents": list(lineage.get("parents", [])),
             "lineage": lineage,
@@ -276,19 +404,23 @@ def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         with _lock(dest_dir):
-            _sweep_stale(dest_dir, max_age_s=6 * 3600)
-            existing = list_versions(name)
-            for v in existing:
+            for v in list_versions(name):
                 if v.sha == chash:
                     shutil.rmtree(tmp, ignore_errors=True)
                     return v
-            number = existing[-1].number + 1 if existing else 1
+            # Numbered past every vN directory, corrupt ones included, so a new version never
+            # lands on (or is refused by) a damaged one.
+            nums = _version_numbers(dest_dir)
+            number = nums[-1] + 1 if nums else 1
             manifest["version"] = f"v{number}"
             card = render_card(name, f"v{number}", manifest, splits, images, card_sections or [], tmp)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             manifest["files"] = {**hashes, "README.md": sha256_file(tmp / "README.md"),
                                  **{fn: sha256_file(tmp / fn) for fn in images.values()}}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+            blob = json.dumps(manifest, indent=2, default=str).encode("utf-8")
+            (tmp / "manifest.json").write_bytes(blob)
+            (tmp / MANIFEST_SUM).write_text(hashlib.sha256(blob).hexdigest() + "\n", encoding="ascii")
+            (tmp / ".owner").unlink()
             for f in tmp.rglob("*"):
                 if f.is_file():
                     with open(f, "rb") as fh:

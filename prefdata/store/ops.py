@@ -7,13 +7,14 @@ from pathlib import Path
 import polars as pl
 
 from prefdata.errors import PrefdataError, RefError
-from prefdata.store.core import Version, load_table, resolve
+from prefdata.store.core import Corrupt, CorruptVersion, Version, load_table, resolve
 
 
-def log(ref: str) -> list[tuple[int, Version | str]]:
-    """Ancestry as (depth, node): a node is a Version, or a string for a parent outside the store
-    (a file path or a built-in prompt set)."""
-    out: list[tuple[int, Version | str]] = []
+def log(ref: str) -> list[tuple[int, Version | Corrupt | str]]:
+    """Ancestry as (depth, node): a node is a Version, a Corrupt entry for an ancestor whose manifest
+    cannot be read (the walk stops there), or a string for a parent outside the store (a file path
+    or a built-in prompt set). The root itself must be readable."""
+    out: list[tuple[int, Version | Corrupt | str]] = []
     seen: set[str] = set()
 
     def walk(r: str, depth: int):
@@ -21,6 +22,12 @@ def log(ref: str) -> list[tuple[int, Version | str]]:
             v = resolve(r)
         except RefError:
             out.append((depth, r))
+            return
+        except CorruptVersion as e:
+            if depth == 0:
+                raise
+            name, _, ver = e.ref.partition("@")
+            out.append((depth, Corrupt(name, ver, Path(), e.reason)))
             return
         out.append((depth, v))
         if v.ref in seen:
