@@ -8,10 +8,14 @@ the file, the 1-based line or row and the field.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import gzip
+import io as pyio
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,6 +53,12 @@ def split_hh_pair(chosen_text: str, rejected_text: str) -> tuple[list[dict], lis
         r = hh_to_messages(rejected_text)
     except RowError as e:
         raise RowError("rejected", e.reason) from None
+    if c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant" or c[:-1] != r[:-1]:
+        marked = _marker_in_answer(chosen_text, rejected_text)
+        if marked:  # the usual cause in real dumps: an answer that quotes a dialogue
+            field, marker = marked
+            raise RowError(field, f"the final answer itself contains a '{marker}' turn marker, so the "
+                                  "transcript cannot be split into turns")
     if c[-1]["role"] != "assistant":
         raise RowError("chosen", "transcript does not end with an Assistant turn")
     if r[-1]["role"] != "assistant":
@@ -59,6 +69,21 @@ def split_hh_pair(chosen_text: str, rejected_text: str) -> tuple[list[dict], lis
     if not prompt:
         raise RowError("prompt", "no turns before the final assistant turn")
     return prompt, [_nonempty(c[-1], "chosen")], [_nonempty(r[-1], "rejected")]
+
+
+def _marker_in_answer(chosen_text: str, rejected_text: str) -> tuple[str, str] | None:
+    """(field, marker) when the two transcripts agree up to a last "Assistant:" marker and what follows
+    it in one of them holds another turn marker: that answer, not the dialogue, is malformed."""
+    shared = len(os.path.commonprefix([chosen_text, rejected_text]))
+    starts = [m for m in _HH_TURN.finditer(chosen_text) if m.group(1) == "Assistant" and m.end() <= shared]
+    if not starts:
+        return None
+    cut = starts[-1].end()
+    for field, text in (("chosen", chosen_text), ("rejected", rejected_text)):
+        inner = _HH_TURN.search(text, cut)
+        if inner:
+            return field, f"\\n\\n{inner.group(1)}:"
+    return None
 
 
 def _nonempty(m: dict, field: str) -> dict:
@@ -109,11 +134,13 @@ def normalise_row(row: dict, kind: str) -> dict:
                 v = row.get(f)
                 if isinstance(v, list) and len(v) > len(p) and v[: len(p)] == p:
                     row[f] = v[len(p):]  # conversational rows that repeat the prompt
-    if kind in ("prompt", "completion", "unpaired") and row.get("prompt") is None and row.get("instruction"):
+    if kind in ("prompt", "completion", "unpaired") and row.get("prompt") is None \
+            and isinstance(row.get("instruction"), str) and row["instruction"]:
         # Self-Instruct / Alpaca style: instruction plus an optional input.
         inp = row.get("input")
         if inp is None and isinstance(row.get("instances"), list) and row["instances"]:
-            inp = (row["instances"][0] or {}).get("input")
+            first = row["instances"][0]
+            inp = first.get("input") if isinstance(first, dict) else None
         row["prompt"] = row["instruction"] + (f"\n\n{inp}" if isinstance(inp, str) and inp.strip() else "")
     return row
 
@@ -121,67 +148,146 @@ def normalise_row(row: dict, kind: str) -> dict:
 # ----------------------------------------------------------------------------- file formats
 
 
+def _parse_json(text: str, path: Path, row: int | None):
+    """json.loads, with every way it can fail turned into one DataError line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f" at column {e.colno}" if row is not None else f" at line {e.lineno}, column {e.colno}"
+        raise DataError(f"malformed JSON ({e.msg}{where})", file=str(path), row=row) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", file=str(path), row=row) from None
+    except ValueError as e:  # e.g. an integer literal over Python's 4300-digit limit
+        raise DataError(f"malformed JSON ({str(e).splitlines()[0]})", file=str(path), row=row) from None
+
+
+def _gzip_error(e: Exception, path: Path, row: int) -> DataError:
+    if isinstance(e, gzip.BadGzipFile) or (isinstance(e, OSError) and "gzip" in str(e).lower()):
+        return DataError(f"not a gzip file, though named .gz ({e})", file=str(path))
+    # EOFError: the stream stops mid-member; zlib.error: corrupt data. Both mean a damaged download.
+    return DataError(f"truncated or corrupt gzip data after line {row - 1} ({e})", file=str(path), row=row)
+
+
+def _lines(path: Path):
+    """(1-based line number, raw bytes) of a plain or gzip file; gzip damage becomes a DataError."""
+    if path.suffix != ".gz":
+        with open(path, "rb") as f:
+            yield from enumerate(f, start=1)
+        return
+    n = 1
+    try:
+        with gzip.open(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                yield n, raw
+            n += 1
+    except (EOFError, OSError, zlib.error) as e:
+        raise _gzip_error(e, path, n) from None
+
+
 def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
-    opener = gzip.open if path.suffix == ".gz" else open
     rows, numbers = [], []
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path), row=n) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=str(path), row=n) from None
-            if not isinstance(obj, dict):
-                raise DataError("each line must be a JSON object", file=str(path), row=n)
-            rows.append(obj)
-            numbers.append(n)
+    for n, raw in _lines(path):
+        if n == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]  # editors on Windows write one; it is not data
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path), row=n) from None
+        if not line.strip():
+            continue
+        obj = _parse_json(line, path, n)
+        if not isinstance(obj, dict):
+            raise DataError(f"each line must be a JSON object, got {_json_type(obj)}", file=str(path), row=n)
+        rows.append(obj)
+        numbers.append(n)
     return rows, numbers
 
 
+def _json_type(v) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(v), "a number")
+
+
 def _read_json_array(path: Path) -> tuple[list[dict], list[int]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = raw.decode("utf-8-sig")  # -sig: a leading BOM is dropped
     except UnicodeDecodeError as e:
-        raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path)) from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", file=str(path), row=e.lineno) from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path), row=line) from None
+    data = _parse_json(text, path, None)
     if isinstance(data, dict):  # {"data": [...]} wrappers are common
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         return _read_jsonl(path)
+    for i, r in enumerate(data, start=1):
+        if not isinstance(r, dict):  # `[1, 2, 3]`: say so here, before the layout is guessed from row 1
+            raise DataError(f"each array element must be a JSON object, got {_json_type(r)}",
+                            file=str(path), row=i)
     return data, list(range(1, len(data) + 1))
 
 
-def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
-    import polars as pl
+_CSV_MESSAGE_COLS = ("prompt", "chosen", "rejected", "completion", "votes")
+_CSV_BOOL_COLS = ("label", "flipped")
+_CSV_FLOAT_COLS = ("label_prob", "margin", "weight", "chosen_score", "rejected_score")
 
+
+def _csv_records(path: Path):
+    """(first line of the record, header, cells) for each non-blank record. Python's csv module, not
+    polars, because a quoted cell may span lines and errors must name the file's line, not the
+    record's index."""
+    raw = path.read_bytes()
     try:
-        df = pl.read_csv(path, infer_schema_length=0)  # all strings: we type-check ourselves
-    except Exception as e:
-        raise DataError(f"cannot parse CSV: {e}", file=str(path)) from None
-    rows = df.to_dicts()
-    for r in rows:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path), row=line) from None
+    reader = csv.reader(pyio.StringIO(text, newline=""))
+    header = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"cannot parse CSV: {e}", file=str(path), row=start) from None
+        if not any(c.strip() for c in cells):
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            dup = next((c for c in header if header.count(c) > 1), None)
+            if dup is not None:
+                raise DataError(f"column '{dup}' appears twice in the header", file=str(path), row=start)
+            continue
+        if len(cells) > len(header):
+            raise DataError(f"{len(cells)} cells but the header names {len(header)} columns",
+                            file=str(path), row=start)
+        yield start, header, cells
+
+
+def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
+    rows, numbers = [], []
+    for line, header, cells in _csv_records(path):
+        r = dict(zip(header, cells + [""] * (len(header) - len(cells))))
         for k, v in list(r.items()):
-            if v is None or v == "":
+            if v == "":
                 r[k] = None  # an empty cell is a missing value, not an empty string
-            elif isinstance(v, str) and v.lstrip().startswith("[") and k in ("prompt", "chosen", "rejected", "completion", "votes"):
+            elif k in _CSV_MESSAGE_COLS and v.lstrip().startswith("["):
                 try:
                     r[k] = json.loads(v)  # a message list serialised into a cell
-                except json.JSONDecodeError:
-                    pass
-            elif k in ("label", "flipped") and isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
+                except (ValueError, RecursionError):
+                    pass  # kept as text; the schema check then says what is wrong with it
+            elif k in _CSV_BOOL_COLS and v.lower() in ("true", "false", "1", "0"):
                 r[k] = v.lower() in ("true", "1")
-            elif k in ("label_prob", "margin", "weight", "chosen_score", "rejected_score") and isinstance(v, str):
+            elif k in _CSV_FLOAT_COLS:
                 try:
                     r[k] = float(v) if v.strip() else None
                 except ValueError:
                     pass
-    return rows, [i + 2 for i in range(len(rows))]  # line numbers: the header is line 1
+        rows.append(r)
+        numbers.append(line)
+    return rows, numbers
 
 
 def _read_rows(source: str) -> tuple[list[dict], list[int], str]:
@@ -233,6 +339,8 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
     if not rows:
         raise DataError("no rows", file=label)
     if kind is None:
+        if not isinstance(rows[0], dict):
+            raise DataError("each row must be a JSON object", file=label, row=numbers[0] if numbers else 1)
         kind = infer_kind(rows[0].keys())
     table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
                      row_numbers=numbers or None, normalise=normalise_row)

@@ -123,7 +123,11 @@ def as_messages(value, field: str) -> list[dict]:
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise RowError(f"{field}[{i}].role", f"unknown role {role!r} (expected one of {sorted(ROLES)})")
-        if not isinstance(content, str) or not content.strip():
+        if not isinstance(content, str):
+            # A number or a list here is a layout mistake, not an empty turn: say what was found.
+            got = "null" if content is None else type(content).__name__
+            raise RowError(f"{field}[{i}].content", f"must be a string, got {got}")
+        if not content.strip():
             raise RowError(f"{field}[{i}].content", "empty message content")
         out.append({"role": role, "content": content})
     return out
@@ -134,7 +138,10 @@ def _number(value, field: str, lo: float | None = None, hi: float | None = None)
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RowError(field, f"must be a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int such as 10**400: no float holds it
+        raise RowError(field, f"number out of range ({len(str(abs(value)))}-digit integer)") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise RowError(field, "must be finite (got NaN or inf)")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -153,8 +160,53 @@ def _json_text(value, field: str) -> str:
         raise RowError(field, f"not JSON-serialisable: {e}") from None
 
 
+MAX_DEPTH = 64  # nesting levels a value may have; real rows use 3 (list of message objects)
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def scan_values(row: dict, kind: str) -> None:
+    """Refuse what Arrow and UTF-8 cannot hold, naming the field: lone surrogates (a JSON "\\ud800"
+    escape), nesting deeper than MAX_DEPTH, and integers beyond 64 bits in extra columns (schema
+    columns are floats and are range-checked by `_number`). Iterative, so depth cannot blow the stack."""
+    schema_cols = set(SCHEMAS[kind].names)
+    for k in row:
+        _check_text(k, "(column name)")
+    stack = [(v, str(k), 1, k in schema_cols) for k, v in row.items()]
+    while stack:
+        value, path, depth, in_schema = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RowError(path.split("[")[0].split(".")[0], f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, bool) or value is None or isinstance(value, float):
+            continue
+        elif isinstance(value, int):
+            if not in_schema and not _INT64[0] <= value <= _INT64[1]:
+                raise RowError(path, f"integer out of the 64-bit range ({len(str(abs(value)))} digits)")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _check_text(k, f"{path} (key)")
+                stack.append((v, f"{path}.{k}" if _text_ok(k) else f"{path}.(key)", depth + 1, in_schema))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]", depth + 1, in_schema) for i, v in enumerate(value))
+
+
+def _text_ok(s) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except (UnicodeEncodeError, AttributeError):
+        return False
+
+
+def _check_text(s, path: str) -> None:
+    if isinstance(s, str) and not _text_ok(s):
+        bad = next(c for c in s if 0xD800 <= ord(c) <= 0xDFFF)
+        raise RowError(path, f"invalid Unicode: lone surrogate \\u{ord(bad):04x} (not valid UTF-8)")
+
+
 def check_row(row: dict, kind: str) -> dict:
-    """One normalised row of `kind`, or RowError naming the field."""
+    """One normalised row of `kind`, or RowError naming the field (run `scan_values` on raw rows first)."""
     for f in REQUIRED[kind]:
         if row.get(f) is None or (isinstance(row.get(f), str) and not row[f].strip()):
             raise RowError(f, "missing" if row.get(f) is None else "empty")
@@ -223,6 +275,7 @@ def validate(data, kind: str, *, source: str = "<memory>", on_error: str = "rais
         try:
             if not isinstance(row, dict):
                 raise RowError("(row)", "must be a JSON object")
+            scan_values(row, kind)  # before normalising: HH splitting and prefix matching walk the values
             good.append(check_row(normalise(row, kind) if normalise else row, kind))
         except RowError as e:
             if on_error == "raise":
@@ -245,12 +298,20 @@ def _write_quarantine(bad: list[dict], path, source: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    # backslashreplace: a record holding a lone surrogate is written as its JSON escape again
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
         for b in bad:
-            f.write(json.dumps({"source": source, **b}, ensure_ascii=False, default=str) + "\n")
+            f.write(_quarantine_line({"source": source, **b}) + "\n")
     os.replace(tmp, path)
     print(f"warning: {source}: {len(bad)} rows quarantined to {path} (first: row {bad[0]['row']}, "
           f"field '{bad[0]['field']}': {bad[0]['reason']})", file=sys.stderr)
+
+
+def _quarantine_line(rec: dict) -> str:
+    try:
+        return json.dumps(rec, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError):  # a record too deep to serialise: keep its head
+        return json.dumps({**rec, "record": repr(rec["record"])[:10_000]}, ensure_ascii=False)
 
 
 def to_table(rows: list[dict], kind: str) -> pa.Table:
@@ -264,7 +325,7 @@ def to_table(rows: list[dict], kind: str) -> pa.Table:
         values = [r.get(k) for r in rows]
         try:
             arr = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
             # Mixed shapes across rows: keep them losslessly as JSON text.
             arr = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
         table = table.append_column(k, arr)
