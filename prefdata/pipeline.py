@@ -27,7 +27,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prefdata
+from prefdata import step_health
+from prefdata import interrupts
 from prefdata.errors import ConfigError, PrefdataError
+from prefdata.redact import redact, redact_obj
+from prefdata.step_health import Counts, Tally
 
 # ----------------------------------------------------------------------------- step registry
 
@@ -82,6 +86,10 @@ class StepSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N input rows (smoke runs).")
     engine: dict | None = Field(None, description="Engine overrides for this step (merged over the pipeline's).")
     config: dict = Field(default_factory=dict, description="The step type's own config; keys are checked.")
+    max_failure_rate: float = Field(0.0, ge=0.0, le=1.0, description="Largest share of failed engine requests "
+                                    "the step may commit with (recorded in lineage and the card); above it the run "
+                                    "fails and a rerun retries the failures.")
+    dedup: bool = Field(False, description="Drop rows that repeat an earlier row's id or content before commit.")
 
 
 class PipelineSpec(BaseModel):
@@ -92,7 +100,7 @@ class PipelineSpec(BaseModel):
     engine: dict = Field(default_factory=dict, description="EngineConfig fields shared by every step.")
     on_error: str = Field("raise", pattern="^(raise|quarantine)$",
                           description="Bad input rows: fail (raise) or set them aside with a reason.")
-    steps: list[StepSpec]
+    steps: list[StepSpec] = Field(min_length=1, description="At least one step.")
 
 
 @dataclass
@@ -103,6 +111,10 @@ class StepContext:
     seed: int
     executor: str = "local"
     _engines: dict = field(default_factory=dict)
+    # What this step's engines returned (for honest failure), and run-wide notes already printed.
+    counts: Counts = field(default_factory=Counts)
+    warnings: list[str] = field(default_factory=list)
+    _warned: set = field(default_factory=set)
 
     def engine_config(self, override: dict | None = None):
         from prefdata.engines import EngineConfig
@@ -118,6 +130,14 @@ class StepContext:
         from prefdata.engines import get_engine
 
         cfg = self.engine_config(override)
+        if cfg.trust_remote_code:
+            note = (f"trust_remote_code is on for model '{redact(cfg.model)}': code shipped with the checkpoint "
+                    "runs on this machine with your permissions")
+            if note not in self.warnings:
+                self.warnings.append(note)
+            if note not in self._warned:  # once per run, however many steps or calls use it
+                self._warned.add(note)
+                print(f"warning: {note}", file=sys.stderr)
         key = cfg.model_dump_json()
         if key not in self._engines:
             if self.executor == "ray":
@@ -126,13 +146,18 @@ class StepContext:
                 self._engines[key] = RayEngine(cfg)
             else:
                 self._engines[key] = get_engine(cfg)
-        return self._engines[key]
+        return Tally(self._engines[key], self.counts)
 
 
-def _fmt_validation(source: str, where: str, err: ValidationError) -> str:
+def _fmt_validation(source: str, where: str, err: ValidationError, step_names: list | None = None) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in (where, *e["loc"]) if x != "")
+        where_loc = list(e["loc"])
+        # `steps.3.nope` means nothing to a user who wrote `--set steps.rlcd.nope=1`: use the name.
+        if step_names and len(where_loc) > 1 and where_loc[0] == "steps" and isinstance(where_loc[1], int) \
+                and where_loc[1] < len(step_names) and isinstance(step_names[where_loc[1]], str):
+            where_loc[1] = step_names[where_loc[1]]
+        loc = ".".join(str(x) for x in (where, *where_loc) if x != "")
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
         else:
@@ -140,9 +165,14 @@ def _fmt_validation(source: str, where: str, err: ValidationError) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
     # YAML scalars give the natural types: 3 -> int, 0.5 -> float, true -> bool, [a, b] -> list.
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"--set {key}: cannot parse the value '{text}' as YAML ({problem}); "
+                          "quote it to pass a string") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
@@ -151,7 +181,10 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {key}: empty key part (expected e.g. steps.<name>.config.x=1)")
         node: Any = raw
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):
@@ -160,29 +193,54 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
                     names = [s.get("name") for s in node if isinstance(s, dict)]
                     raise ConfigError(f"{source}: --set {key}: no step named '{part}' (steps: {names})")
                 node = match[0]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
             else:
-                node = node.setdefault(part, {})
+                # e.g. `--set name.x=1`: `name` holds a string, there is nothing inside it to set.
+                at = ".".join(parts[:i])
+                raise ConfigError(f"{source}: --set {key}: '{at}' is a {type(node).__name__}, not a mapping")
         if isinstance(node, list):
             raise ConfigError(f"{source}: --set {key}: address a step by name, e.g. steps.<name>.config.x")
-        node[parts[-1]] = _parse_value(value)
+        if not isinstance(node, dict):
+            at = ".".join(parts[:-1])
+            raise ConfigError(f"{source}: --set {key}: '{at}' is a {type(node).__name__}, not a mapping")
+        node[parts[-1]] = _parse_value(key, value)
     return raw
+
+
+def read_yaml(path: Path) -> Any:
+    """A pipeline file's YAML, or one ConfigError line (missing, unreadable, not UTF-8, bad syntax)."""
+    if not path.is_file():
+        raise PrefdataError(f"pipeline file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineSpec:
     path = Path(path)
-    if not path.is_file():
-        raise PrefdataError(f"pipeline file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: top level must be a mapping of pipeline keys (name, engine, steps), "
+                          f"got a {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [], str(path))
+    if isinstance(raw.get("steps"), list) and not raw["steps"]:
+        raise ConfigError(f"{path}: 'steps' is empty; a pipeline needs at least one step")
+    step_names = [s.get("name") if isinstance(s, dict) else None for s in raw.get("steps") or []] \
+        if isinstance(raw.get("steps"), list) else None
     try:
-        spec = PipelineSpec(**raw)
+        spec = PipelineSpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(str(path), "", e)) from None
+        raise ConfigError(_fmt_validation(str(path), "", e, step_names)) from None
     names = [s.name for s in spec.steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: step names must be unique, got {names}")
@@ -199,7 +257,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
                               f"(known: {', '.join(sorted(types))})")
         cfg_model = types[s.uses][0]
         try:
-            cfg_model(**s.config)
+            cfg_model.model_validate(s.config)
         except ValidationError as e:
             raise ConfigError(_fmt_validation(str(path), f"steps.{s.name}.config", e)) from None
     return spec
@@ -296,66 +354,118 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
     types = step_types()
     outputs: dict[str, Any] = {}
     engines: dict = {}  # shared by every step: a model loads once per run
+    warned: set = set()  # trust_remote_code warnings already printed
+    command = redact(command)
     for s in spec.steps:  # every output name is checked before any step reads or writes anything
         store.check_name(s.output)
     for step in spec.steps:
         cfg_model, fn = types[step.uses]
-        step_cfg = cfg_model(**step.config)
+        step_cfg = cfg_model.model_validate(step.config)
         quarantine = store.quarantine_path(step.output)
         table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
         if step.limit is not None:
             table = table.slice(0, step.limit)
         ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed, executor=executor,
-                          _engines=engines)
+                          _engines=engines, _warned=warned)
         engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
         fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
         done = _find_committed(step.output, fp)
-        if done is not None:
+        if done is not None and not step_health.recorded_failures(done):
             console.print(f"[green]✓[/] {step.name}: already committed as {done.ref} (fingerprint {fp}), skipped")
             outputs[step.name] = done
             continue
-        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {source_ref}")
+        if done is not None:  # committed with failed requests: ask for those again
+            console.print(f"[yellow]↻[/] {step.name}: {done.ref} had {step_health.recorded_failures(done)} failed "
+                          "requests; retrying them (the rest comes from the request cache)")
+        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(source_ref)}")
         t0 = time.time()
         stats_before = {k: dict(e.stats) for k, e in engines.items()}
         result = fn(step_cfg, table, ctx)
         elapsed = time.time() - t0
         usage = engine_usage(engines, stats_before)
+        tables, n_dups = _dedup(result.tables) if step.dedup else (result.tables, 0)
+        rows = sum(len(t) for t in tables.values())
+        if usage.get("requests"):
+            console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+        # Fails the run (nothing committed) when everything failed, too much failed, or nothing is left.
+        step_health.verdict(step.name, ctx.counts, rows, len(table), step.max_failure_rate,
+                            (result.report or {}).get("drop_reasons"))
+        if done is not None and not step_health.improved(ctx.counts, rows, done):
+            console.print(f"[yellow]✓[/] {step.name}: still {ctx.counts.failed} failed requests, no better than "
+                          f"{done.ref}; kept it")
+            outputs[step.name] = done
+            continue
         card_sections = list(result.card_sections or [])
         if usage.get("requests"):
             card_sections.append(("Engine usage", usage_markdown(usage)))
-            console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+        if ctx.counts.failed:
+            card_sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
+        if step.dedup:
+            card_sections.append(("Deduplication", f"`dedup: true` dropped {n_dups:,} rows repeating an earlier "
+                                                    "row's id or content."))
+        if ctx.warnings:
+            card_sections.append(("Warnings", "\n".join(f"- {w}" for w in ctx.warnings)))
         engine_lineage = {}
         if engine_cfg is not None:
             eng = ctx.engine()
             engine_lineage = {"engine": eng.name, "model": eng.model_id}
-        side_refs = {}
-        for side_name, (side_kind, side_table) in result.side_tables.items():
-            v = store.commit(f"{step.output}-{side_name}", side_table, kind=side_kind,
-                             lineage={"parents": [source_ref], "step": {"name": step.name, "uses": step.uses,
-                                                                          "config": step_cfg.model_dump(mode="json")},
-                                      "fingerprint": fp, **engine_lineage},
-                             command=command)
-            side_refs[side_name] = v.ref
         lineage = {
             "parents": [source_ref],
             "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
-                     "limit": step.limit, "pipeline": str(path)},
+                     "limit": step.limit, "pipeline": str(path), "max_failure_rate": step.max_failure_rate,
+                     "dedup": step.dedup},
             "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
             **engine_lineage,
             "seeds": {"pipeline": spec.seed},
             "fingerprint": fp,
-            "side_tables": side_refs,
-            "report": result.report,
+            "report": {**(result.report or {}), **({"deduplicated": n_dups} if step.dedup else {})},
             "elapsed_s": round(elapsed, 2),
             "engine_usage": usage,
+            "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
+            "warnings": list(ctx.warnings),
             **result.lineage,
         }
-        version = store.commit(step.output, result.tables, kind=result.kind, lineage=lineage, command=command,
-                               card_sections=card_sections, figures=result.figures)
+        # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
+        lineage, card_sections = redact_obj(lineage), redact_obj(card_sections)
+        # A signal inside is held until the block ends: a step's versions are written whole or not at all.
+        with interrupts.deferred():
+            side_refs = {}
+            for side_name, (side_kind, side_table) in result.side_tables.items():
+                v = _commit(store, f"{step.output}-{side_name}", side_table, kind=side_kind,
+                            lineage=redact_obj({"parents": [source_ref],
+                                                "step": {"name": step.name, "uses": step.uses,
+                                                         "config": step_cfg.model_dump(mode="json")},
+                                                "fingerprint": fp, **engine_lineage}),
+                            command=command)
+                side_refs[side_name] = v.ref
+            lineage["side_tables"] = side_refs
+            version = _commit(store, step.output, tables, kind=result.kind, lineage=lineage, command=command,
+                              card_sections=card_sections, figures=result.figures)
         outputs[step.name] = version
-        rows = sum(len(t) for t in result.tables.values())
-        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s")
+        failed = f", {ctx.counts.failed} failed requests (rerun to retry)" if ctx.counts.failed else ""
+        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s{failed}")
     return outputs
+
+
+def _dedup(tables: dict[str, pa.Table]) -> tuple[dict[str, pa.Table], int]:
+    """`dedup: true`: drop rows repeating an earlier row's id or content, per split."""
+    from prefdata import store
+
+    out, dropped = {}, 0
+    for split, t in tables.items():
+        out[split], n = store.dedup(t)
+        dropped += n
+    return out, dropped
+
+
+def _commit(store, name: str, *args, **kwargs):
+    """store.commit, with the dataset's folder named in an OSError that names no file (a full disk)."""
+    try:
+        return store.commit(name, *args, **kwargs)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(store.home() / "datasets" / name)
+        raise
 
 
 def engine_usage(engines: dict, before: dict) -> dict[str, int]:
@@ -388,7 +498,9 @@ def register(app: typer.Typer) -> None:
     ):
         """Run a YAML pipeline and commit each step's output as a dataset version."""
         command = "prefdata run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
-        if file.is_file() and "self_reward_loop" in (yaml.safe_load(file.read_text(encoding="utf-8")) or {}):
+        command = redact(command)  # a key pasted on the command line must not be recorded
+        raw = read_yaml(file)
+        if isinstance(raw, dict) and "self_reward_loop" in raw:
             # A loop alternates generation and training, so it has its own runner (trainers/self_reward_loop.py).
             from trainers import self_reward_loop
 

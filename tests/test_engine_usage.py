@@ -22,7 +22,7 @@ def test_failures_and_tokens_reach_lineage_and_card(tmp_path, monkeypatch):
                                                 "api_key_env": "PREFDATA_TEST_KEY", "max_retries": 0,
                                                 "progress": False},
                                      "steps": [{"name": "r", "uses": "rlcd", "input": "builtin:quickstart_prompts",
-                                                "output": "usage", "limit": 6,
+                                                "output": "usage", "limit": 6, "max_failure_rate": 0.9,
                                                 "config": {"max_retries": 3}}]}))
         v = run_pipeline(p)["r"]
         served = dict(s.counts)

@@ -7,9 +7,10 @@ transformers, vLLM and OpenAI-compatible servers.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
 from prefdata.engines.cache import RequestCache, request_key, score_key
@@ -41,6 +42,20 @@ class EngineConfig(BaseModel):
     enforce_eager: bool = Field(False, description="vllm backend: skip torch.compile and graph capture; starts "
                                 "in seconds instead of minutes, decodes more slowly.")
     progress: bool = Field(True, description="Show a progress bar with tokens/s.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        # A key pasted here would otherwise be looked up as a variable name, fall back to "EMPTY"
+        # and end up in the recorded command. The message must never echo the value.
+        from prefdata.redact import looks_like_key
+
+        if looks_like_key(v):
+            raise ValueError("looks like an API key itself; set it to the NAME of the environment variable "
+                             "that holds the key (e.g. OPENAI_API_KEY)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must name an environment variable (letters, digits, underscores)")
+        return v
 
 
 class CachedEngine:

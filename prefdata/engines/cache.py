@@ -4,17 +4,18 @@ The key is what determines an output: model, the sampling fields that change tex
 the assistant prefix, the effective seed, the template version and the sample index. Batch size,
 concurrency and token budgets are deliberately absent, so re-batching never invalidates a result.
 SQLite in WAL mode commits each batch as it finishes; a SIGKILL loses at most the batch in flight.
+Several processes may share the file; a corrupt one fails with a line naming it and `prefdata cache clear`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 from pathlib import Path
 
 from prefdata.engines.base import ChatRequest, Completion, SamplingParams
+from prefdata.sqlitedb import connect, explain, guard
 
 
 def _canon(obj) -> str:
@@ -39,35 +40,38 @@ def score_key(model_id: str, req: ChatRequest, completion: str) -> str:
 class RequestCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS score (key TEXT PRIMARY KEY, value REAL NOT NULL)")
-        self._db.commit()
+        # Busy timeout, WAL set once with retry, errors that name the file: see prefdata/sqlitedb.py.
+        self._db = connect(self.path, what="request cache", schema=(
+            "CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS score (key TEXT PRIMARY KEY, value REAL NOT NULL)"))
+
+    def _guard(self):
+        return guard(self.path, "request cache")
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
         out: dict[str, Completion] = {}
-        with self._lock:
+        with self._lock, self._guard():
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 q = f"SELECT key, value FROM gen WHERE key IN ({','.join('?' * len(chunk))})"
                 for k, v in self._db.execute(q, chunk):
-                    out[k] = Completion(**json.loads(v))
+                    try:
+                        out[k] = Completion(**json.loads(v))
+                    except (ValueError, TypeError) as err:  # a row that is not what we wrote
+                        raise explain(err, self.path, "request cache") from None
         return out
 
     def put_many(self, items: dict[str, Completion]) -> None:
         # Failed requests are never cached: a resumed run must retry them.
         rows = [(k, _canon(c.__dict__)) for k, c in items.items() if c.finish_reason != "error"]
-        with self._lock:
+        with self._lock, self._guard():
             self._db.executemany("INSERT OR REPLACE INTO gen VALUES (?, ?)", rows)
             self._db.commit()
 
     def get_scores(self, keys: list[str]) -> dict[str, float]:
         out: dict[str, float] = {}
-        with self._lock:
+        with self._lock, self._guard():
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 q = f"SELECT key, value FROM score WHERE key IN ({','.join('?' * len(chunk))})"
@@ -75,10 +79,10 @@ class RequestCache:
         return out
 
     def put_scores(self, items: dict[str, float]) -> None:
-        with self._lock:
+        with self._lock, self._guard():
             self._db.executemany("INSERT OR REPLACE INTO score VALUES (?, ?)", list(items.items()))
             self._db.commit()
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]

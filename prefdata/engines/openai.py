@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ import weakref
 
 from prefdata.engines.base import ChatRequest, Completion, SamplingParams, row_seed
 from prefdata.errors import PrefdataError
+from prefdata.redact import redact
 
 # Completions are handed to `on_batch` (the request cache: one sqlite commit per call) in groups of
 # this many, or after this many seconds, and at the end: a kill loses at most that small buffer plus
@@ -52,9 +52,9 @@ POOL = 32  # workers (and keep-alive connections) per client
 
 def _redact(text: str, secret: str | None) -> str:
     text = str(text)
-    if secret:
+    if secret and secret != "EMPTY":
         text = text.replace(secret, "***")
-    return re.sub(r"(sk-[A-Za-z0-9_-]{6})[A-Za-z0-9_-]+", r"\1***", text)
+    return redact(text)
 
 
 def _parse_chat(content: bytes) -> tuple[str, str, int, int]:
@@ -149,7 +149,7 @@ class OpenAIEngine:
             except Exception as err:  # noqa: BLE001 - classified below
                 last = f"{type(err).__name__}: {_redact(err, self._key)}"
                 if isinstance(err, self._openai.NotFoundError):
-                    return self._fail(f"model '{self.cfg.model}' not found on {self.base_url}: {last}")
+                    return self._fail(f"model '{self.cfg.model}' not found on {redact(self.base_url)}: {last}")
                 if not self._retryable(err) or attempt == self.cfg.max_retries:
                     break
                 self.stats["retries"] += 1
@@ -231,7 +231,7 @@ class OpenAIEngine:
             return []
         t0 = time.time()
         with Progress(disable=not self.cfg.progress, transient=True) as bar:
-            task = bar.add_task(f"requests to {self.base_url}", total=len(items))
+            task = bar.add_task(f"requests to {redact(self.base_url)}", total=len(items))
 
             def done(pos, comps):
                 bar.update(task, advance=len(pos))

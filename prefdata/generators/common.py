@@ -50,7 +50,7 @@ def sample_with_retries(engine: Engine, requests: list[ChatRequest], params: Sam
     """One accepted output per request, retrying rejected ones with a new seed offset.
 
     Returns (texts, reasons, attempts): text None with the last rejection reason when every try
-    failed. Retries are deterministic (attempt k uses seed offset base + k), so a resumed run
+    failed, or at once on an engine error (the pipeline counts those as failed requests). Retries are deterministic (attempt k uses seed offset base + k), so a resumed run
     hits the request cache for every attempt it already made.
     """
     n = len(requests)
@@ -69,8 +69,9 @@ def sample_with_retries(engine: Engine, requests: list[ChatRequest], params: Sam
             attempts[i] = attempt + 1
             comp: Completion = comps[0]
             if comp.finish_reason == "error":
+                # Not re-sampled with a new seed: the engine has already retried it, and a rerun must
+                # ask the very same request again (same seed) so it yields the fault-free row.
                 reasons[i] = f"engine error: {comp.error}"
-                still.append(i)
                 continue
             text = post(comp.text)
             why = check(text)

@@ -103,9 +103,9 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
     for k, (r, (prompt, i, pos, neg, set_name)) in enumerate(zip(rows, picks)):
         o_pos, o_neg = texts[2 * k], texts[2 * k + 1]
         if o_pos is None or o_neg is None:
-            side = "positive" if o_pos is None else "negative"
-            dropped[f"{side} output {reasons[2 * k] if o_pos is None else reasons[2 * k + 1]} "
-                    f"after {config.max_retries + 1} tries"] += 1
+            side, j = ("positive", 2 * k) if o_pos is None else ("negative", 2 * k + 1)
+            tries = "" if (reasons[j] or "").startswith("engine error") else f" after {attempts[j]} tries"
+            dropped[f"{side} output {reasons[j]}{tries}"] += 1
             continue
         if o_pos == o_neg:
             dropped["identical outputs"] += 1

@@ -31,8 +31,13 @@ def load_principles(path: str | None = None) -> tuple[str, dict[str, list[tuple[
     p = Path(path) if path else PRINCIPLES_FILE
     if not p.is_file():
         raise ConfigError(f"principles file not found: {p}")
-    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw.get("sets"), dict) or not raw.get("version"):
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text" if isinstance(e, UnicodeDecodeError) \
+            else "invalid YAML"
+        raise ConfigError(f"principles file {p}: cannot read it as YAML ({why})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("sets"), dict) or not raw.get("version"):
         raise ConfigError(f"{p}: needs 'version' and 'sets: {{name: [[positive, negative], ...]}}'")
     sets: dict[str, list[tuple[str, str]]] = {}
     for name, pairs in raw["sets"].items():
