@@ -78,15 +78,16 @@ def _merge_lora(adapter_dir: str, base: str, out: Path) -> None:
 def run(cfg: LoopConfig, command: str | None = None) -> dict:
     """Run (or resume) the loop; returns the state: per iteration its dataset ref and model dir."""
     from prefdata import store
+
+    # The name becomes a directory and dataset names: check it (and the longest name committed)
+    # before anything is created, and before the slow imports below.
+    store.check_name(cfg.name)
+    store.check_name(f"{cfg.name}-iter{cfg.iterations}-candidates")
     from prefdata.engines import EngineConfig, get_engine
     from prefdata.generators.self_reward import generate
     from prefdata.pipeline import read_input
     from trainers.dpo import DPOTrainConfig, train
 
-    # The name becomes a directory and dataset names: check it (and the longest name committed)
-    # before anything is created.
-    store.check_name(cfg.name)
-    store.check_name(f"{cfg.name}-iter{cfg.iterations}-candidates")
     out = Path(cfg.output_dir) if cfg.output_dir else store.named_path("models/loops", cfg.name)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "state.json"

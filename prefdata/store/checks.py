@@ -77,8 +77,9 @@ def _content_keys(table: pa.Table) -> list[str] | None:
     return [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str) for r in data]
 
 
-def _dup_mask(table: pa.Table) -> tuple[list[bool], int, int]:
-    """(is a repeat of an earlier row, #repeated ids, #repeated contents)."""
+def _dup_mask(table: pa.Table, *, dropping: bool) -> tuple[list[bool], int, int]:
+    """(is a repeat of an earlier row, #repeated ids, #repeated contents). When `dropping`, only
+    kept rows count as earlier ones: a row whose only twin was itself dropped stays."""
     n = table.num_rows
     ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * n
     keys = _content_keys(table) or [None] * n
@@ -90,21 +91,22 @@ def _dup_mask(table: pa.Table) -> tuple[list[bool], int, int]:
         dup_ids += di
         dup_rows += dk
         mask.append(di or dk)
-        seen_ids.add(i)
-        seen_keys.add(k)
+        if not (dropping and (di or dk)):
+            seen_ids.add(i)
+            seen_keys.add(k)
     return mask, dup_ids, dup_rows
 
 
 def duplicate_counts(table: pa.Table) -> dict[str, int]:
     """Rows repeating an earlier row's id, and rows repeating its content (prompt, chosen, rejected
     or completion); the card shows both."""
-    _, dup_ids, dup_rows = _dup_mask(table)
+    _, dup_ids, dup_rows = _dup_mask(table, dropping=False)
     return {"ids": dup_ids, "rows": dup_rows}
 
 
 def dedup(table: pa.Table) -> tuple[pa.Table, int]:
     """Keep the first of each id and of each content; return (table, rows dropped)."""
-    mask, _, _ = _dup_mask(table)
+    mask, _, _ = _dup_mask(table, dropping=True)
     dropped = sum(mask)
     if not dropped:
         return table, 0
