@@ -287,12 +287,12 @@ def test_duplicates_are_counted_in_the_card_and_dedup_drops_them(tmp_path, capsy
     src = tmp_path / "dups.jsonl"
     base = rows(3)
     write_jsonl(src, base + [base[0], {**base[1], "id": "x"}, {**rows(1, "z")[0], "id": "x"}])
-    code, out, err = cli(capsys, "datasets", "import", str(src), "--name", "ds")
+    code, _, err = cli(capsys, "datasets", "import", str(src), "--name", "ds")
     assert code == 0, err
     card = store.resolve("ds@v1").card_path.read_text()
     # row 4 repeats row 1 (id and content), row 5 row 2's content, row 6 row 5's id
     assert "Duplicates: 2 rows repeat an earlier row's id, 2 repeat an earlier row's content" in card
-    code, out, err = cli(capsys, "datasets", "import", str(src), "--name", "ds", "--dedup")
+    code, _, err = cli(capsys, "datasets", "import", str(src), "--name", "ds", "--dedup")
     # rows 4 and 5 go; row 6 stays, since the only other 'x' (row 5) was dropped
     assert code == 0 and "dropped 2 duplicate rows" in err, err
     v2 = store.resolve("ds@v2")

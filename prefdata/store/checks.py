@@ -8,6 +8,7 @@ Python loop). A NaN margin that slips in trains a NaN model much later, far from
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,7 +41,7 @@ def _first_bad(values: pa.ChunkedArray, lo: float | None, hi: float | None) -> t
 
 
 def _reason(v: float, lo, hi) -> str:
-    if v != v or v in (float("inf"), float("-inf")):
+    if not math.isfinite(v):
         return "must be finite (got NaN or inf)"
     return f"must be within [{lo}, {hi}], got {v}"
 

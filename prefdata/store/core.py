@@ -1,10 +1,14 @@
 """The versioned dataset store: immutable, content-addressed versions with lineage.
 
-    $PREFDATA_HOME/datasets/<name>/<vN>/{data/<split>-00000-of-00001.parquet, README.md, manifest.json, *.png}
+    $PREFDATA_HOME/datasets/<name>/<vN>/{data/<split>-00000-of-00001.parquet, README.md, manifest.json,
+                                          manifest.sha256, *.png}
 
-A version is built in a hidden temp dir beside its final place and renamed in one step, so a reader
-never sees half a version and a killed commit leaves nothing visible (its temp dir is swept by the
-next commit). Numbers are handed out under a per-name lock so two writers never share a `vN`.
+A version is built in a hidden temp dir (`.tmp-<pid>-<uuid>`) beside its final place and renamed in
+one step, so a reader never sees half a version and a killed commit leaves nothing visible; the next
+commit removes the temp dir once its owner pid is gone. Numbers are handed out under a per-name
+`flock` so two writers, in any processes, never share a `vN`. `manifest.sha256` lives outside the
+manifest so a rewritten manifest is caught; a version that fails that or does not parse is reported
+as corrupt (`scan`, `CorruptVersion`) while every other version keeps working.
 """
 
 from __future__ import annotations
@@ -126,8 +130,18 @@ def _check_manifest(man, ref: str) -> None:
         if not isinstance(man.get(key), typ):
             raise CorruptVersion(ref, f"manifest.json lacks a valid '{key}'")
     for s, info in man["splits"].items():
-        if not (isinstance(info, dict) and isinstance(info.get("rows"), int) and isinstance(info.get("files"), list)):
+        if not (isinstance(info, dict) and isinstance(info.get("rows"), int) and isinstance(info.get("files"), list)
+                and all(isinstance(f, str) for f in info["files"])):
             raise CorruptVersion(ref, f"manifest.json has a malformed split '{s}'")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in man["files"].items()):
+        raise CorruptVersion(ref, "manifest.json has a malformed 'files' table")
+
+
+def _read_sum(sum_file: Path, ref: str) -> str:
+    try:
+        return sum_file.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as e:
+        raise CorruptVersion(ref, f"{MANIFEST_SUM} unreadable ({e.strerror or e})") from None
 
 
 def _read_version(path: Path) -> Version:
@@ -141,9 +155,8 @@ def _read_version(path: Path) -> Version:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CorruptVersion(ref, f"manifest.json does not parse ({type(e).__name__})") from None
     sum_file = path / MANIFEST_SUM
-    if sum_file.is_file():
-        if sum_file.read_text(encoding="ascii", errors="replace").strip() != hashlib.sha256(raw).hexdigest():
-            raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
+    if sum_file.is_file() and _read_sum(sum_file, ref) != hashlib.sha256(raw).hexdigest():
+        raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
     _check_manifest(man, ref)
     if not sum_file.is_file() and (not isinstance(man.get("schema_version"), int) or man["schema_version"] >= 2):
         # Versions since schema 2 always carry the sum; only older ones may lack it.
@@ -227,14 +240,20 @@ def verify(version: Version, split: str | None = None) -> None:
     version.data_files(split)  # unknown split -> clear error
     ref = version.ref
     sum_file = version.path / MANIFEST_SUM
-    if sum_file.is_file() and sum_file.read_text(encoding="ascii", errors="replace").strip() != \
-            sha256_file(version.path / "manifest.json"):
+
+    def digest(f: Path) -> str:
+        try:
+            return sha256_file(f)
+        except OSError as e:
+            raise CorruptVersion(ref, f"{f.name} unreadable ({e.strerror or e})") from None
+
+    if sum_file.is_file() and _read_sum(sum_file, ref) != digest(version.path / "manifest.json"):
         raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
     for rel, expected in version.manifest["files"].items():
         f = version.path / rel
         if not f.is_file():
             raise CorruptVersion(ref, f"missing file {rel}")
-        if sha256_file(f) != expected:
+        if digest(f) != expected:
             raise CorruptVersion(ref, f"checksum mismatch: {rel} was changed after commit")
     for s, info in version.manifest["splits"].items():
         if split and s != split:

@@ -47,7 +47,7 @@ def quarantine_path(name: str) -> Path:
     exist yet; a path already on disk or handed out earlier in this process is skipped, so one
     run's quarantine never replaces another's."""
     check_name(name)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = f"{name}-{stamp}-{os.getpid()}"
     with _handed_lock:
         n = 0
