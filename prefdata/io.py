@@ -341,7 +341,9 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
     if kind is None:
         if not isinstance(rows[0], dict):
             raise DataError("each row must be a JSON object", file=label, row=numbers[0] if numbers else 1)
-        kind = infer_kind(rows[0].keys())
+        # From every row's keys, not the first row's: a pair further down must not be read as a prompt
+        # with stray extra columns (the table's columns would then say "pair" while its rows do not).
+        kind = infer_kind(set().union(*(r.keys() for r in rows if isinstance(r, dict))))
     table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
                      row_numbers=numbers or None, normalise=normalise_row)
     if table.num_rows == 0:

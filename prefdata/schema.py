@@ -121,7 +121,7 @@ def as_messages(value, field: str) -> list[dict]:
         if not isinstance(m, dict):
             raise RowError(f"{field}[{i}]", "message must be an object with 'role' and 'content'")
         role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise RowError(f"{field}[{i}].role", f"unknown role {role!r} (expected one of {sorted(ROLES)})")
         if not isinstance(content, str):
             # A number or a list here is a layout mistake, not an empty turn: say what was found.
@@ -171,7 +171,7 @@ def scan_values(row: dict, kind: str) -> None:
     schema_cols = set(SCHEMAS[kind].names)
     for k in row:
         _check_text(k, "(column name)")
-    stack = [(v, str(k), 1, k in schema_cols) for k, v in row.items()]
+    stack = [(v, _segment(k), 1, k in schema_cols) for k, v in row.items()]
     while stack:
         value, path, depth, in_schema = stack.pop()
         if depth > MAX_DEPTH:
@@ -186,9 +186,16 @@ def scan_values(row: dict, kind: str) -> None:
         elif isinstance(value, dict):
             for k, v in value.items():
                 _check_text(k, f"{path} (key)")
-                stack.append((v, f"{path}.{k}" if _text_ok(k) else f"{path}.(key)", depth + 1, in_schema))
+                stack.append((v, f"{path}.{_segment(k)}", depth + 1, in_schema))
         elif isinstance(value, (list, tuple)):
             stack.extend((v, f"{path}[{i}]", depth + 1, in_schema) for i, v in enumerate(value))
+
+
+def _segment(key) -> str:
+    """A key as it may appear in a one-line error: plain names as they are, anything else quoted."""
+    if isinstance(key, str) and _text_ok(key) and key.isprintable() and 0 < len(key) <= 40:
+        return key
+    return json.dumps(str(key)[:40]) if isinstance(key, str) and _text_ok(key) else "(key)"
 
 
 def _text_ok(s) -> bool:
