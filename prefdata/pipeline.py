@@ -497,8 +497,10 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option("local", help="local (default) or ray"),
     ):
         """Run a YAML pipeline and commit each step's output as a dataset version."""
-        command = "prefdata run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
-        command = redact(command)  # a key pasted on the command line must not be recorded
+        # Rebuilt from the parsed options (not sys.argv, which is the host's when called in-process),
+        # and redacted: a URL with a password or a key pasted on the command line is never recorded.
+        command = redact("prefdata run " + " ".join(shlex.quote(a) for a in [str(file)] + [f"--set={o}" for o in set_]
+                                                    + ([f"--executor={executor}"] if executor != "local" else [])))
         raw = read_yaml(file)
         if isinstance(raw, dict) and "self_reward_loop" in raw:
             # A loop alternates generation and training, so it has its own runner (trainers/self_reward_loop.py).
