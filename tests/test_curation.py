@@ -9,34 +9,30 @@ import polars as pl
 import pytest
 
 from prefdata.curation.policies import PolicyConfig, apply
-from prefdata.curation.vote import combine, fit_slope
+from prefdata.curation.vote import combine
 from prefdata.errors import DataError
 from prefdata.rewards.heads import cross_fit
 from prefdata.schema import validate
 
 
 def pairs(n):
-    return validate([{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}",
+    # Equal-length answers: the log length ratio is 0, so length control leaves the votes alone.
+    return validate([{"prompt": f"q{i}", "chosen": f"good {i:03d}", "rejected": f"poor {i:03d}",
                       "chosen_score": 5.0, "rejected_score": 1.0} for i in range(n)], "pair")
 
 
-def test_combine_standardises_per_voter_and_computes_strength():
-    a = np.array([1.0, -1.0, 2.0, 0.0])  # std = sqrt(1.5)
-    b = 100 * np.array([1.0, 1.0, -1.0, 1.0])  # std = 86.6..: scale must not dominate
-    f = combine(["w", "x", "y", "z"], {"a": a, "b": b}, temperature=1.0)
-    za, zb = a / a.std(), b / b.std()
-    assert np.allclose(np.stack(f["votes"].to_list()), np.stack([za, zb], 1))
-    assert np.allclose(f["strength_mean"].to_numpy(), (za + zb) / 2)
-    assert np.allclose(f["strength_std"].to_numpy(), np.abs(za - zb) / 2)
-    assert np.allclose(f["label_prob"].to_numpy(), 1 / (1 + np.exp(-(za + zb) / 2)))
-    assert f["agreement"].to_list()[0] == 1.0 and f["agreement"].to_list()[1] == 0.5
-
-
-def test_fitted_slope_is_mle():
-    s = np.array([2.0, 1.0, -0.5, 3.0, -1.0, 0.5])
-    a = fit_slope(s)
-    ll = lambda x: np.sum(np.log(1 / (1 + np.exp(-x * s))))
-    assert ll(a) >= ll(a * 1.05) and ll(a) >= ll(a * 0.95)
+def test_combine_counts_a_family_once_however_many_heads_it_has():
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 1.0, 300)
+    other = rng.normal(1.0, 1.0, 300)
+    heads = {f"heads:x:linear:{i}": base + 0.05 * rng.normal(size=300) for i in range(10)}
+    ten = combine(list(range(300)), {**heads, "rm:y": other}, length_control=False, interval=False)
+    one = combine(list(range(300)), {"heads:x:linear:0": base, "rm:y": other}, length_control=False, interval=False)
+    assert ten.families == ["heads:x:linear", "rm:y"]
+    # Ten near-copies of one voter weigh about as much as one copy: they are one annotator.
+    w10, w1 = ten.posterior.weights, one.posterior.weights
+    assert w10["heads:x:linear"] == pytest.approx(w1["heads:x:linear"], rel=0.1)
+    assert w10["rm:y"] == pytest.approx(w1["rm:y"], rel=0.1)
 
 
 @pytest.mark.parametrize("scores,msg", [
@@ -66,7 +62,7 @@ def voted(strengths, std=None):
 
 def test_flip_bottom_q_only_negative_and_reversible():
     df, votes = voted([-2.0, -1.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
-    kept, dropped = apply(df, votes, PolicyConfig(flip_bottom_q=0.2))
+    kept, dropped = apply(df, votes, PolicyConfig(flip_max_prob=None, flip_bottom_q=0.2))
     assert dropped.height == 0
     by = {r["id"]: r for r in kept.to_dicts()}
     orig = {r["id"]: r for r in df.to_dicts()}
@@ -76,7 +72,7 @@ def test_flip_bottom_q_only_negative_and_reversible():
         assert by[i]["chosen"] == orig[i]["rejected"] and by[i]["chosen_score"] == 1.0
         assert by[i]["strength_mean"] > 0 and by[i]["label_prob"] > 0.5
     # A second vote that disagrees with the new orientation flips them back: labels restored.
-    again, _ = apply(kept.drop("agreement", strict=False), votes, PolicyConfig(flip_below=0.0))
+    again, _ = apply(kept.drop("agreement", strict=False), votes, PolicyConfig(flip_max_prob=None, flip_below=0.0))
     back = {r["id"]: r for r in again.to_dicts()}
     for i in flipped:
         assert back[i]["chosen"] == orig[i]["chosen"] and back[i]["flipped"] is False
@@ -84,7 +80,7 @@ def test_flip_bottom_q_only_negative_and_reversible():
 
 def test_drop_rules_and_margin():
     df, votes = voted([0.01, -0.02, 1.0, 2.0, -3.0], std=np.array([0.1, 0.1, 5.0, 0.1, 0.1]))
-    kept, dropped = apply(df, votes, PolicyConfig(drop_abs_below=0.05, drop_std_above=1.0, flip_below=1.0,
+    kept, dropped = apply(df, votes, PolicyConfig(flip_max_prob=None, drop_abs_below=0.05, drop_std_above=1.0, flip_below=1.0,
                                                   margin_from_strength=True, margin_scale=0.5))
     reasons = sorted(dropped["drop_reason"].to_list())
     assert reasons == ["ambiguous: |strength| < 0.05"] * 2 + ["disagreement: std > 1.0"]
@@ -95,7 +91,7 @@ def test_drop_rules_and_margin():
 
 def test_soft_label_off_sets_one():
     df, votes = voted([0.5, 1.0])
-    kept, _ = apply(df, votes, PolicyConfig(soft_label=False))
+    kept, _ = apply(df, votes, PolicyConfig(flip_max_prob=None, soft_label=False))
     assert kept["label_prob"].to_list() == [1.0, 1.0]
 
 
@@ -123,8 +119,8 @@ def test_heads_find_flipped_labels_on_learnable_data():
     flip = rng.random(400) < 0.2
     xc, xr = np.where(flip[:, None], xr, xc), np.where(flip[:, None], xc, xr)
     fit = cross_fit(xc, xr, k=5, folds=5, seed=0)
-    f = combine(list(range(400)), {f"h{i}": fit.scores[:, i] for i in range(5)})
-    assert roc_auc_score(flip, -f["strength_mean"].to_numpy()) > 0.9
+    f = combine(list(range(400)), {f"h:{i}": fit.scores[:, i] for i in range(5)}, interval=False).frame
+    assert roc_auc_score(flip, -f["label_prob"].to_numpy()) > 0.9
 
 
 def test_clean_labels_step_through_pipeline(tmp_path, monkeypatch):
@@ -134,21 +130,25 @@ def test_clean_labels_step_through_pipeline(tmp_path, monkeypatch):
 
     t = pairs(20)
     store.commit("raw", t)
-    strengths = np.linspace(-2, 2, 20)
+    strengths = np.linspace(-2, 4, 20)  # 7 negative
     monkeypatch.setattr(cstep, "collect_votes", lambda table, cfg, **kw: {
         "v1": strengths, "v2": strengths * 2 + 0.01 * np.arange(20)})
     p = tmp_path / "clean.yaml"
     p.write_text(json.dumps({"steps": [{"name": "clean", "uses": "clean_labels", "input": "raw@v1", "output": "clean",
                                         "config": {"voters": [{"type": "heads"}],
-                                                   "policy": {"flip_bottom_q": 0.2, "drop_abs_below": 0.2}}}]}))
+                                                   "policy": {"flip_max_prob": 0.1, "drop_prob_below": 0.5}}}]}))
     out = pipeline.run_pipeline(p)
     v = out["clean"]
     kept = store.load_table(v.ref)
-    assert kept.num_rows < 20 and sum(kept.column("flipped").to_pylist()) == 4
-    assert all(x is not None for x in kept.column("label_prob").to_pylist())
+    flipped = kept.column("flipped").to_pylist()
+    lp = kept.column("label_prob").to_pylist()
+    assert kept.num_rows < 20 and sum(flipped) >= 3
+    # A flipped pair was confidently wrong (posterior <= 0.1), so it now carries >= 0.9; every kept
+    # pair that was not flipped had a posterior of at least 0.5 (the dropped band is 0.1 .. 0.5).
+    assert all(p >= 0.9 for p, f in zip(lp, flipped) if f) and all(p >= 0.5 for p in lp)
     dropped = store.load_table("clean-dropped@v1")
     assert dropped.num_rows + kept.num_rows == 20 and "drop_reason" in dropped.column_names
     card = v.card_path.read_text()
-    assert "Label cleaning" in card and "Ten most disputed pairs" in card and "strength_ucurve.png" in card
-    assert (v.path / "strength.png").is_file()
+    assert "Label cleaning" in card and "Ten most doubtful pairs" in card and "length_control.png" in card
+    assert (v.path / "posterior_hist.png").is_file()
     assert v.manifest["parents"] == ["raw@v1"]

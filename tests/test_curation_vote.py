@@ -11,8 +11,8 @@ from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from prefdata.curation.policies import PolicyConfig, apply, flip
-from prefdata.curation.vote import combine, fit_slope
-from prefdata.errors import DataError, PrefdataError
+from prefdata.curation.vote import combine
+from prefdata.errors import DataError
 from prefdata.schema import validate
 
 
@@ -22,63 +22,54 @@ def sig(x):
 
 # ----------------------------------------------------------------------------- combine
 
-# Voter a: mean 1, deviations +-2 -> std 2 -> z = [1.5, -0.5, 1.5, -0.5]
-# Voter b: mean 20, deviations +-10 -> std 10 -> z = [1, 3, 1, 3]
+# Voter a: std 2 -> z = [1.5, -0.5, 1.5, -0.5]; voter b: std 10 -> z = [1, 3, 1, 3]
 A = np.array([3.0, -1.0, 3.0, -1.0])
 B = np.array([10.0, 30.0, 10.0, 30.0])
 
 
-def test_standardise_by_std_without_centring():
-    f = combine(["p", "q", "r", "s"], {"a": A, "b": B}, temperature=1.0)
-    assert f.columns == ["id", "votes", "strength_mean", "strength_std", "label_prob", "agreement"]
-    assert f["id"].to_list() == ["p", "q", "r", "s"]
-    assert f["votes"].to_list() == [[1.5, 1.0], [-0.5, 3.0], [1.5, 1.0], [-0.5, 3.0]]
-    # b always prefers chosen; centring would have turned half its votes negative.
-    assert all(v[1] > 0 for v in f["votes"].to_list())
+def test_heads_of_one_family_are_averaged_into_one_vote():
+    v = combine(["p", "q", "r", "s"], {"h:0": A, "h:1": B}, length_control=False, interval=False)
+    assert v.families == ["h"]
+    # Mean of the unit-scaled heads: [1.25, 1.25, 1.25, 1.25]; its std is 0, so it stays as is.
+    assert np.allclose(v.raw[:, 0], [1.25] * 4)
+    assert np.allclose(v.spread[:, 0], [0.25, 1.75, 0.25, 1.75])  # std of the two heads per pair
+    assert v.frame.columns[:6] == ["id", "votes", "strength_mean", "strength_std", "label_prob", "agreement"]
 
 
-def test_mean_std_label_prob_agreement():
-    f = combine(["p", "q", "r", "s"], {"a": A, "b": B}, temperature=1.0)
-    # row p: (1.5 + 1)/2 = 1.25, std ddof=0 = |1.5 - 1|/2 = 0.25; row q: (-0.5 + 3)/2 = 1.25, std 1.75
-    assert np.allclose(f["strength_mean"].to_numpy(), [1.25, 1.25, 1.25, 1.25])
-    assert np.allclose(f["strength_std"].to_numpy(), [0.25, 1.75, 0.25, 1.75])
-    assert np.allclose(f["label_prob"].to_numpy(), [sig(1.25)] * 4)
-    assert f["agreement"].to_list() == [1.0, 0.5, 1.0, 0.5]
-    f2 = combine(["p", "q", "r", "s"], {"a": A, "b": B}, temperature=2.0)
-    assert np.allclose(f2["label_prob"].to_numpy(), [sig(0.625)] * 4)
+def test_separate_families_stay_separate_and_are_not_centred():
+    v = combine(["p", "q", "r", "s"], {"a": A, "b": B}, length_control=False, interval=False)
+    assert v.families == ["a", "b"]
+    assert np.allclose(v.raw, np.stack([A / A.std(), B / B.std()], 1))
+    assert all(x[1] > 0 for x in v.frame["votes"].to_list())  # b always prefers chosen: kept positive
 
 
-def test_three_voters_agreement_and_std():
-    # Each voter has mean 0 and std 1 already: z = d.
-    a, b, c = np.array([1.0, -1.0]), np.array([1.0, -1.0]), np.array([-1.0, 1.0])
-    f = combine(["x", "y"], {"a": a, "b": b, "c": c}, temperature=1.0)
-    assert np.allclose(f["strength_mean"].to_numpy(), [1 / 3, -1 / 3])
-    # deviations 2/3, 2/3, -4/3 -> var = (4/9 + 4/9 + 16/9) / 3 = 8/9
-    assert np.allclose(f["strength_std"].to_numpy(), [math.sqrt(8 / 9)] * 2)
-    assert np.allclose(f["agreement"].to_numpy(), [2 / 3, 2 / 3])
-    assert np.allclose(f["label_prob"].to_numpy(), [sig(1 / 3), sig(-1 / 3)])
+def test_posterior_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    s = rng.normal(1.0, 1.0, size=(200, 2))
+    v = combine(list(range(200)), {"a": s[:, 0], "b": s[:, 1]}, length_control=False, interval=False)
+    post = v.posterior
+    z = v.controlled
+    logit = math.log(post.alpha / (1 - post.alpha)) + z @ (2 * post.mu / post.sigma ** 2)
+    assert np.allclose(v.frame["label_prob"].to_numpy(), 1 / (1 + np.exp(-logit)))
+    assert np.allclose(v.frame["strength_mean"].to_numpy(), z @ (2 * post.mu / post.sigma ** 2))
 
 
-def test_default_temperature_is_the_fitted_slope():
-    d = np.array([2.0, 1.0, -0.5, 3.0, -1.0, 0.5])  # mean 5/6, var = 15.5/6 - 25/36 = 17/9
-    f = combine(list("abcdef"), {"v": d})
-    s = f["strength_mean"].to_numpy()
-    assert np.allclose(s, d / math.sqrt(17 / 9))
-    a = fit_slope(s)
-    assert np.allclose(f["label_prob"].to_numpy(), 1 / (1 + np.exp(-a * s)))
-    # The slope maximises sum log sigmoid(a * s): the score equation holds at it.
-    assert abs(np.sum(s / (1 + np.exp(a * s)))) < 1e-6
+def test_length_control_removes_the_length_slope():
+    rng = np.random.default_rng(1)
+    ell = rng.normal(size=500)
+    signal = rng.normal(1.0, 1.0, size=500)
+    vote = signal + 2.0 * ell  # a family that mostly likes long answers
+    v = combine(list(range(500)), {"f": vote}, ell=ell, interval=False)
+    assert abs(np.corrcoef(v.controlled[:, 0], ell)[0, 1]) < 1e-8
+    assert v.length_corr[0] > 0.8 and v.length_slope[0] > 0
+    off = combine(list(range(500)), {"f": vote}, ell=ell, length_control=False, interval=False)
+    assert np.corrcoef(off.controlled[:, 0], ell)[0, 1] > 0.8
 
 
 def test_constant_voter_is_left_unscaled():
-    f = combine(["x", "y"], {"flat": np.array([0.0, 0.0]), "v": np.array([1.0, -1.0])}, temperature=1.0)
-    assert f["votes"].to_list() == [[0.0, 1.0], [0.0, -1.0]]
-
-
-@pytest.mark.parametrize("t", [0.0, -1.0, float("nan"), float("inf")])
-def test_bad_temperature(t):
-    with pytest.raises(PrefdataError, match="temperature"):
-        combine(["x"], {"v": np.array([1.0])}, temperature=t)
+    v = combine(["x", "y"], {"flat": np.array([0.0, 0.0]), "v": np.array([1.0, -1.0])}, length_control=False,
+                interval=False)
+    assert v.raw[:, 0].tolist() == [0.0, 0.0] and v.raw[:, 1].tolist() == [1.0, -1.0]
 
 
 # The three error cases: empty input, length mismatch (voter + both lengths), non-finite (voter + 1-based row).
@@ -131,7 +122,7 @@ STRENGTHS = [-3.0, -2.0, -1.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 def test_no_policy_keeps_everything_and_attaches_votes():
     pairs, votes = voted(STRENGTHS)
-    kept, dropped = apply(pairs, votes, PolicyConfig())
+    kept, dropped = apply(pairs, votes, PolicyConfig(flip_max_prob=None))
     assert kept.height == 10 and dropped.height == 0 and not kept["flipped"].any()
     assert kept["id"].to_list() == pairs["id"].to_list()
     assert kept["strength_mean"].to_list() == STRENGTHS
@@ -143,17 +134,17 @@ def test_flip_bottom_q_uses_lower_quantile_and_only_negative():
     pairs, votes = voted(STRENGTHS)
     ids = pairs["id"].to_list()
     # q = 0.2: lower quantile of 10 values = sorted[floor(0.2 * 9)] = sorted[1] = -2 -> flip -3, -2
-    kept, _ = apply(pairs, votes, PolicyConfig(flip_bottom_q=0.2))
+    kept, _ = apply(pairs, votes, PolicyConfig(flip_max_prob=None, flip_bottom_q=0.2))
     assert flipped_ids(kept) == sorted(ids[:2])
     # q = 0.5: cut = sorted[4] = 1.0, but positive pairs are never flipped -> only the three negatives
-    kept, _ = apply(pairs, votes, PolicyConfig(flip_bottom_q=0.5))
+    kept, _ = apply(pairs, votes, PolicyConfig(flip_max_prob=None, flip_bottom_q=0.5))
     assert flipped_ids(kept) == sorted(ids[:3])
 
 
 def test_flip_below_and_what_a_flip_changes():
     pairs, votes = voted(STRENGTHS)
     ids = pairs["id"].to_list()
-    kept, _ = apply(pairs, votes, PolicyConfig(flip_below=1.5))  # strength < -1.5: the -3 and -2 pairs
+    kept, _ = apply(pairs, votes, PolicyConfig(flip_max_prob=None, flip_below=1.5))  # strength < -1.5: the -3 and -2 pairs
     assert flipped_ids(kept) == sorted(ids[:2])
     k, o = by_id(kept), by_id(pairs)
     r = k[ids[0]]
@@ -179,7 +170,7 @@ def test_flip_twice_is_identity():
 
 def test_apply_is_idempotent_and_original_votes_flip_back():
     pairs, votes = voted(STRENGTHS)
-    cfg = PolicyConfig(flip_below=0.0)
+    cfg = PolicyConfig(flip_max_prob=None, flip_below=0.0)
     kept, _ = apply(pairs, votes, cfg)
     # Re-run with votes in the new orientation (as a re-vote would give): nothing changes.
     again, _ = apply(kept, kept.select(votes.columns), cfg)
@@ -195,7 +186,7 @@ def test_apply_is_idempotent_and_original_votes_flip_back():
 def test_drop_reasons_and_drop_before_flip():
     pairs, votes = voted([0.01, -0.02, 1.0, 2.0, -3.0, -4.0], std=[0.1, 0.1, 5.0, 0.1, 0.1, 9.0])
     ids = pairs["id"].to_list()
-    kept, dropped = apply(pairs, votes, PolicyConfig(drop_abs_below=0.05, drop_std_above=1.0, flip_below=1.0))
+    kept, dropped = apply(pairs, votes, PolicyConfig(flip_max_prob=None, drop_abs_below=0.05, drop_std_above=1.0, flip_below=1.0))
     reasons = dict(zip(dropped["id"], dropped["drop_reason"]))
     assert reasons == {ids[0]: "ambiguous: |strength| < 0.05", ids[1]: "ambiguous: |strength| < 0.05",
                        ids[2]: "disagreement: std > 1.0", ids[5]: "disagreement: std > 1.0"}
@@ -209,19 +200,19 @@ def test_drop_reasons_and_drop_before_flip():
 
 def test_ambiguous_wins_when_both_drop_rules_match():
     pairs, votes = voted([0.0], std=[5.0])
-    _, dropped = apply(pairs, votes, PolicyConfig(drop_abs_below=0.5, drop_std_above=1.0))
+    _, dropped = apply(pairs, votes, PolicyConfig(flip_max_prob=None, drop_abs_below=0.5, drop_std_above=1.0))
     assert dropped["drop_reason"].to_list() == ["ambiguous: |strength| < 0.5"]
 
 
 def test_soft_label_off_sets_one_also_on_flipped():
     pairs, votes = voted([-2.0, 0.5, 1.0])
-    kept, _ = apply(pairs, votes, PolicyConfig(soft_label=False, flip_below=1.0))
+    kept, _ = apply(pairs, votes, PolicyConfig(flip_max_prob=None, soft_label=False, flip_below=1.0))
     assert kept["label_prob"].to_list() == [1.0, 1.0, 1.0] and kept["flipped"].to_list() == [True, False, False]
 
 
 def test_margin_from_strength_after_flip():
     pairs, votes = voted([-2.0, -0.5, 0.5, 3.0])
-    kept, _ = apply(pairs, votes, PolicyConfig(margin_from_strength=True, margin_scale=0.5, flip_below=1.0))
+    kept, _ = apply(pairs, votes, PolicyConfig(flip_max_prob=None, margin_from_strength=True, margin_scale=0.5, flip_below=1.0))
     # -2 is flipped to +2 -> margin 1.0; -0.5 stays negative -> max(., 0) = 0
     assert kept["margin"].to_list() == [1.0, 0.0, 0.25, 1.5]
 
@@ -236,6 +227,44 @@ def test_config_is_strict():
 def test_missing_or_duplicate_votes_are_errors():
     pairs, votes = voted([1.0, 2.0])
     with pytest.raises(DataError, match="1 of 2 pairs have no vote"):
-        apply(pairs, votes.head(1), PolicyConfig(flip_below=0.0))
+        apply(pairs, votes.head(1), PolicyConfig(flip_max_prob=None, flip_below=0.0))
     with pytest.raises(DataError, match="occurs 2 times"):
-        apply(pairs, pl.concat([votes, votes.head(1)]), PolicyConfig())
+        apply(pairs, pl.concat([votes, votes.head(1)]), PolicyConfig(flip_max_prob=None))
+
+
+# ----------------------------------------------------------------------------- posterior policies
+
+def test_default_policy_flips_only_confidently_wrong_labels():
+    pairs, votes = voted([0.0] * 5)
+    votes = votes.with_columns(pl.Series("label_prob", [0.05, 0.1, 0.11, 0.4, 0.9]))
+    kept, dropped = apply(pairs, votes, PolicyConfig())
+    assert kept["flipped"].to_list() == [True, True, False, False, False] and dropped.height == 0
+    # A flipped pair carries the posterior of its new orientation.
+    assert kept["label_prob"].to_list() == pytest.approx([0.95, 0.9, 0.11, 0.4, 0.9])
+
+
+def test_ambiguous_band_is_dropped_but_flips_are_not():
+    pairs, votes = voted([0.0] * 5)
+    votes = votes.with_columns(pl.Series("label_prob", [0.05, 0.2, 0.45, 0.5, 0.9]))
+    kept, dropped = apply(pairs, votes, PolicyConfig(drop_prob_below=0.5))
+    ids = pairs["id"].to_list()
+    assert sorted(dropped["id"].to_list()) == sorted(ids[1:3])
+    assert dropped["drop_reason"].to_list() == ["ambiguous: posterior < 0.5"] * 2
+    assert kept["id"].to_list() == [ids[0], ids[3], ids[4]] and kept["flipped"].to_list() == [True, False, False]
+
+
+def test_flip_keeps_margin_consistent_with_the_swapped_scores():
+    t = validate([{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_score": 5.0, "rejected_score": 3.0,
+                   "margin": 2.0}], "pair")
+    df = flip(pl.from_arrow(t), pl.lit(True))
+    r = df.to_dicts()[0]
+    assert (r["chosen_score"], r["rejected_score"], r["margin"]) == (3.0, 5.0, -2.0)
+    assert r["margin"] == r["chosen_score"] - r["rejected_score"]
+    assert flip(df, pl.lit(True)).to_dicts()[0]["margin"] == 2.0
+
+
+def test_signed_adaptive_margin():
+    pairs, votes = voted([-0.5, 0.5, 3.0])
+    kept, _ = apply(pairs, votes, PolicyConfig(flip_max_prob=None, margin_from_strength=True, signed_margin=True,
+                                               margin_scale=0.5))
+    assert kept["margin"].to_list() == [-0.25, 0.25, 1.5]

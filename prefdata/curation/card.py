@@ -1,10 +1,13 @@
-"""Card content for a clean_labels version: what the vote saw and what the policies did.
+"""Card content for a clean_labels version: what the vote saw, what the posterior believes, what the
+policies did.
 
-Figures (drawn from the vote before any policy, so flipped pairs still show as negative):
-- `strength_hist`: histogram of strength with the flip and drop cuts marked;
-- `strength_ucurve`: voter std against strength rank (Secrets of RLHF II's U-curve);
-- `voter_agreement`: correlation matrix of the standardised votes.
-Sections: counts (input, kept, flipped, dropped by reason), voter agreement, the ten most disputed pairs.
+Figures (from the vote before any policy, so flipped pairs still show as doubtful):
+- `posterior_hist`: histogram of label_prob (P(stored label is right)) with the flip and drop cuts;
+- `length_control`: each family's vote against the log length ratio, raw and length-controlled,
+  with the length-only line for comparison;
+- `family_agreement`: correlation matrix of the family votes (one row per family, not per head).
+Sections: counts, the posterior (each family's estimated accuracy, weight and length bias beside the
+length-only baseline; the estimated noise rate with its interval), the ten most doubtful pairs.
 """
 
 from __future__ import annotations
@@ -17,111 +20,126 @@ import pyarrow.compute as pc
 from prefdata.curation.policies import PolicyConfig
 
 
-def cuts(strength: np.ndarray, policy: PolicyConfig) -> dict[str, float]:
-    """The strength values at which the policy acts, for drawing (same 'lower' quantile as apply)."""
+def cell(text) -> str:
+    """Text made safe for one markdown table cell: pipes escaped, newlines folded."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def cuts(policy: PolicyConfig) -> dict[str, float]:
+    """The label_prob values at which the policy acts, for drawing."""
     out = {}
-    if policy.flip_bottom_q > 0:
-        out[f"flip: bottom {policy.flip_bottom_q:.0%} (if < 0)"] = min(
-            float(np.quantile(strength, policy.flip_bottom_q, method="lower")), 0.0)
-    if policy.flip_below is not None:
-        out[f"flip: < -{policy.flip_below}"] = -policy.flip_below
-    if policy.drop_bottom_q > 0:
-        out[f"drop: bottom {policy.drop_bottom_q:.0%}"] = float(np.quantile(strength, policy.drop_bottom_q, method="lower"))
-    if policy.drop_abs_below is not None:
-        out[f"drop: |s| < {policy.drop_abs_below}"] = policy.drop_abs_below
+    if policy.flip_max_prob is not None:
+        out[f"flip: posterior <= {policy.flip_max_prob}"] = policy.flip_max_prob
+    if policy.drop_prob_below is not None:
+        out[f"drop: posterior < {policy.drop_prob_below}"] = policy.drop_prob_below
     return out
 
 
-def _figures(s: np.ndarray, sd: np.ndarray, names: list[str], corr: np.ndarray, policy: PolicyConfig) -> dict:
+def _figures(vote, policy: PolicyConfig) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    p = vote.posterior.label_prob
     hist, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(s, bins=60, color="#4c72b0")
-    for (label, x), colour in zip(cuts(s, policy).items(), ("#c44e52", "#dd8452", "#55a868", "#8172b2")):
+    ax.hist(p, bins=50, range=(0, 1), color="#4c72b0")
+    for (label, x), colour in zip(cuts(policy).items(), ("#c44e52", "#dd8452")):
         ax.axvline(x, color=colour, ls="--", lw=1.2, label=label)
-        if label.startswith("drop: |s|"):
-            ax.axvline(-x, color=colour, ls="--", lw=1.2)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("strength_mean (standardised votes, as labelled)"), ax.set_ylabel("pairs")
-    ax.set_title(f"Preference strength before policies ({(s < 0).mean():.1%} negative)")
+    ax.set_xlabel("label_prob = P(stored label is right | label, family votes)"), ax.set_ylabel("pairs")
+    ax.set_title(f"Posterior before policies (estimated noise {vote.posterior.noise_rate:.1%})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     hist.tight_layout()
 
-    # U-curve: sort by strength; the rolling mean of std shows the shape through the scatter.
-    order = np.argsort(s, kind="stable")
-    ranks = np.arange(len(s)) / max(len(s) - 1, 1)
-    ucurve, ax = plt.subplots(figsize=(6, 3.5))
-    ax.scatter(ranks, sd[order], s=4, alpha=0.4)
-    band = np.clip((ranks * 20).astype(int), 0, 19)  # (n,) 5% band of each sorted pair
-    sums = np.bincount(band, weights=sd[order], minlength=20)
-    counts = np.bincount(band, minlength=20)
-    means = np.divide(sums, counts, out=np.full(20, np.nan), where=counts > 0)
-    ax.plot((np.arange(20) + 0.5) / 20, means, color="k", lw=1.5, label="mean per 5% band")
-    ax.set_xlabel("strength rank (0 = weakest)"), ax.set_ylabel("voter std"), ax.set_title("Disagreement vs strength")
-    ax.legend(), ucurve.tight_layout()
+    fams = vote.families
+    length, axes = plt.subplots(1, len(fams), figsize=(3.2 * len(fams), 3), squeeze=False)
+    for i, (f, ax) in enumerate(zip(fams, axes[0])):
+        ax.scatter(vote.ell, vote.raw[:, i], s=3, alpha=0.35, label="raw")
+        ax.scatter(vote.ell, vote.controlled[:, i], s=3, alpha=0.35, label="length-controlled")
+        ax.set_title(f"{f[-28:]}\ncorr with length {vote.length_corr[i]:+.2f}", fontsize=7)
+        ax.set_xlabel("log length ratio (chosen / rejected)", fontsize=7)
+        ax.axhline(0, color="k", lw=0.6), ax.axvline(0, color="k", lw=0.6)
+    axes[0][0].set_ylabel("family vote (standardised)"), axes[0][0].legend(fontsize=6, markerscale=3)
+    length.tight_layout()
 
     agree, ax = plt.subplots(figsize=(4.5, 4))
+    corr = np.atleast_2d(np.nan_to_num(np.corrcoef(vote.controlled.T))) if len(fams) > 1 else np.ones((1, 1))
     im = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(len(names))), ax.set_yticks(range(len(names)))
-    short = [n if len(n) <= 24 else "…" + n[-23:] for n in names]
-    ax.set_xticklabels(short, rotation=90, fontsize=5), ax.set_yticklabels(short, fontsize=5)
-    ax.set_title("Vote correlation between voters")
+    short = [n if len(n) <= 24 else "…" + n[-23:] for n in fams]
+    ax.set_xticks(range(len(fams))), ax.set_yticks(range(len(fams)))
+    ax.set_xticklabels(short, rotation=90, fontsize=6), ax.set_yticklabels(short, fontsize=6)
+    ax.set_title("Correlation between voter families")
     agree.colorbar(im, ax=ax, fraction=0.046), agree.tight_layout()
-    return {"strength_hist": hist, "strength_ucurve": ucurve, "voter_agreement": agree}
+    return {"posterior_hist": hist, "length_control": length, "family_agreement": agree}
 
 
-def figures_and_sections(kept: pa.Table, dropped: pa.Table, frame: pl.DataFrame, votes: dict[str, np.ndarray],
+def _n_true(t: pa.Table) -> int:  # vectorised count of flipped rows (no Python pass over 1M pairs)
+    return int(pc.sum(pc.fill_null(t.column("flipped"), False).cast(pa.int64())).as_py() or 0) \
+        if "flipped" in t.column_names and t.num_rows else 0
+
+
+def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[str, np.ndarray],
                          table: pa.Table, policy: PolicyConfig | None = None):
     """({name: Figure}, [(title, markdown)]) for the card of a cleaned version."""
+    from prefdata.rewards.heads import pair_groups
+
     policy = policy or PolicyConfig()
-    s = frame["strength_mean"].to_numpy()
-    sd = frame["strength_std"].to_numpy()
-    names = list(votes)
-    mat = np.stack([votes[n] for n in names], 1)  # (n, m) raw votes; correlation is scale-free
-    corr = np.corrcoef(mat.T) if len(names) > 1 else np.ones((1, 1))
-    corr = np.nan_to_num(np.atleast_2d(corr), nan=0.0)  # a constant voter has no correlation
-    off = corr[~np.eye(len(names), dtype=bool)] if len(names) > 1 else np.array([1.0])
-    sign_agree = float((np.sign(mat) == np.sign(s)[:, None]).mean())
-
+    frame, post, summary = vote.frame, vote.posterior, vote.summary()
     n = table.num_rows
-
-    def n_true(t: pa.Table) -> int:  # vectorised count of flipped rows (no Python pass over 1M pairs)
-        return int(pc.sum(pc.fill_null(t.column("flipped"), False).cast(pa.int64())).as_py() or 0) \
-            if "flipped" in t.column_names and t.num_rows else 0
-
-    flipped = n_true(kept) - n_true(table)
+    flipped = _n_true(kept) - _n_true(table)
     reasons = (pl.from_arrow(dropped.select(["drop_reason"])).group_by("drop_reason").len().sort("drop_reason")
                if dropped.num_rows else pl.DataFrame({"drop_reason": [], "len": []}))
+    groups = pair_groups(table)
     counts = "\n".join([
         "| | pairs |", "|---|---|", f"| input | {n} |", f"| kept | {kept.num_rows} |",
         f"| flipped (this step) | {flipped} |", f"| dropped | {dropped.num_rows} |",
-        f"| negative strength before policies | {int((s < 0).sum())} ({(s < 0).mean():.1%}) |",
-        *[f"| dropped: {r} | {c} |" for r, c in reasons.iter_rows()],
+        f"| posterior < 0.5 before policies | {int((post.label_prob < 0.5).sum())} |",
+        *[f"| dropped: {cell(r)} | {c} |" for r, c in reasons.iter_rows()],
+        f"| cross-fitting groups (pairs sharing a prompt or an answer) | {len(np.unique(groups))} |",
         "", "Every flipped pair carries `flipped = true` (flip it again to undo); dropped pairs are kept, "
         "with `drop_reason`, in the `dropped` side table named in the lineage.",
     ])
-    agreement = (f"{len(names)} voters: {', '.join(f'`{v}`' for v in names)}.\n\n"
-                 f"Mean pairwise correlation of their votes: {off.mean():.3f} (min {off.min():.3f}). "
-                 f"Share of individual votes that agree in sign with the pair's mean strength: {sign_agree:.1%}.")
 
-    worst = frame.sort("strength_mean").head(10)
-    chosen_rows = table.filter(pc.is_in(table.column("id"), value_set=pa.array(worst["id"].to_list())))
-    lookup = {r["id"]: r for r in chosen_rows.select(["id", "prompt", "chosen", "rejected"]).to_pylist()}
-    rows = ["| strength | std | prompt (last turn) | chosen (as labelled) | rejected (as labelled) |",
-            "|---|---|---|---|---|"]
+    ell = vote.ell
+    longer = float(((ell > 0).sum() + 0.5 * (ell == 0).sum()) / max(n, 1))
+    rows = ["| family | voters | estimated accuracy | weight | agrees with the label (raw) | "
+            "(length-controlled) | corr with length |", "|---|---|---|---|---|---|---|"]
+    for i, f in enumerate(vote.families):
+        k = sum(1 for v in votes if v == f or v.startswith(f + ":"))
+        rows.append(f"| `{cell(f)}` | {k} | {summary['families'][f]['accuracy']:.3f} | "
+                    f"{summary['families'][f]['weight']:.3f} | {(vote.raw[:, i] > 0).mean():.3f} | "
+                    f"{(vote.controlled[:, i] > 0).mean():.3f} | {vote.length_corr[i]:+.3f} |")
+    rows.append(f"| length only (longer answer wins) | — | — | — | {longer:.3f} | — | +1.000 |")
+    lo, hi = summary.get("noise_interval", (float("nan"), float("nan")))
+    text = [
+        "The stored label and each voter family are treated as annotators of a latent \"label is right\" "
+        "(a latent-class model; see `prefdata/curation/posterior.py`). Heads of one family count once.",
+        "", *rows, "",
+        f"Estimated accuracy of the stored labels: **{post.alpha:.3f}**; estimated noise rate "
+        f"**{post.noise_rate:.1%}** (90% bootstrap interval {lo:.1%} – {hi:.1%}).",
+        f"Length control: {'on' if vote.length_control else 'off'} (each family's vote minus its slope on the log "
+        "length ratio of the two answers).",
+    ]
+    if "family_corr" in summary:
+        text.append(f"Mean correlation between families: {summary['family_corr']:.3f}.")
+    if "gold" in summary:
+        g = summary["gold"]
+        text.append("Gold: " + ", ".join(f"{k} {v}" for k, v in g.items()) + ".")
+
+    worst = frame.sort("label_prob").head(10)
+    lookup_rows = table.filter(pc.is_in(table.column("id"), value_set=pa.array(worst["id"].to_list())))
+    lookup = {r["id"]: r for r in lookup_rows.select(["id", "prompt", "chosen", "rejected"]).to_pylist()}
+    disputed = ["| label_prob | evidence | prompt (last turn) | chosen (as labelled) | rejected (as labelled) |",
+                "|---|---|---|---|---|"]
 
     def clip(msgs):
-        text = msgs[-1]["content"] if msgs else ""
-        return text.replace("|", "\\|").replace("\n", " ")[:120]
+        return cell(msgs[-1]["content"] if msgs else "")[:120]
 
     for r in worst.iter_rows(named=True):
         p = lookup[r["id"]]
-        rows.append(f"| {r['strength_mean']:.2f} | {r['strength_std']:.2f} | {clip(p['prompt'])} | "
-                    f"{clip(p['chosen'])} | {clip(p['rejected'])} |")
-    sections = [("Label cleaning", counts), ("Voter agreement", agreement),
-                ("Ten most disputed pairs (lowest strength, before policies)", "\n".join(rows))]
-    return _figures(s, sd, names, corr, policy), sections
+        disputed.append(f"| {r['label_prob']:.3f} | {r['strength_mean']:.2f} | {clip(p['prompt'])} | "
+                        f"{clip(p['chosen'])} | {clip(p['rejected'])} |")
+    sections = [("Label cleaning", counts), ("Posterior and voter families", "\n".join(text)),
+                ("Ten most doubtful pairs (lowest posterior, before policies)", "\n".join(disputed))]
+    return _figures(vote, policy), sections

@@ -1,11 +1,46 @@
-"""`prefdata eval noise`: inject known label flips and measure how well the vote finds them."""
+"""`prefdata eval noise | agreement | gold`: measure curation against injected flips and human judgement."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 import yaml
+
+
+def _config(model, config: Path | None, **fixed):
+    """A config model from an optional YAML file plus the CLI's own flags, or one ConfigError line."""
+    from prefdata.errors import ConfigError
+
+    raw = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        try:
+            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{config}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config}: expected a mapping of config keys, got {type(raw).__name__}")
+    raw.update(fixed)
+    try:
+        return model(**raw)
+    except Exception as e:
+        raise ConfigError(f"{config or '--config'}: {' '.join(str(e).split())}") from None
+
+
+def _read(dataset: str, tag: str):
+    from prefdata import io
+    from prefdata.store import quarantine_path
+
+    return io.read(dataset, "pair", on_error="quarantine", quarantine_path=quarantine_path(tag))
+
+
+def _emit(report: dict, text: str, out: Path | None, as_json: bool) -> None:
+    typer.echo(json.dumps(report, indent=2) if as_json else text)
+    if out:
+        out.write_text(json.dumps(report, indent=2))
 
 
 def register(app: typer.Typer) -> None:
@@ -15,31 +50,46 @@ def register(app: typer.Typer) -> None:
     def noise_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs (HH transcripts ok)."),
                   inject: float = typer.Option(0.2, help="Fraction of train labels to flip on purpose."),
                   seed: int = typer.Option(0),
-                  config: Path = typer.Option(None, "--config", help="YAML of NoiseEvalConfig (voters, policy)."),
-                  out: Path = typer.Option(None, "--out", help="Also write the report as JSON here.")):
-        """Flip a known fraction of labels, vote, and report ROC-AUC, precision/recall and RM accuracy."""
-        import json
-
-        from prefdata import io
+                  config: Path = typer.Option(None, "--config", help="YAML of NoiseEvalConfig (clean: voters, policy)."),
+                  out: Path = typer.Option(None, "--out", help="Also write the report as JSON here."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+        """Flip a known fraction of labels, vote, and report ROC-AUC (beside length only), the policy's
+        precision/recall, and reward-model accuracy on noisy, cleaned, soft and oracle data."""
         from prefdata.curation.noise import NoiseEvalConfig, format_report, run_noise_eval
-        from prefdata.errors import ConfigError
-        from prefdata.store import quarantine_path
 
-        raw = {}
-        if config is not None:
-            if not config.is_file():
-                raise ConfigError(f"config file not found: {config}")
-            raw = yaml.safe_load(config.read_text()) or {}
-        raw.update({"inject": inject, "seed": seed})
-        try:
-            cfg = NoiseEvalConfig(**raw)
-        except Exception as e:
-            raise ConfigError(f"{config or '--config'}: {e}") from None
-        table = io.read(dataset, "pair", on_error="quarantine",
-                        quarantine_path=quarantine_path("eval-noise"))
-        report = run_noise_eval(table, cfg)
-        typer.echo(format_report(report))
-        if out:
-            out.write_text(json.dumps(report, indent=2))
+        cfg = _config(NoiseEvalConfig, config, inject=inject, seed=seed)
+        report = run_noise_eval(_read(dataset, "eval-noise"), cfg)
+        _emit(report, format_report(report), out, as_json)
+
+    @ev.command("agreement")
+    def agreement_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs."),
+                      agreement_column: str = typer.Option(..., "--agreement-column",
+                                                           help="Column counting the annotators who gave the label."),
+                      seed: int = typer.Option(0),
+                      config: Path = typer.Option(None, "--config", help="YAML of HumanEvalConfig (clean: voters, policy)."),
+                      out: Path = typer.Option(None, "--out", help="Also write the report as JSON here."),
+                      as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+        """Does the vote track annotator agreement? Spearman rho, AUC unanimous vs split, unanimous
+        pairs the policy flips or drops; beside the length-only baseline."""
+        from prefdata.curation.human import HumanEvalConfig, format_agreement, run_agreement
+
+        cfg = _config(HumanEvalConfig, config, seed=seed)
+        report = run_agreement(_read(dataset, "eval-agreement"), agreement_column, cfg)
+        _emit(report, format_agreement(report), out, as_json)
+
+    @ev.command("gold")
+    def gold_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs."),
+                 gold: str = typer.Option(..., "--gold", help="Store ref or file of verified pairs (chosen = truly better)."),
+                 seed: int = typer.Option(0),
+                 config: Path = typer.Option(None, "--config", help="YAML of HumanEvalConfig (clean: voters, policy)."),
+                 out: Path = typer.Option(None, "--out", help="Also write the report as JSON here."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+        """Posterior against gold labels: accuracy, estimated vs true noise rate, calibration (ECE)."""
+        from prefdata import io
+        from prefdata.curation.human import HumanEvalConfig, format_gold, run_gold
+
+        cfg = _config(HumanEvalConfig, config, seed=seed)
+        report = run_gold(_read(dataset, "eval-gold"), io.read(gold, "pair"), cfg)
+        _emit(report, format_gold(report), out, as_json)
 
     app.add_typer(ev, name="eval", help="Measure curation quality.")

@@ -1,15 +1,20 @@
 """`prefdata eval noise`: how well does the vote find wrong labels, and does cleaning help a reward model?
 
-1. Split pairs into train (70%) and a held-out test set (30%) that keeps its original labels.
+1. Split pairs into train (70%) and a held-out test set (30%) that keeps its original labels. The split
+   is by group (pairs sharing a prompt or an answer stay together), so no test text is trained on.
 2. Flip a known random fraction of the train labels.
 3. Vote on train (cross-fitted, so no voter scored a pair it trained on).
-4. Report ROC-AUC for ranking the injected flips by -strength, and precision/recall of the pairs the
-   policy flips (or drops) against the injected set.
-5. Train a Bradley-Terry reward head on noisy, flipped-clean and dropped-clean train data, and report
-   its pairwise accuracy on the held-out test set against the original human labels.
+4. Report ROC-AUC for ranking the injected flips by the posterior, beside the same voters without
+   length control and the length-only baseline on the same split; precision/recall of the pairs the
+   policy itself flips (or drops) against the injected set; the posterior's calibration against the
+   known truth.
+5. Train a Bradley-Terry reward head on noisy, cleaned (the policy's output), soft-labelled (each pair
+   weighted by its posterior, with its swapped twin weighted by the rest) and oracle train data, and
+   report held-out pairwise accuracy against the original labels, with a paired bootstrap interval of
+   each variant's difference from noisy.
 
-The reward model of step 5 is a linear BT head on the same cached backbone features (cheap, and the
-same for every variant, so the comparison isolates the effect of the data).
+An injected-flip AUC only measures whether labels agree with what the voters learn from the same data;
+`eval agreement` and `eval gold` compare against human judgement instead.
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefdata.curation.policies import PolicyConfig
-from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate
+from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate, vote
 from prefdata.rewards.voters import HeadsVoter
 from prefdata.schema import conform
 
@@ -32,10 +36,10 @@ class NoiseEvalConfig(BaseModel):
     inject: float = Field(0.2, gt=0, lt=0.5, description="Fraction of train labels flipped on purpose.")
     seed: int = 0
     test_fraction: float = Field(0.3, gt=0, lt=0.9)
-    clean: CleanLabelsConfig = Field(default_factory=lambda: CleanLabelsConfig(
-        voters=[HeadsVoter(backbone="smollm2", k=10)], policy=PolicyConfig(flip_bottom_q=0.2)))
-    rm_backbone: HeadsVoter = Field(default_factory=lambda: HeadsVoter(backbone="smollm2"),
+    clean: CleanLabelsConfig = Field(default_factory=CleanLabelsConfig)
+    rm_backbone: HeadsVoter = Field(default_factory=HeadsVoter,
                                     description="Backbone (features) of the reward head trained in step 5.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the held-out pairs for intervals.")
 
 
 def swap(table: pa.Table, mask: np.ndarray) -> pa.Table:
@@ -51,71 +55,130 @@ def pairwise_accuracy(reward, xc: np.ndarray, xr: np.ndarray) -> float:
     return float((reward(xc) > reward(xr)).mean())
 
 
-def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True) -> dict:
+def auc(y: np.ndarray, score: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
+    y = np.asarray(y, bool)
+    return float(roc_auc_score(y, score)) if 0 < y.sum() < y.size else float("nan")
+
+
+def length_only(ell: np.ndarray) -> np.ndarray:
+    """The length prior as a vote, in label orientation: +ell if the data's labels favour longer
+    answers, -ell otherwise (the direction is read from the labels being judged)."""
+    return ell if (ell > 0).mean() + 0.5 * (ell == 0).mean() >= 0.5 else -ell
+
+
+def flip_mask(before: pa.Table, after: pa.Table) -> np.ndarray:
+    """Pairs (by id of `before`) whose `flipped` state the policy changed."""
+    def state(t):
+        if "flipped" not in t.column_names:
+            return pl.DataFrame({"id": t.column("id").to_pylist(), "f": [False] * t.num_rows})
+        return pl.from_arrow(t.select(["id", "flipped"])).select("id", pl.col("flipped").fill_null(False).alias("f"))
+    j = state(before).join(state(after), on="id", how="left", suffix="_after", maintain_order="left")
+    return (j["f"] != j["f_after"].fill_null(j["f"])).to_numpy()
+
+
+def bootstrap_diff(correct: dict[str, np.ndarray], base: str, rounds: int, seed: int) -> dict[str, list[float]]:
+    """90% paired bootstrap interval of (accuracy of variant - accuracy of `base`) over test pairs."""
+    if rounds == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    n = correct[base].size
+    idx = rng.integers(0, n, (rounds, n))
+    out = {}
+    for k, c in correct.items():
+        if k == base:
+            continue
+        d = c[idx].mean(1) - correct[base][idx].mean(1)
+        out[k] = [round(float(x), 4) for x in np.quantile(d, [0.05, 0.95])]
+    return out
+
+
+def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True) -> dict:
+    from prefdata.curation.posterior import ece
     from prefdata.rewards.features import Backbone, FeatureCache, pair_features
-    from prefdata.rewards.heads import fit_reward
+    from prefdata.rewards.heads import fit_reward, group_folds, pair_groups
 
     table = conform(table, "pair")
-    n = table.num_rows
     rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(n)
-    n_test = int(round(n * cfg.test_fraction))
-    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    n_parts = 10
+    part = group_folds(pair_groups(table), n_parts, rng)
+    is_test = part < int(round(cfg.test_fraction * n_parts))
+    test_idx, train_idx = np.flatnonzero(is_test), np.flatnonzero(~is_test)
     train, test = table.take(train_idx), table.take(test_idx)
     injected = np.zeros(train.num_rows, dtype=bool)
     injected[rng.choice(train.num_rows, size=int(round(cfg.inject * train.num_rows)), replace=False)] = True
     noisy = swap(train, injected)
 
     votes = collect_votes(noisy, cfg.clean, seed=cfg.seed, progress=progress)
-    kept, dropped, frame = curate(noisy, cfg.clean, votes=votes, progress=progress)
-    strength = frame["strength_mean"].to_numpy()
-    auc = float(roc_auc_score(injected, -strength))
-    ids = np.asarray(noisy.column("id").to_pylist())
-    acted = set(kept.filter(pa.compute.equal(kept.column("flipped"), True)).column("id").to_pylist()) | \
-        set(dropped.column("id").to_pylist())
-    flagged = np.isin(ids, list(acted))
-    tp = int((flagged & injected).sum())
-    precision = tp / max(int(flagged.sum()), 1)
-    recall = tp / max(int(injected.sum()), 1)
+    kept, dropped, result = curate(noisy, cfg.clean, votes=votes, progress=progress)
+    raw = vote(noisy, votes, cfg.clean.model_copy(update={"length_control": False}))
+    lp = result.posterior.label_prob
+    ell = result.ell
+    flips = flip_mask(noisy, kept)
+    dropped_ids = set(dropped.column("id").to_pylist())
+    drops = np.isin(np.asarray(noisy.column("id").to_pylist()), list(dropped_ids))
+    flagged = flips | drops
 
-    # Step 5: the same reward head on three versions of the train data.
+    def pr(mask):
+        tp = int((mask & injected).sum())
+        return {"acted": int(mask.sum()), "precision": round(tp / max(int(mask.sum()), 1), 4),
+                "recall": round(tp / max(int(injected.sum()), 1), 4)}
+
+    # Step 5: the same reward head on each version of the train data.
     bb = Backbone(cfg.rm_backbone.backbone, max_length=cfg.rm_backbone.max_length, pooling=cfg.rm_backbone.pooling,
                   layer=cfg.rm_backbone.layer)
     cache = FeatureCache()
     tc, tr = pair_features(test, bb, cache, progress)
     nc, nr = pair_features(noisy, bb, cache, progress)
-    # Cleaned variants act on the weakest fraction q (the policy's flip quantile): flip those with
-    # negative strength, or drop all of them.
-    q = cfg.clean.policy.flip_bottom_q or 0.2
-    weakest = strength <= np.quantile(strength, q)
-    flip = weakest & (strength < 0)
 
     def swapped(mask):
         return np.where(mask[:, None], nr, nc), np.where(mask[:, None], nc, nr)
 
+    fc, fr = swapped(flips)
+    keep = ~drops
+    soft_p = np.where(flips, 1 - lp, lp)[keep]  # the label each cleaned pair carries, softened
     variants = {
-        "noisy": (nc, nr),
-        "flipped-clean": swapped(flip),
-        "dropped-clean": (nc[~weakest], nr[~weakest]),
-        "oracle (injected flips undone)": swapped(injected),
+        "noisy": (nc, nr, None),
+        "cleaned (policy)": (fc[keep], fr[keep], None),
+        "soft labels (posterior)": (np.concatenate([fc[keep], fr[keep]]), np.concatenate([fr[keep], fc[keep]]),
+                                    np.concatenate([soft_p, 1 - soft_p])),
+        "oracle (injected flips undone)": (*swapped(injected), None),
     }
-    accuracy = {k: pairwise_accuracy(fit_reward(c, r, seed=cfg.seed, l2=cfg.rm_backbone.l2), tc, tr)
-                for k, (c, r) in variants.items()}
+    correct = {}
+    for k, (c, r, w) in variants.items():
+        head = fit_reward(c, r, seed=cfg.seed, l2=cfg.rm_backbone.l2, weights=w)
+        correct[k] = (head(tc) > head(tr)).astype(np.float64)
+    truth = (~injected).astype(float)
     return {
-        "pairs": n, "train": train.num_rows, "test": test.num_rows, "injected": int(injected.sum()),
-        "voters": list(votes), "roc_auc": round(auc, 4),
+        "pairs": table.num_rows, "train": train.num_rows, "test": test.num_rows, "injected": int(injected.sum()),
+        "voters": list(votes), "families": result.families,
+        "roc_auc": round(auc(injected, -result.posterior.log_odds), 4),
+        "roc_auc_no_length_control": round(auc(injected, -raw.posterior.log_odds), 4),
+        "roc_auc_length_only": round(auc(injected, -length_only(ell)), 4),
         "policy": cfg.clean.policy.model_dump(exclude_defaults=True),
-        "flagged": int(flagged.sum()), "precision": round(precision, 4), "recall": round(recall, 4),
-        "rm_heldout_accuracy": {k: round(v, 4) for k, v in accuracy.items()},
-        "negative_strength_share": round(float((strength < 0).mean()), 4),
+        **pr(flagged), "flipped": pr(flips), "dropped": pr(drops),
+        "estimated_noise_rate": round(result.posterior.noise_rate, 4), "true_noise_rate": round(float(injected.mean()), 4),
+        "posterior_ece": round(ece(lp, truth), 4),
+        "posterior_accuracy": round(float(((lp >= 0.5) == (truth == 1)).mean()), 4),
+        "rm_heldout_accuracy": {k: round(float(v.mean()), 4) for k, v in correct.items()},
+        "rm_diff_vs_noisy_90ci": bootstrap_diff(correct, "noisy", cfg.bootstrap, cfg.seed),
+        "posterior": result.summary(),
     }
 
 
 def format_report(r: dict) -> str:
-    acc = "\n".join(f"| {k} | {v:.3f} |" for k, v in r["rm_heldout_accuracy"].items())
+    ci = r.get("rm_diff_vs_noisy_90ci", {})
+    acc = "\n".join(f"| {k} | {v:.3f} | {'—' if k not in ci else f'{ci[k][0]:+.3f} … {ci[k][1]:+.3f}'} |"
+                    for k, v in r["rm_heldout_accuracy"].items())
+    fams = ", ".join(f"{f} (acc {v['accuracy']:.2f}, length corr {v['length_corr']:+.2f})"
+                     for f, v in r["posterior"]["families"].items())
     return (f"pairs {r['pairs']} (train {r['train']}, held-out {r['test']}), injected flips {r['injected']}\n"
-            f"voters: {len(r['voters'])}  ROC-AUC {r['roc_auc']:.3f}  precision {r['precision']:.3f}  "
-            f"recall {r['recall']:.3f} at policy {json.dumps(r['policy'])}\n\n"
-            f"| reward model trained on | held-out pairwise accuracy |\n|---|---|\n{acc}")
+            f"families: {fams}\n"
+            f"ROC-AUC posterior {r['roc_auc']:.3f} | without length control {r['roc_auc_no_length_control']:.3f} | "
+            f"length only {r['roc_auc_length_only']:.3f}\n"
+            f"policy {json.dumps(r['policy'])}: acted on {r['acted']} pairs, precision {r['precision']:.3f}, "
+            f"recall {r['recall']:.3f} (flipped {r['flipped']['acted']}, dropped {r['dropped']['acted']})\n"
+            f"noise rate estimated {r['estimated_noise_rate']:.3f} vs true {r['true_noise_rate']:.3f}; "
+            f"posterior accuracy {r['posterior_accuracy']:.3f}, ECE {r['posterior_ece']:.3f}\n\n"
+            f"| reward model trained on | held-out pairwise accuracy | minus noisy, 90% CI |\n|---|---|---|\n{acc}")

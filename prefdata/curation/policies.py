@@ -1,5 +1,10 @@
 """Label policies over voted pairs: flip, drop, soft labels and adaptive margins.
 
+The defaults act on the posterior (`label_prob`, see `vote.py`) and abstain unless confident: a label
+is flipped only when the posterior that it is right is at most `flip_max_prob` (0.1), and every other
+pair keeps its label with the posterior as its soft label. A strength quantile, by contrast, flips a
+fixed share of every dataset however clean it is; those rules remain as options.
+
 Secrets of RLHF II (arXiv 2401.06080) finds the lowest-strength ~20% of HH pairs are mostly wrong
 labels (flip them) and the next band near chance (soften or drop them); PrefCleanBench
 (arXiv 2509.23564) finds dropping pairs several judges flag often beats flipping. Every decision is
@@ -16,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    flip_max_prob: float | None = Field(0.1, ge=0.0, lt=0.5, description="Flip pairs whose posterior that the "
+                                        "stored label is right is <= p (confidently wrong); null disables.")
+    drop_prob_below: float | None = Field(None, gt=0.0, le=1.0, description="Drop the ambiguous band: pairs "
+                                          "(not flipped) whose posterior is < p, e.g. 0.5. Null keeps them, softened.")
     flip_bottom_q: float = Field(0.0, ge=0.0, lt=1.0, description="Flip the lowest-strength fraction q of pairs "
                                  "(Secrets II flips the bottom 10-20%); only pairs with negative strength are flipped.")
     flip_below: float | None = Field(None, ge=0.0, description="Flip pairs with strength_mean < -t (vote units).")
@@ -25,6 +34,8 @@ class PolicyConfig(BaseModel):
                                  "flipping it (PrefCleanBench's preferred remedy).")
     soft_label: bool = Field(True, description="Keep the vote's label_prob for soft-label losses; false sets 1.0.")
     margin_from_strength: bool = Field(False, description="Adaptive margin (Secrets II): margin = scale * max(strength, 0).")
+    signed_margin: bool = Field(False, description="With margin_from_strength, keep the sign: margin = scale * "
+                                "strength (Secrets II uses the signed strength; weak pairs get a negative margin).")
     margin_scale: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -40,12 +51,14 @@ def _quantile_cut(q: float) -> pl.Expr:
 
 VOTE_COLUMNS = ("votes", "strength_mean", "strength_std", "label_prob")
 _SWAPS = (("chosen", "rejected"), ("chosen_score", "rejected_score"))
+_NEGATE = ("strength_mean", "margin", "length_ratio", "vote_mean")
 
 
 def flip(df: pl.DataFrame, mask: pl.Expr | str) -> pl.DataFrame:
     """Reverse the label of the pairs where `mask` (a boolean expression or column name) holds:
     swap chosen/rejected and their scores, negate votes and strength_mean, set label_prob to
-    1 - label_prob and toggle `flipped`. strength_std (and agreement) are unchanged by a sign flip.
+    1 - label_prob and toggle `flipped`. `margin` (chosen ahead by m) and the log length ratio change
+    sign with the sides. strength_std (and agreement) are unchanged by a sign flip.
     Applying it twice with the same mask returns the frame unchanged. A null mask means "no"."""
     m = (pl.col(mask) if isinstance(mask, str) else mask).fill_null(False)
     df = df.with_columns(m.alias("_flip"))
@@ -56,8 +69,7 @@ def flip(df: pl.DataFrame, mask: pl.Expr | str) -> pl.DataFrame:
             exprs += [when(a, pl.col(b)), when(b, pl.col(a))]
     if "votes" in df.columns:
         exprs.append(when("votes", pl.col("votes").list.eval(-pl.element())))
-    if "strength_mean" in df.columns:
-        exprs.append(when("strength_mean", -pl.col("strength_mean")))
+    exprs += [when(c, -pl.col(c)) for c in _NEGATE if c in df.columns]
     if "label_prob" in df.columns:
         exprs.append(when("label_prob", 1.0 - pl.col("label_prob")))
     flipped = pl.col("flipped").fill_null(False) if "flipped" in df.columns else pl.lit(False)
@@ -76,7 +88,7 @@ def _join_votes(pairs: pl.DataFrame, votes: pl.DataFrame) -> pl.DataFrame:
     dup = votes.filter(pl.col("id").is_duplicated())
     if dup.height:
         raise DataError(f"vote id '{dup['id'][0]}' occurs {dup.height} times", file="votes", field="id")
-    take = ["id", *VOTE_COLUMNS, *(c for c in ("agreement",) if c in votes.columns)]
+    take = ["id", *VOTE_COLUMNS, *(c for c in ("agreement", "length_ratio") if c in votes.columns)]
     df = pairs.drop([c for c in take[1:] if c in pairs.columns]).join(
         votes.select(take), on="id", how="left", maintain_order="left")
     unvoted = df.filter(pl.col("strength_mean").is_null())
@@ -102,12 +114,18 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig) -> tuple[
     if cfg.drop_abs_below is not None:
         reasons.append(pl.when(pl.col("strength_mean").abs() < cfg.drop_abs_below)
                        .then(pl.lit(f"ambiguous: |strength| < {cfg.drop_abs_below}")))
+    if cfg.drop_prob_below is not None:
+        flip_cut = cfg.flip_max_prob if cfg.flip_max_prob is not None else -1.0
+        reasons.append(pl.when((pl.col("label_prob") < cfg.drop_prob_below) & (pl.col("label_prob") > flip_cut))
+                       .then(pl.lit(f"ambiguous: posterior < {cfg.drop_prob_below}")))
     if cfg.drop_std_above is not None:
         reasons.append(pl.when(pl.col("strength_std") > cfg.drop_std_above)
                        .then(pl.lit(f"disagreement: std > {cfg.drop_std_above}")))
     df = df.with_columns(pl.coalesce(reasons).alias("drop_reason") if reasons else pl.lit(None, pl.String).alias("drop_reason"))
 
     flip_rule = pl.lit(False)
+    if cfg.flip_max_prob is not None:
+        flip_rule = flip_rule | (pl.col("label_prob") <= cfg.flip_max_prob)
     if cfg.flip_bottom_q > 0:
         flip_rule = flip_rule | ((pl.col("strength_mean") <= _quantile_cut(cfg.flip_bottom_q)) & (pl.col("strength_mean") < 0))
     if cfg.flip_below is not None:
@@ -118,7 +136,8 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig) -> tuple[
     if not cfg.soft_label:
         df = df.with_columns(pl.lit(1.0).alias("label_prob"))
     if cfg.margin_from_strength:
-        df = df.with_columns((cfg.margin_scale * pl.col("strength_mean").clip(lower_bound=0.0)).alias("margin"))
+        s = pl.col("strength_mean") if cfg.signed_margin else pl.col("strength_mean").clip(lower_bound=0.0)
+        df = df.with_columns((cfg.margin_scale * s).alias("margin"))
     kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
     dropped = df.filter(pl.col("drop_reason").is_not_null())
     return kept, dropped

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.curation.card import figures_and_sections
 from prefdata.curation.policies import PolicyConfig, apply
-from prefdata.curation.vote import combine
+from prefdata.curation.vote import combine, length_ratio
 from prefdata.rewards.voters import HeadsVoter, JudgeVoter, VoterSpec
 from prefdata.schema import conform
 
@@ -22,10 +22,15 @@ from prefdata.schema import conform
 class CleanLabelsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     voters: list[VoterSpec] = Field(default_factory=lambda: [HeadsVoter()],
-                                    description="Reward sources; mix heads, reward_model and judge voters.")
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(flip_bottom_q=0.1))
-    temperature: float | None = Field(None, gt=0, description="Fix label_prob = sigmoid(strength/T); "
-                                      "default fits the slope to the dataset's own labels.")
+                                    description="Reward sources; mix heads, reward_model and judge voters. Heads of "
+                                    "one voter form one family; each family is one annotator in the posterior.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    length_control: bool = Field(True, description="Remove each family's linear dependence on the log length "
+                                 "ratio of the answers before the posterior (see curation/vote.py).")
+    gold_column: str | None = Field(None, description="Column with 1 where the stored label is verified right, 0 "
+                                    "where verified wrong, null where unknown: calibrates the posterior.")
+    gold_file: str | None = Field(None, description="A pair file (or ref) of verified pairs, matched by prompt and "
+                                  "the two answers in either order: calibrates the posterior.")
 
     @property
     def needs_engine(self) -> bool:
@@ -54,17 +59,69 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
     return out
 
 
+def answer_lengths(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Characters in the final chosen and rejected answers (vectorised)."""
+    df = pl.from_arrow(table.select(["chosen", "rejected"]))
+    ln = lambda c: pl.col(c).list.last().struct.field("content").cast(pl.String).fill_null("").str.len_chars()  # noqa: E731
+    out = df.select(ln("chosen").alias("c"), ln("rejected").alias("r"))
+    return out["c"].to_numpy(), out["r"].to_numpy()
+
+
+def gold_vector(table: pa.Table, cfg: CleanLabelsConfig) -> np.ndarray | None:
+    """1 / 0 / NaN per pair: the stored label is verified right / wrong / unknown."""
+    from prefdata.errors import DataError
+
+    if cfg.gold_column is not None:
+        if cfg.gold_column not in table.column_names:
+            raise DataError(f"gold column '{cfg.gold_column}' is not in the dataset", field=cfg.gold_column)
+        g = pl.from_arrow(table.select([cfg.gold_column])).to_series().cast(pl.Float64, strict=False).to_numpy()
+        bad = np.flatnonzero(np.isfinite(g) & (g != 0) & (g != 1))
+        if bad.size:
+            raise DataError("a gold value must be 1, 0 or empty", row=int(bad[0]) + 1, field=cfg.gold_column)
+        return g.astype(np.float64)
+    if cfg.gold_file is not None:
+        from prefdata import io
+
+        return match_gold(table, io.read(cfg.gold_file, "pair"))
+    return None
+
+
+def _texts(table: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
+    j = lambda c: pl.col(c).list.eval(pl.element().struct.field("content").cast(pl.String)).list.join("\x1f")  # noqa: E731
+    return df.select(j("prompt").alias("p"), j("chosen").alias("c"), j("rejected").alias("r"))
+
+
+def match_gold(table: pa.Table, gold: pa.Table) -> np.ndarray:
+    """Per pair of `table`: 1 if `gold` holds the same pair with the same chosen side, 0 if swapped,
+    NaN if absent. Pairs are matched by prompt and the unordered two answers."""
+    key = lambda df: df.with_columns(pl.concat_str([pl.col("p"), pl.min_horizontal("c", "r"),  # noqa: E731
+                                                    pl.max_horizontal("c", "r")], separator="\x1e").alias("k"))
+    t = key(_texts(table)).with_row_index("i")
+    g = key(_texts(gold)).unique("k", keep="first").select("k", pl.col("c").alias("gc"))
+    j = t.join(g, on="k", how="left").sort("i")
+    return j.select(pl.when(pl.col("gc").is_null()).then(None).otherwise((pl.col("gc") == pl.col("c")).cast(pl.Float64))
+                    ).to_series().to_numpy().astype(np.float64)
+
+
+def vote(table: pa.Table, votes: dict[str, np.ndarray], cfg: CleanLabelsConfig, source: str = "clean_labels"):
+    """The posterior for every pair of `table` from its voters' scores (see `curation.vote`)."""
+    lc, lr = answer_lengths(table)
+    return combine(table.column("id").to_pylist(), votes, ell=length_ratio(lc, lr), length_control=cfg.length_control,
+                   gold=gold_vector(table, cfg), source=source)
+
+
 def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for=None, votes: dict | None = None,
            source: str = "clean_labels", progress: bool = True):
-    """Vote + policies. Returns (kept PAIR table, dropped PAIR table with drop_reason, vote frame)."""
+    """Vote + policies. Returns (kept PAIR table, dropped PAIR table with drop_reason, Vote)."""
     votes = votes if votes is not None else collect_votes(table, cfg, seed=seed, engine_for=engine_for,
                                                           progress=progress, source=source)
-    frame = combine(table.column("id").to_pylist(), votes, temperature=cfg.temperature, source=source)
+    result = vote(table, votes, cfg, source)
     voter_ids = json.dumps(list(votes))
     pairs = pl.from_arrow(table)
-    kept, dropped = apply(pairs, frame, cfg.policy)
+    kept, dropped = apply(pairs, result.frame, cfg.policy)
     to_table = lambda df: conform(df.with_columns(pl.lit(voter_ids).alias("voters")).to_arrow(), "pair")  # noqa: E731
-    return to_table(kept), to_table(dropped), frame
+    return to_table(kept), to_table(dropped), result
 
 
 def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
@@ -73,11 +130,12 @@ def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
     table = conform(table, "pair")
     engine_for = (lambda override: ctx.engine(override)) if cfg.needs_engine else None
     votes = collect_votes(table, cfg, seed=ctx.seed, engine_for=engine_for, source=ctx.step.input)
-    kept, dropped, frame = curate(table, cfg, seed=ctx.seed, votes=votes, source=ctx.step.input)
-    figures, sections = figures_and_sections(kept, dropped, frame, votes, table, cfg.policy)
+    kept, dropped, result = curate(table, cfg, seed=ctx.seed, votes=votes, source=ctx.step.input)
+    figures, sections = figures_and_sections(kept, dropped, result, votes, table, cfg.policy)
     report = {"input": table.num_rows, "kept": kept.num_rows, "dropped": dropped.num_rows}
     return StepResult(tables={"train": kept}, kind="pair", card_sections=sections, figures=figures,
-                      lineage={"voters": list(votes), "seeds": {"pipeline": ctx.seed}}, report=report,
+                      lineage={"voters": list(votes), "seeds": {"pipeline": ctx.seed}, "posterior": result.summary()},
+                      report=report,
                       side_tables={"dropped": ("pair", dropped)} if dropped.num_rows else {})
 
 

@@ -72,19 +72,66 @@ def train_head(xc: np.ndarray, xr: np.ndarray, *, seed: int, kind: str = "linear
     return reward
 
 
+def pair_groups(table) -> np.ndarray:
+    """Group id per pair: pairs that share a prompt or an answer text are connected, transitively.
+
+    Cross-fitting folds are drawn per group, so a duplicated (or swapped) pair, or two pairs with one
+    answer in common, never sit on both sides of a fold: a head cannot score a text it trained on."""
+    import polars as pl
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
+    text = lambda c: pl.col(c).list.eval(pl.element().struct.field("content").cast(pl.String)).list.join("\x1f")  # noqa: E731
+    keys = df.select(text("prompt").alias("p"), text("chosen").alias("c"), text("rejected").alias("r"))
+    n = keys.height
+    # Node ids: pairs 0..n-1, then one node per distinct prompt and per distinct answer text.
+    prompts = keys["p"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    answers = pl.concat([keys["c"], keys["r"]]).cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    n_prompts = int(prompts.max()) + 1 if n else 0
+    rows = np.concatenate([np.arange(n), np.arange(n), np.arange(n)])
+    cols = np.concatenate([n + prompts, n + n_prompts + answers[:n], n + n_prompts + answers[n:]])
+    size = n + n_prompts + (int(answers.max()) + 1 if n else 0)
+    graph = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(size, size))
+    _, labels = connected_components(graph, directed=False)
+    return labels[:n]
+
+
+def group_folds(groups: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Assign whole groups to folds, in random order, filling folds to about n / folds pairs each."""
+    uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    order = rng.permutation(uniq.size)
+    start = np.cumsum(sizes[order]) - sizes[order]  # pairs placed before each group, in random order
+    fold_of_group = np.empty(uniq.size, dtype=np.int64)
+    fold_of_group[order] = np.minimum((start * folds) // max(groups.size, 1), folds - 1)
+    return fold_of_group[inverse]
+
+
 def cross_fit(xc: np.ndarray, xr: np.ndarray, *, k: int = 10, folds: int = 5, seed: int = 0, kind: str = "linear",
-              l2: float = 1e-2, steps: int = 200, bootstrap: bool = True) -> CrossFit:
-    """Held-out reward differences from K bootstrap heads per fold; (n, K)."""
+              l2: float = 1e-2, steps: int = 200, bootstrap: bool = True, groups: np.ndarray | None = None) -> CrossFit:
+    """Held-out reward differences from K bootstrap heads per fold; (n, K). With `groups`, each
+    group of pairs falls in one fold (see `pair_groups`)."""
     n = xc.shape[0]
     if n < folds * 2:
         folds = max(2, n // 2)
     rng = np.random.default_rng(seed)
-    fold_of = rng.permutation(np.arange(n) % folds)
+    if groups is None:
+        fold_of = rng.permutation(np.arange(n) % folds)
+    else:
+        fold_of = group_folds(np.asarray(groups), folds, rng)
     scores = np.zeros((n, k), dtype=np.float64)
     trained_on: list[list[np.ndarray]] = []
     for f in range(folds):
         test = np.flatnonzero(fold_of == f)
         train = np.flatnonzero(fold_of != f)
+        if test.size == 0:
+            trained_on.append([])
+            continue
+        if train.size == 0:  # one group holds every pair: nothing to train on without leaking
+            from prefdata.errors import PrefdataError
+
+            raise PrefdataError("every pair shares a prompt or an answer with the others, so no cross-fitting "
+                                "fold can be held out; the heads voter needs independent groups of pairs")
         # Standardise on training features only (both sides pooled) so no test statistic leaks.
         both = np.concatenate([xc[train], xr[train]])
         mu, sd = both.mean(0), both.std(0) + 1e-6

