@@ -13,7 +13,8 @@ from prefdata.schema import validate
 
 
 def pairs(n):
-    return validate([{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(n)], "pair")
+    # Equal-length answers: the log length ratio is 0, so length control leaves the votes alone.
+    return validate([{"prompt": f"q{i}", "chosen": f"good {i:03d}", "rejected": f"poor {i:03d}"} for i in range(n)], "pair")
 
 
 def pipeline_file(tmp_path, policy, inp="raw@v1"):
@@ -29,32 +30,50 @@ def fake_votes(monkeypatch, votes):
     monkeypatch.setattr(cstep, "collect_votes", lambda table, cfg, **kw: votes)
 
 
-def test_card_shows_counts_voters_disputed_pairs_and_figures(tmp_path, monkeypatch):
+def test_card_shows_counts_families_doubtful_pairs_and_figures(tmp_path, monkeypatch):
     from prefdata import pipeline, store
 
     t = pairs(30)
     store.commit("raw", t)
-    s = np.linspace(-3, 3, 30)
-    fake_votes(monkeypatch, {"a": s, "b": 2 * s + np.sin(np.arange(30)), "c": s + np.cos(np.arange(30))})
-    v = pipeline.run_pipeline(pipeline_file(tmp_path, {"flip_below": 1.0, "drop_abs_below": 0.2}))["clean"]
+    rng = np.random.default_rng(0)
+    s = np.r_[np.linspace(-4, -2, 4), rng.normal(2, 1, 26)]  # four pairs the voters firmly reject
+    heads = {f"heads:bb:linear:{i}": s + 0.1 * rng.normal(size=30) for i in range(3)}
+    fake_votes(monkeypatch, {**heads, "rm:other": s + rng.normal(size=30)})
+    v = pipeline.run_pipeline(pipeline_file(tmp_path, {"flip_max_prob": 0.1, "drop_prob_below": 0.5}))["clean"]
     card = v.card_path.read_text()
     kept = store.load_table(v.ref)
     n_flipped = sum(kept.column("flipped").to_pylist())
     assert n_flipped > 0 and f"| flipped (this step) | {n_flipped} |" in card
-    dropped = store.load_table("clean-dropped@v1")
-    assert f"| dropped | {dropped.num_rows} |" in card and "| dropped: ambiguous: |strength| < 0.2 |" in card
-    assert "3 voters: `a`, `b`, `c`" in card and "Mean pairwise correlation" in card
-    # The ten most disputed pairs: exactly ten table rows, weakest first.
-    section = card.split("Ten most disputed pairs")[1]
-    rows = [r for r in section.splitlines() if r.startswith("| -") or r.startswith("| 0") or r.startswith("| 1")]
+    # Two families (three heads count once), each with its accuracy, beside the length-only row.
+    assert "| `heads:bb:linear` | 3 |" in card and "| `rm:other` | 1 |" in card
+    assert "| length only (longer answer wins) |" in card and "estimated noise rate" in card
+    lineage = v.manifest["lineage"]["posterior"]
+    assert set(lineage["families"]) == {"heads:bb:linear", "rm:other"} and 0.5 <= lineage["label_accuracy"] <= 1
+    lo, hi = lineage["noise_interval"]
+    assert lo <= lineage["noise_rate"] + 1e-9 and lineage["noise_rate"] <= hi + 0.05
+    # The ten most doubtful pairs: exactly ten table rows, lowest posterior first.
+    section = card.split("Ten most doubtful pairs")[1]
+    rows = [r for r in section.splitlines() if r.startswith("| 0.") or r.startswith("| 1.")]
     assert len(rows) == 10
     shown = [float(r.split("|")[1]) for r in rows]
     assert shown == sorted(shown)
-    for fig in ("strength_hist", "strength_ucurve", "voter_agreement"):
+    for fig in ("posterior_hist", "length_control", "family_agreement"):
         assert (v.path / f"{fig}.png").is_file() and f"{fig}.png" in card
     # Undo information: voter ids on every row, the dropped side table named in the lineage.
-    assert json.loads(kept.column("voters")[0].as_py()) == ["a", "b", "c"]
-    assert v.manifest["lineage"]["side_tables"]["dropped"] == "clean-dropped@v1"
+    assert json.loads(kept.column("voters")[0].as_py()) == [*heads, "rm:other"]
+
+
+def test_card_escapes_pipes_in_table_cells(tmp_path, monkeypatch):
+    from prefdata import pipeline, store
+
+    t = validate([{"prompt": f"a | b {i}", "chosen": f"x|y {i}", "rejected": f"z {i}"} for i in range(12)], "pair")
+    store.commit("raw", t)
+    fake_votes(monkeypatch, {"a": np.linspace(-1, 3, 12)})
+    v = pipeline.run_pipeline(pipeline_file(tmp_path, {}))["clean"]
+    card = v.card_path.read_text()
+    assert "a \\| b" in card and "x\\|y" in card
+    rows = [r for r in card.split("Ten most doubtful pairs")[1].splitlines() if r.startswith("| 0.") or r.startswith("| 1.")]
+    assert rows and all(r.replace("\\|", "").count("|") == 6 for r in rows)  # five cells: no cell was split
 
 
 @pytest.mark.parametrize("votes,msg", [
@@ -67,7 +86,7 @@ def test_bad_votes_write_nothing(tmp_path, monkeypatch, votes, msg):
     store.commit("raw", pairs(10))
     fake_votes(monkeypatch, votes)
     with pytest.raises(DataError, match=msg):
-        pipeline.run_pipeline(pipeline_file(tmp_path, {"flip_below": 0.0}))
+        pipeline.run_pipeline(pipeline_file(tmp_path, {}))
     assert [v.name for v in store.list_versions()] == ["raw"]
 
 
@@ -85,28 +104,90 @@ def test_no_pairs_is_an_error_before_any_model_loads(tmp_path):
     assert not store.list_versions()
 
 
+def learnable(tmp_path, n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    good = ["thank you, happy to help", "here is a clear careful answer", "sure, glad to explain"]
+    bad = ["go away idiot", "no. stupid question", "whatever, figure it out"]
+    rows = [{"prompt": f"question {i}", "chosen": f"{good[i % 3]} {rng.integers(100)}",
+             "rejected": f"{bad[(i // 3) % 3]} {rng.integers(100)}", "agreement": 3 if i % 4 else 2}
+            for i in range(n)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data, rows
+
+
+def tiny_config(tmp_path, tiny_model, policy=None):
+    cfg = tmp_path / "noise.yaml"
+    voter = {"type": "heads", "backbone": tiny_model, "k": 4, "folds": 4, "l2": 0.1}
+    cfg.write_text(yaml.safe_dump({"clean": {"voters": [voter], "policy": policy or {}}, "rm_backbone": voter,
+                                   "bootstrap": 200}))
+    return cfg, voter
+
+
 def test_eval_noise_cli_finds_flips_on_learnable_pairs(tmp_path, tiny_model, capsys):
     """Chosen answers are polite, rejected ones rude: even a tiny random backbone separates them, so
     injected flips must rank low. Runs the CLI end to end with a --config file and --out JSON."""
     from prefdata.cli import main
 
-    rng = np.random.default_rng(0)
-    good = ["thank you, happy to help", "here is a clear careful answer", "sure, glad to explain"]
-    bad = ["go away idiot", "no. stupid question", "whatever, figure it out"]
-    rows = [{"prompt": f"question {i}", "chosen": f"{good[i % 3]} {rng.integers(100)}",
-             "rejected": f"{bad[(i // 3) % 3]} {rng.integers(100)}"} for i in range(80)]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tmp_path / "noise.yaml"
-    voter = {"type": "heads", "backbone": tiny_model, "k": 4, "folds": 4, "l2": 0.1}
-    cfg.write_text(yaml.safe_dump({"clean": {"voters": [voter], "policy": {"flip_bottom_q": 0.2}},
-                                   "rm_backbone": voter}))
+    data, _ = learnable(tmp_path)
+    cfg, _ = tiny_config(tmp_path, tiny_model)
     out = tmp_path / "report.json"
     main(["eval", "noise", "--dataset", str(data), "--inject", "0.2", "--seed", "3", "--config", str(cfg),
           "--out", str(out)])
     printed = capsys.readouterr().out
     rep = json.loads(out.read_text())
-    assert f"ROC-AUC {rep['roc_auc']:.3f}" in printed and "held-out pairwise accuracy" in printed
-    assert (rep["pairs"], rep["test"], rep["train"], rep["injected"]) == (80, 24, 56, 11)
+    assert f"ROC-AUC posterior {rep['roc_auc']:.3f}" in printed and "held-out pairwise accuracy" in printed
+    assert f"length only {rep['roc_auc_length_only']:.3f}" in printed
+    assert rep["pairs"] == 80 and rep["train"] + rep["test"] == 80 and 16 <= rep["test"] <= 32
+    assert rep["injected"] == round(0.2 * rep["train"])
     assert rep["roc_auc"] > 0.8 and 0 <= rep["precision"] <= 1 and 0 <= rep["recall"] <= 1
-    assert set(rep["rm_heldout_accuracy"]) == {"noisy", "flipped-clean", "dropped-clean", "oracle (injected flips undone)"}
+    # The policy's own flips, judged against the injected set: well above the 20% base rate.
+    assert rep["flipped"]["acted"] > 0 and rep["flipped"]["precision"] >= 0.5  # base rate 0.2
+    assert set(rep["rm_heldout_accuracy"]) == {"noisy", "cleaned (policy)", "soft labels (posterior)",
+                                              "oracle (injected flips undone)"}
+    lo, hi = rep["rm_diff_vs_noisy_90ci"]["cleaned (policy)"]
+    assert lo <= hi and 0 <= rep["posterior_ece"] <= 1
+
+
+def test_eval_agreement_cli(tmp_path, tiny_model, capsys):
+    from prefdata.cli import main
+
+    data, rows = learnable(tmp_path)
+    cfg, voter = tiny_config(tmp_path, tiny_model)
+    (tmp_path / "agree.yaml").write_text(yaml.safe_dump({"clean": {"voters": [voter]}}))
+    out = tmp_path / "agree.json"
+    main(["eval", "agreement", "--dataset", str(data), "--agreement-column", "agreement",
+          "--config", str(tmp_path / "agree.yaml"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert (rep["pairs"], rep["unanimous"], rep["split"]) == (80, 60, 20)
+    assert set(rep["by_score"]) == {"posterior", "no length control", "length only"}
+    assert "AUC unanimous vs split" in printed and f"flipped {rep['unanimous_flipped']} unanimous" in printed
+    # Labels here are all right and easy: the default policy must not flip a unanimous pair.
+    assert rep["unanimous_flipped"] == 0
+    from prefdata.cli import main as m2
+
+    with pytest.raises(SystemExit) as e:
+        m2(["eval", "agreement", "--dataset", str(data), "--agreement-column", "nope",
+            "--config", str(tmp_path / "agree.yaml")])
+    assert e.value.code == 1 and "agreement column 'nope'" in capsys.readouterr().err
+
+
+def test_eval_gold_cli_reports_true_and_estimated_noise(tmp_path, tiny_model, capsys):
+    from prefdata.cli import main
+
+    gold, rows = learnable(tmp_path, n=60, seed=1)
+    rng = np.random.default_rng(2)
+    wrong = rng.random(60) < 0.2
+    noisy = [dict(r, chosen=r["rejected"], rejected=r["chosen"]) if w else r for r, w in zip(rows, wrong)]
+    data = tmp_path / "noisy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in noisy))
+    _, voter = tiny_config(tmp_path, tiny_model)
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"clean": {"voters": [voter]}}))
+    main(["eval", "gold", "--dataset", str(data), "--gold", str(gold), "--config", str(tmp_path / "g.yaml"), "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["matched"] == 60 and rep["true_noise_rate"] == pytest.approx(wrong.mean(), abs=1e-4)
+    assert rep["stored labels"]["accuracy"] == pytest.approx(1 - wrong.mean(), abs=1e-4)
+    # On this learnable set the posterior's labels beat the stored ones.
+    assert rep["posterior"]["accuracy"] > rep["stored labels"]["accuracy"]
+    assert 0 <= rep["posterior"]["ece"] <= 1 and rep["policy_flips_right"] >= rep["policy_flips_wrong"]
