@@ -31,21 +31,25 @@ def _lora_note(cfg) -> list[str]:
 
 
 def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list[dict],
-                     extra: dict | None = None) -> Path:
-    """README.md (+ prefdata-train.json, training_curves.png) in out_dir; returns the README path."""
+                     extra: dict | None = None, failure: str | None = None) -> Path:
+    """README.md (+ prefdata-train.json, training_curves.png) in out_dir; returns the README path.
+    With `failure`, the card records a run that stopped without saving a model, and says why."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_curves(log_history, out / "training_curves.png")
     cfg_dict = cfg.model_dump(mode="json")
     final = {k: v for k, v in (log_history[-1] if log_history else {}).items() if isinstance(v, (int, float))}
-    result = {**final, **(extra or {})}
-    adapter = bool(cfg_dict.get("lora")) and kind != "reward"  # the reward trainer merges before saving
+    status = {"status": "failed", "failure": failure} if failure else {"status": "succeeded"}
+    result = {**status, **final, **(extra or {})}
+    adapter = bool(cfg_dict.get("lora")) and kind != "reward" and not failure  # reward merges before saving
     sha = prov.get("dataset_sha256")
     front = {"library_name": "peft" if adapter else "transformers", "tags": ["prefdata", kind],
              "base_model": cfg.model, "datasets": [prov["dataset"]]}
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# {kind} model trained by prefdata", "",
+        f"# {kind} model trained by prefdata" + (" (FAILED: no model saved)" if failure else ""), "",
+        *([f"**Training failed: {failure}.** This run saved no model weights; any weights in this "
+           "directory are from an earlier run and are not described by this card.", ""] if failure else []),
         f"- dataset: `{prov['dataset']}`" + (f" (content hash `{sha}`)" if sha else ""),
         f"- base model: `{cfg.model}`",
         f"- packages: {', '.join(f'{k} {v}' for k, v in _versions().items())}", "",
@@ -58,6 +62,6 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     (out / "README.md").write_text("\n".join(lines))
     (out / "prefdata-train.json").write_text(json.dumps(
-        {"kind": kind, "config": cfg_dict, **prov, "adapter": adapter, "result": result,
+        {"kind": kind, **status, "config": cfg_dict, **prov, "adapter": adapter, "result": result,
          "versions": _versions()}, indent=2, default=str))
     return out / "README.md"

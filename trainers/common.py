@@ -8,6 +8,7 @@ The card and the curves live in `trainers.card` and `trainers.plots`; they are r
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -128,6 +129,7 @@ def load_dataset_ref(ref_or_path: str, kind: str | None = None):
         prov = {"dataset": v.ref, "dataset_sha256": v.sha}
     if len(ds) == 0:
         raise PrefdataError(f"{ref_or_path}: no rows to train on")
+    check_row_numbers(ds, ref_or_path if p.is_file() else prov["dataset"])
     return ds, prov
 
 
@@ -138,15 +140,51 @@ def require_columns(ds, columns: list[str], what: str) -> None:
                             f"(has: {', '.join(ds.column_names)})")
 
 
-def check_label_prob(ds) -> None:
-    """label_prob is P(chosen truly preferred): it must be a probability in every row (null = 1)."""
+# Per-row numbers a loss reads, with their bounds. A store version committed before commit-time
+# validation, or written by another tool, can hold NaN here; one NaN margin turns every weight NaN.
+ROW_NUMBERS: dict[str, tuple[float | None, float | None]] = {
+    "label_prob": (0.0, 1.0), "margin": (None, None), "chosen_score": (None, None),
+    "rejected_score": (None, None), "weight": (0.0, None),
+}
+FLOAT32_MAX = 3.4028234663852886e38  # the loss runs in float32: a finite 1e300 margin becomes inf there
+
+
+def check_row_numbers(ds, where: str) -> None:
+    """Refuse, before any step, a per-row number that is not finite, overflows float32 or is out of
+    bounds, naming the first such row (1-based) and field. Nulls are fine: they mean the default."""
     import numpy as np
 
-    p = np.asarray([1.0 if x is None else x for x in ds["label_prob"]], dtype=float)
-    bad = np.flatnonzero(~np.isfinite(p) | (p < 0) | (p > 1))
-    if bad.size:
-        raise PrefdataError(f"row {bad[0] + 1}, field 'label_prob': {p[bad[0]]} is outside [0, 1] "
-                            f"({bad.size} such rows)")
+    from prefdata.errors import DataError
+
+    for col, (lo, hi) in ROW_NUMBERS.items():
+        if col not in ds.column_names:
+            continue
+        values = ds[col]
+        for i, v in enumerate(values):  # types first: a string margin must not pass as NaN
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise DataError(f"must be a number, got {type(v).__name__}", file=where, row=i + 1, field=col)
+        x = np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
+        known = np.asarray([v is not None for v in values], dtype=bool)
+        with np.errstate(invalid="ignore"):
+            bad = known & (~np.isfinite(x) | (np.abs(x) > FLOAT32_MAX)
+                           | (x < lo if lo is not None else False) | (x > hi if hi is not None else False))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            v = x[i]
+            if not np.isfinite(v):
+                why = f"{v} is not a finite number"
+            elif abs(v) > FLOAT32_MAX:
+                why = f"{v:g} overflows float32, the precision the loss runs in"
+            else:
+                why = f"{v} is outside [{lo}, {'inf' if hi is None else hi}]"
+            n = int(bad.sum())
+            raise DataError(f"{why} ({n} such row{'s' if n > 1 else ''}); fix or drop it before training",
+                            file=where, row=i + 1, field=col)
+
+
+def check_label_prob(ds) -> None:
+    """label_prob must be a probability in every row (null = 1); kept for callers of the old name."""
+    check_row_numbers(ds.select_columns(["label_prob"]), "dataset")
 
 
 def is_conversational(ds, column: str = "prompt") -> bool:
@@ -231,7 +269,9 @@ def training_args_common(cfg) -> dict:
                 gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=cfg.logging_steps,
                 save_strategy="no", report_to=[], seed=cfg.seed, use_cpu=use_cpu, bf16=bool(cfg.bf16 and on_gpu),
                 fp16=False, gradient_checkpointing=bool(cfg.gradient_checkpointing and on_gpu),
-                dataloader_num_workers=0, disable_tqdm=not os.isatty(2))
+                dataloader_num_workers=0, disable_tqdm=not os.isatty(2),
+                # HF's filter logs a NaN step as the running mean, so a NaN run reads as train_loss 0.0.
+                logging_nan_inf_filter=False)
 
 
 def peft_config(cfg, task: str = "CAUSAL_LM"):
@@ -248,6 +288,70 @@ def default_output_dir(kind: str, prov: dict) -> str:
 
     name = prov["dataset"].replace("@", "-").replace("/", "_")[-60:]
     return str(home() / "models" / "trained" / f"{kind}-{name}")
+
+
+# ----------------------------------------------------------------------------- non-finite guard
+
+
+class TrainingFailed(PrefdataError):
+    """Training stopped on a non-finite loss or gradient; the card says so and no model was saved."""
+
+
+def guard_finite(trainer):
+    """Stop `trainer` at the first non-finite loss or gradient. Returns the guard; `raise_if_failed`
+    after `train()` turns a stop into a failed card and a one-line error. Checks the loss each
+    micro-step and the gradients before each optimizer step, so weights are never updated with NaN."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Guard(TrainerCallback):
+        failure: str | None = None
+
+        def fail(self, why: str, control) -> None:
+            if self.failure is None:
+                self.failure = why
+            control.should_training_stop = True
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **_):
+            params = [(n, p.grad) for n, p in (model.named_parameters() if model is not None else [])
+                      if p.grad is not None]
+            if not params:
+                return
+            norms = torch.stack(torch._foreach_norm([g for _, g in params]))  # one sync, not one per tensor
+            if not torch.isfinite(norms).all():
+                name = params[int((~torch.isfinite(norms)).nonzero()[0])][0]
+                self.fail(f"non-finite gradient (in {name}) at step {state.global_step + 1}", control)
+                for p in model.parameters():
+                    p.grad = None  # the optimizer step that follows then leaves the weights as they were
+
+        def on_log(self, args, state, control, logs=None, **_):
+            for k in ("loss", "grad_norm"):
+                v = (logs or {}).get(k)
+                if isinstance(v, float) and not math.isfinite(v):
+                    self.fail(f"non-finite {k} ({v}) at step {state.global_step}", control)
+
+    guard = Guard()
+    trainer.add_callback(guard)
+    step = trainer.training_step
+
+    def checked_step(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        if guard.failure is None and not bool(torch.isfinite(loss.detach()).all()):
+            guard.fail(f"non-finite loss ({loss.detach().float().mean().item()}) at step "
+                       f"{trainer.state.global_step + 1}", trainer.control)
+        return loss
+
+    trainer.training_step = checked_step
+    return guard
+
+
+def raise_if_failed(guard, trainer, cfg, kind: str, prov: dict, extra: dict | None = None) -> None:
+    """After a guarded `train()`: on failure write a card that says so (no weights) and exit 1."""
+    if guard.failure is None:
+        return
+    card = write_model_card(cfg.output_dir, kind, cfg, prov, trainer.state.log_history, extra,
+                            failure=guard.failure)
+    raise TrainingFailed(f"training failed: {guard.failure}; no model saved (card: {card})")
 
 
 def save_outputs(trainer, tok, cfg, kind: str, prov: dict, extra: dict | None = None) -> Path:

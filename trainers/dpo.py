@@ -179,10 +179,15 @@ def _offset_margins(ds) -> list[float]:
     """ODPO offsets: the `margin` column, or log(s_c - s_r) when every margin is zero/absent."""
     import numpy as np
 
-    margins = np.asarray([np.nan if m is None else m for m in ds["margin"]], dtype=float) \
+    # A null margin is the default 0. NaN never gets here (load_dataset_ref refuses it); it used to be
+    # turned into 0 silently by nan_to_num.
+    margins = np.asarray([0.0 if m is None else m for m in ds["margin"]], dtype=float) \
         if "margin" in ds.column_names else np.zeros(len(ds))
-    if np.any(np.nan_to_num(margins) != 0):
-        return [float(x) for x in np.nan_to_num(margins)]
+    if not np.isfinite(margins).all():
+        i = int(np.flatnonzero(~np.isfinite(margins))[0])
+        raise PrefdataError(f"offset loss: row {i + 1}, field 'margin': {margins[i]} is not a finite number")
+    if np.any(margins != 0):
+        return [float(x) for x in margins]
     common.require_columns(ds, ["chosen_score", "rejected_score"],
                            "the offset (ODPO) loss: `margin` is all zero, so the offset comes from score gaps")
     cs = np.asarray([np.nan if x is None else x for x in ds["chosen_score"]], dtype=float)
@@ -200,8 +205,6 @@ def prepare(cfg: DPOTrainConfig):
     Returns (dataset, provenance, model, tokenizer, reference model or None, local model dir)."""
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
     common.require_columns(ds, ["prompt", "chosen", "rejected", *NEEDS[cfg.loss]], f"DPO (loss={cfg.loss})")
-    if "label_prob" in ds.column_names:
-        common.check_label_prob(ds)  # even when unused: an out-of-range probability means broken data
     if cfg.loss == "offset":
         margins = _offset_margins(ds)
         ds = ds.remove_columns([c for c in ["margin"] if c in ds.column_names]).add_column("margin", margins)
@@ -254,7 +257,9 @@ def train(cfg: DPOTrainConfig) -> Path:
     """Train and save the model (or LoRA adapter), card and curves; returns the card path."""
     ds, prov, model, tok, ref, path = prepare(cfg)
     trainer = build_trainer(cfg, ds, prov, model, tok, ref, path)
+    guard = common.guard_finite(trainer)
     trainer.train()
+    common.raise_if_failed(guard, trainer, cfg, "dpo", prov, {"pairs": len(ds)})
     return common.save_outputs(trainer, tok, cfg, "dpo", prov, {"pairs": len(ds)})
 
 

@@ -3,8 +3,9 @@
     prefdata train kto --dataset quickstart-rlcd@v1 --set max_steps=20
     python -m trainers.kto --dataset feedback.jsonl --set desirable_weight=1.2
 
-Unpaired rows (`prompt`, `completion`, `label`) pass through; a pair becomes two rows, its chosen
-reply desirable and its rejected reply undesirable. The paper (eq. 8 and section 4.2) recommends
+Unpaired rows (`prompt`, `completion`, `label`, optional `weight`) pass through, each row's loss
+scaled by its `weight`; a pair becomes two rows, its chosen reply desirable and its rejected reply
+undesirable. The paper (eq. 8 and section 4.2) recommends
 lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]. Outside that band the trainer warns and, with
 `balance_weights` (default), moves `desirable_weight` to the nearest end of the band; the card
 records both the asked-for and the used weights.
@@ -16,7 +17,10 @@ import copy
 import sys
 from pathlib import Path
 
+import torch
 from pydantic import Field
+from trl import KTOTrainer
+from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
 from prefdata.errors import PrefdataError
 from trainers import common
@@ -40,10 +44,14 @@ Config = KTOTrainConfig
 
 
 def unpaired(ds):
-    """Unpaired rows as they are; pairs become two rows each (chosen desirable, rejected undesirable)."""
+    """Unpaired rows as they are (with their per-row `weight`, null = 1); pairs become two rows each
+    (chosen desirable, rejected undesirable), weight 1."""
     if "label" in ds.column_names:
         common.require_columns(ds, ["prompt", "completion", "label"], "KTO")
-        return ds.select_columns(["prompt", "completion", "label"])
+        if "weight" not in ds.column_names:
+            return ds.select_columns(["prompt", "completion", "label"])
+        ds = ds.select_columns(["prompt", "completion", "label", "weight"])
+        return ds.map(lambda r: {"weight": 1.0 if r["weight"] is None else float(r["weight"])})
     common.require_columns(ds, ["prompt", "chosen", "rejected"], "KTO (unpaired rows, or pairs to split)")
 
     def split(batch):
@@ -54,15 +62,52 @@ def unpaired(ds):
     return ds.map(split, batched=True, remove_columns=ds.column_names)
 
 
-def balanced_weights(n_d: int, n_u: int, w_d: float, w_u: float, adjust: bool = True):
-    """(lambda_D, lambda_U, note or None): the weights to use and what was changed or found."""
-    if n_d == 0 or n_u == 0:
-        raise PrefdataError(f"KTO needs both desirable and undesirable rows (have {n_d} and {n_u})")
+class WeightedCollator(DataCollatorForUnpairedPreference):
+    """TRL's unpaired collator plus the per-row `weight`, as a (b,) tensor."""
+
+    def torch_call(self, examples):
+        out = super().torch_call(examples)
+        if "weight" in examples[0]:
+            out["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float32)
+        return out
+
+
+class WeightedKTOTrainer(KTOTrainer):
+    """KTOTrainer whose per-row loss is multiplied by the row's `weight` (TRL drops the column).
+
+    TRL forms the loss as cat(lambda_D * chosen_losses, lambda_U * rejected_losses), chosen rows in
+    batch order first; for the length of one call lambda_D and lambda_U become (n,) tensors holding
+    lambda times the weights of those rows, so the rest of TRL's loss runs unchanged."""
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "weight" not in self._signature_columns:
+            self._signature_columns = list(self._signature_columns) + ["weight"]
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        w = inputs.pop("weight", None)  # popped: TRL passes every unknown key on to the model
+        if w is None:
+            return super()._compute_loss(model, inputs, return_outputs)
+        desirable = inputs["label"].bool().to(w.device)
+        w_d, w_u = self.desirable_weight, self.undesirable_weight
+        self.desirable_weight, self.undesirable_weight = w_d * w[desirable], w_u * w[~desirable]
+        try:
+            return super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            self.desirable_weight, self.undesirable_weight = w_d, w_u
+
+
+def balanced_weights(n_d: float, n_u: float, w_d: float, w_u: float, adjust: bool = True):
+    """(lambda_D, lambda_U, note or None): the weights to use and what was changed or found.
+    n_d and n_u are the (weighted) amounts of desirable and undesirable rows."""
+    if n_d <= 0 or n_u <= 0:
+        raise PrefdataError(f"KTO needs both desirable and undesirable rows with positive weight "
+                            f"(have {n_d:g} and {n_u:g})")
     ratio = w_d * n_d / (w_u * n_u)
     lo, hi = RATIO_BAND
     if lo <= ratio <= hi:
         return w_d, w_u, None
-    found = (f"lambda_D*n_D/(lambda_U*n_U) = {w_d}*{n_d}/({w_u}*{n_u}) = {ratio:.3f} is outside the "
+    found = (f"lambda_D*n_D/(lambda_U*n_U) = {w_d}*{n_d:g}/({w_u}*{n_u:g}) = {ratio:.3f} is outside the "
              f"recommended [1, 4/3]")
     if not adjust:
         return w_d, w_u, found
@@ -71,12 +116,19 @@ def balanced_weights(n_d: int, n_u: int, w_d: float, w_u: float, adjust: bool = 
 
 
 def train(cfg: KTOTrainConfig) -> Path:
-    from trl import KTOConfig, KTOTrainer
+    from trl import KTOConfig
 
     ds, prov = common.load_dataset_ref(cfg.dataset, None)
+    if "label" not in ds.column_names and "label_prob" in ds.column_names:
+        common.check_label_prob(ds)  # pairs: a label_prob of 1.5 means broken data even though unused
     ds = unpaired(ds)
-    n_d = sum(bool(x) for x in ds["label"])
-    w_d, w_u, note = balanced_weights(n_d, len(ds) - n_d, cfg.desirable_weight, cfg.undesirable_weight,
+    labels = [bool(x) for x in ds["label"]]
+    n_d = sum(labels)
+    weights = ds["weight"] if "weight" in ds.column_names else [1.0] * len(ds)
+    # The paper's band is on amounts of signal: with per-row weights, a row counts as its weight.
+    s_d = sum(w for w, lab in zip(weights, labels) if lab)
+    s_u = sum(w for w, lab in zip(weights, labels) if not lab)
+    w_d, w_u, note = balanced_weights(s_d, s_u, cfg.desirable_weight, cfg.undesirable_weight,
                                       cfg.balance_weights)
     if note:
         print(f"warning: {note}", file=sys.stderr)
@@ -88,12 +140,19 @@ def train(cfg: KTOTrainConfig) -> Path:
     args = KTOConfig(**common.training_args_common(cfg), beta=cfg.beta, desirable_weight=w_d,
                      undesirable_weight=w_u, max_length=cfg.max_length)
     ref = None if cfg.lora else copy.deepcopy(model).eval()  # LoRA: the base weights are the reference
-    trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=common.peft_config(cfg))
+    trainer = WeightedKTOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds,
+                                 processing_class=tok,
+                                 peft_config=common.peft_config(cfg),
+                                 data_collator=WeightedCollator(pad_token_id=tok.pad_token_id,
+                                                                max_length=cfg.max_length))
+    extra = {"desirable_rows": n_d, "undesirable_rows": len(ds) - n_d, "desirable_weight_used": w_d,
+             "undesirable_weight_used": w_u, "weight_note": note,
+             "row_weights": ({"column": "weight", "min": min(weights), "max": max(weights),
+                              "mean": sum(weights) / len(weights)} if "weight" in ds.column_names else None)}
+    guard = common.guard_finite(trainer)
     trainer.train()
-    return common.save_outputs(trainer, tok, cfg, "kto", prov, {
-        "desirable_rows": n_d, "undesirable_rows": len(ds) - n_d, "desirable_weight_used": w_d,
-        "undesirable_weight_used": w_u, "weight_note": note})
+    common.raise_if_failed(guard, trainer, cfg, "kto", prov, extra)
+    return common.save_outputs(trainer, tok, cfg, "kto", prov, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,8 +33,6 @@ def train(cfg: ORPOTrainConfig) -> Path:
 
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
     common.require_columns(ds, ["prompt", "chosen", "rejected"], "ORPO")
-    if "label_prob" in ds.column_names:
-        common.check_label_prob(ds)
     ds = ds.select_columns(["prompt", "chosen", "rejected"])
     model, tok, _ = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if common.is_conversational(ds):
@@ -44,7 +42,9 @@ def train(cfg: ORPOTrainConfig) -> Path:
     args = ORPOConfig(**common.training_args_common(cfg), beta=cfg.beta, max_length=cfg.max_length)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=common.peft_config(cfg))
+    guard = common.guard_finite(trainer)
     trainer.train()
+    common.raise_if_failed(guard, trainer, cfg, "orpo", prov, {"pairs": len(ds)})
     return common.save_outputs(trainer, tok, cfg, "orpo", prov, {"pairs": len(ds)})
 
 

@@ -88,8 +88,6 @@ def pairwise_accuracy(model, tok, ds, max_length: int) -> float:
 def prepare_pairs(ds, cfg: RewardTrainConfig):
     common.require_columns(ds, ["prompt", "chosen", "rejected"], "reward modelling")
     cols = ["prompt", "chosen", "rejected"]
-    if "label_prob" in ds.column_names:
-        common.check_label_prob(ds)
     if cfg.use_margin:
         common.require_columns(ds, ["margin"], "the margin loss (set use_margin=false to train without)")
         ds = ds.map(lambda r: {"margin": 0.0 if r["margin"] is None else float(r["margin"])})
@@ -119,8 +117,10 @@ def train(cfg: RewardTrainConfig) -> Path:
     trainer = PrefRewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                                 peft_config=common.peft_config(cfg, task="SEQ_CLS"),
                                 data_collator=RewardCollator(pad_token_id=tok.pad_token_id))
+    guard = common.guard_finite(trainer)
     trainer.train()
     extra = {"train_pairs": len(ds)}
+    common.raise_if_failed(guard, trainer, cfg, "reward", prov, extra)
     if heldout is not None:
         extra["heldout_pairwise_accuracy"] = pairwise_accuracy(trainer.model, tok, heldout, cfg.max_length)
         extra["heldout_pairs"] = len(heldout)

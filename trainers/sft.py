@@ -79,7 +79,9 @@ def train(cfg: SFTTrainConfig) -> Path:
     args = SFTConfig(**common.training_args_common(cfg), max_length=cfg.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                          peft_config=common.peft_config(cfg))
+    guard = common.guard_finite(trainer)
     trainer.train()
+    common.raise_if_failed(guard, trainer, cfg, "sft", prov, {"examples": len(ds)})
     return common.save_outputs(trainer, tok, cfg, "sft", prov, {"examples": len(ds)})
 
 
