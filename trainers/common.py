@@ -315,12 +315,16 @@ def guard_finite(trainer):
         def on_pre_optimizer_step(self, args, state, control, model=None, **_):
             params = [(n, p.grad) for n, p in (model.named_parameters() if model is not None else [])
                       if p.grad is not None]
-            if not params:
+            by_device: dict = {}
+            for _, g in params:
+                by_device.setdefault(g.device, []).append(g)
+            # One norm kernel and one sync per device, not one per tensor; NaN/inf anywhere shows in a norm.
+            if all(bool(torch.isfinite(torch.stack(torch._foreach_norm(gs))).all()) for gs in by_device.values()):
                 return
-            norms = torch.stack(torch._foreach_norm([g for _, g in params]))  # one sync, not one per tensor
-            if not torch.isfinite(norms).all():
-                name = params[int((~torch.isfinite(norms)).nonzero()[0])][0]
-                self.fail(f"non-finite gradient (in {name}) at step {state.global_step + 1}", control)
+            name = next((n for n, g in params if not bool(torch.isfinite(g).all())), None)
+            where = f"in {name}" if name else "its norm overflows float32"
+            self.fail(f"non-finite gradient ({where}) at step {state.global_step + 1}", control)
+            if model is not None:
                 for p in model.parameters():
                     p.grad = None  # the optimizer step that follows then leaves the weights as they were
 
