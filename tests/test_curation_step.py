@@ -191,3 +191,23 @@ def test_eval_gold_cli_reports_true_and_estimated_noise(tmp_path, tiny_model, ca
     # On this learnable set the posterior's labels beat the stored ones.
     assert rep["posterior"]["accuracy"] > rep["stored labels"]["accuracy"]
     assert 0 <= rep["posterior"]["ece"] <= 1 and rep["policy_flips_right"] >= rep["policy_flips_wrong"]
+
+
+def test_finetuned_reward_model_family_votes_in_a_pipeline(tmp_path, tiny_model):
+    """The cross-fitted LoRA reward model as one family beside the heads, through `prefdata run`."""
+    from prefdata import store
+    from prefdata.cli import main
+
+    data, _ = learnable(tmp_path, n=24)
+    spec = {"steps": [{"name": "clean", "uses": "clean_labels", "input": str(data), "output": "ft-clean",
+                       "config": {"voters": [
+                           {"type": "heads", "backbone": tiny_model, "k": 2, "folds": 3},
+                           {"type": "finetuned_rm", "model": tiny_model, "folds": 2, "max_steps": 3, "batch_size": 4,
+                            "max_length": 64}]}}]}
+    p = tmp_path / "ft.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    main(["run", str(p)])
+    v = store.resolve("ft-clean@latest")
+    fams = v.manifest["lineage"]["posterior"]["families"]
+    assert any(f.startswith("ftrm:") for f in fams) and any(f.startswith("heads:") for f in fams)
+    assert "ftrm:" in v.card_path.read_text()

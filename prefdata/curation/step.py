@@ -27,6 +27,8 @@ class CleanLabelsConfig(BaseModel):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     length_control: bool = Field(True, description="Remove each family's linear dependence on the log length "
                                  "ratio of the answers before the posterior (see curation/vote.py).")
+    length_family: bool = Field(False, description="Add the log length ratio as an annotator of its own (its "
+                                "reliability estimated like any family's) beside the length-controlled families.")
     gold_column: str | None = Field(None, description="Column with 1 where the stored label is verified right, 0 "
                                     "where verified wrong, null where unknown: calibrates the posterior.")
     gold_file: str | None = Field(None, description="A pair file (or ref) of verified pairs, matched by prompt and "
@@ -50,6 +52,10 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
             out.update(V.heads_votes(table, spec, seed=seed, progress=progress))
         elif isinstance(spec, V.RewardModelVoter):
             out.update(V.reward_model_votes(table, spec, progress=progress))
+        elif isinstance(spec, V.FinetunedRMVoter):
+            from prefdata.rewards.finetuned import finetuned_votes
+
+            out.update(finetuned_votes(table, spec, seed=seed, progress=progress))
         else:
             if engine_for is None:
                 from prefdata.errors import ConfigError
@@ -108,7 +114,7 @@ def vote(table: pa.Table, votes: dict[str, np.ndarray], cfg: CleanLabelsConfig, 
     """The posterior for every pair of `table` from its voters' scores (see `curation.vote`)."""
     lc, lr = answer_lengths(table)
     return combine(table.column("id").to_pylist(), votes, ell=length_ratio(lc, lr), length_control=cfg.length_control,
-                   gold=gold_vector(table, cfg), source=source)
+                   length_family=cfg.length_family, gold=gold_vector(table, cfg), source=source)
 
 
 def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for=None, votes: dict | None = None,

@@ -108,9 +108,12 @@ class Vote:
         return out
 
 
+LENGTH_FAMILY = "length-prior"
+
+
 def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, ell: np.ndarray | None = None,
-            length_control: bool = True, gold: np.ndarray | None = None, interval: bool = True,
-            source: str = "vote") -> Vote:
+            length_control: bool = True, length_family: bool = False, gold: np.ndarray | None = None,
+            interval: bool = True, source: str = "vote") -> Vote:
     """Families, length control and the posterior for every pair (see the module docstring)."""
     ids = list(pair_ids) if not isinstance(pair_ids, pl.Series) else pair_ids
     n = len(ids)
@@ -131,6 +134,15 @@ def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, ell: np.ndarray | 
                          for f in range(len(fams))])
     controlled, slope = remove_length(raw, ell) if length_control else (raw, np.zeros(len(fams)))
     controlled = _unit(controlled)
+    if length_family and ell.std() > 0:
+        # The length prior as an annotator of its own, with a reliability the model estimates, beside
+        # families that no longer carry it: its weight is explicit instead of hidden in every family.
+        fams = [*fams, LENGTH_FAMILY]
+        raw = np.column_stack([raw, ell / ell.std()])
+        controlled = np.column_stack([controlled, ell / ell.std()])
+        spread = np.column_stack([spread, np.zeros(n)])
+        slope = np.r_[slope, 0.0]
+        corr = np.r_[corr, 1.0]
     post = P.fit(controlled, fams, gold=gold)
     if interval:
         post.extra["noise_interval"] = P.noise_interval(controlled, rounds=100)

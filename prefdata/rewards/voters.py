@@ -2,6 +2,7 @@
 
 - `heads`: K cross-fitted Bradley-Terry heads on a frozen backbone (one backbone pass for all K);
 - `reward_model`: any HF sequence-classification model with a single output;
+- `finetuned_rm`: a reward model LoRA-fine-tuned on the other folds (cross-fitted), see `finetuned.py`;
 - `judge`: an LLM judge through any engine, shown both orders (A/B then B/A), scored by the
   log-probability of answering "A" versus "B", so position bias cancels out.
 Voters of different kinds mix freely in one vote; `curation.vote` standardises them.
@@ -55,7 +56,9 @@ class JudgeVoter(BaseModel):
     engine: dict = Field(default_factory=dict, description="Engine overrides (default: the pipeline's engine).")
 
 
-VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter], Field(discriminator="type")]
+from prefdata.rewards.finetuned import FinetunedRMVoter  # noqa: E402  (its module imports this one lazily)
+
+VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter, FinetunedRMVoter], Field(discriminator="type")]
 
 
 def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, progress: bool = True) -> dict[str, np.ndarray]:
