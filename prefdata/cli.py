@@ -15,7 +15,7 @@ import typer
 
 from prefdata import interrupts
 from prefdata.errors import PrefdataError
-from prefdata.redact import redact
+from prefdata.redact import install_log_filter, redact
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Synthesize, judge, clean and version preference data, and train on it.")
@@ -83,6 +83,7 @@ def _interrupted() -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    install_log_filter()
     with interrupts.handling():
         try:
             _mount()

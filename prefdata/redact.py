@@ -88,3 +88,24 @@ def redact_obj(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact_obj(v) for v in obj)
     return obj
+
+
+class LogFilter:
+    """A logging filter (for handlers) that redacts every record's message: third-party libraries log
+    URLs (httpx logs each request's), and a handler-level filter sees records from every logger."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install_log_filter() -> None:
+    """Redact what the root logger's handlers, and Python's last-resort handler, print (idempotent)."""
+    import logging
+
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, LogFilter) for f in handler.filters):
+            handler.addFilter(LogFilter())

@@ -261,6 +261,30 @@ def test_url_credentials_never_reach_the_store_or_the_terminal(tmp_path, capsys,
         assert b"hunter2secret" not in blob and KEY.encode() not in blob
 
 
+def test_library_logs_are_redacted(tmp_path, capsys):
+    import io
+    import logging
+
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    root = logging.getLogger()
+    http_logs = [logging.getLogger(n) for n in ("httpx", "httpx2")]  # the HTTP library logs each URL at INFO
+    levels = [lg.level for lg in http_logs]
+    root.addHandler(handler)
+    for lg in http_logs:
+        lg.setLevel(logging.INFO)
+    try:
+        with FaultServer() as s:
+            url = s.url.replace("http://", "http://alice:hunter2secret@")
+            code, _, err = cli(capsys, "run", openai_pipeline(tmp_path, url, limit=1))
+    finally:
+        root.removeHandler(handler)
+        for lg, level in zip(http_logs, levels):
+            lg.setLevel(level)
+    assert code == 0, err
+    assert "http://***@127.0.0.1" in sink.getvalue() and "hunter2secret" not in sink.getvalue()
+
+
 @pytest.mark.parametrize("value, needle", [(KEY, "looks like an API key"),
                                            ("hf_AbCdEfGhIjKlMnOpQrStUv", "looks like an API key"),
                                            ("MY-KEY", "must name an environment variable")])
