@@ -21,9 +21,9 @@ SMALL = {
     "rlcd_helpful.yaml": ["steps.rlcd.limit=2", "steps.rlcd.config.max_tokens=24", "steps.rlcd.config.max_retries=1"],
     "conditional.yaml": ["steps.conditional.limit=2", "steps.conditional.config.max_tokens=48",
                          "steps.conditional.config.max_retries=0"],
-    "self_reward.yaml": ["steps.self_reward.limit=2", "steps.self_reward.config.n_candidates=2",
+    "self_reward.yaml": ["steps.self_reward.limit=2", "steps.self_reward.config.n_candidates=3",
                          "steps.self_reward.config.max_tokens=24", "steps.self_reward.config.judgements=2",
-                         "steps.self_reward.config.judge_max_tokens=8"],
+                         "steps.self_reward.config.judge_max_tokens=16"],
     "bpo.yaml": ["steps.pairs.limit=2", "steps.pairs.config.max_tokens=24", "steps.construct.config.max_tokens=48",
                  "steps.construct.config.max_retries=0", "steps.rewrite.limit=2", "steps.rewrite.config.max_tokens=48",
                  "steps.evaluate.config.max_tokens=24", "steps.evaluate.config.judge_max_tokens=16"],
@@ -57,7 +57,7 @@ def test_pipeline_on_embedded_model(embedded_model, name):
         assert "RLCD-Rescore" in outputs["rlcd"].card_path.read_text()
     if name == "self_reward.yaml":
         cands = store.load_table("self-reward-pairs-candidates@latest")
-        assert cands.num_rows == 4 and {"judgements", "judge_scores", "score"} <= set(cands.column_names)
+        assert cands.num_rows == 6 and {"judgements", "judge_scores", "score"} <= set(cands.column_names)
         assert all(len(j) == 2 for j in cands.column("judgements").to_pylist())
         assert (outputs["self_reward"].path / "scores.png").is_file()
     if name == "bpo.yaml":
