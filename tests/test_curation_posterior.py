@@ -27,7 +27,7 @@ def test_hand_checked_posterior_for_fixed_parameters():
     lp = 1 / (1 + np.exp(-(math.log(4) + ev)))
     assert lp == pytest.approx([0.8, 4 * math.e ** 2 / (1 + 4 * math.e ** 2), 4 * math.e ** -3 / (1 + 4 * math.e ** -3)])
     # By Bayes directly: P(right | s) = a N(s; 1, 1) / (a N(s; 1, 1) + (1 - a) N(s; -1, 1)).
-    n = lambda x, m: math.exp(-(x - m) ** 2 / 2)  # noqa: E731
+    n = lambda x, m: math.exp(-(x - m) ** 2 / 2)
     for x, p in zip(s[:, 0], lp):
         assert p == pytest.approx(alpha * n(x, 1) / (alpha * n(x, 1) + (1 - alpha) * n(x, -1)))
 

@@ -24,7 +24,9 @@ def test_k_heads_cost_one_backbone_pass_and_reruns_hit_the_cache(tiny_model, mon
     t = table(12)
     spec = HeadsVoter(backbone=tiny_model, k=6, folds=3)
     votes = heads_votes(t, spec, seed=0, progress=False)
-    assert len(votes) == 6 and all(v.shape == (12,) for v in votes.values())
+    # Six heads of one family, plus the answer log-prob family from the same forward pass.
+    assert len(votes) == 7 and all(v.shape == (12,) for v in votes.values())
+    assert sum(k.startswith("heads:") for k in votes) == 6 and any(k.startswith("lm:") for k in votes)
     assert sum(calls) == 24  # every text (12 chosen + 12 rejected) embedded exactly once for all 6 heads
     again = heads_votes(t, spec, seed=0, progress=False)
     assert sum(calls) == 24  # rerun: all features from the on-disk cache, no backbone pass
@@ -75,3 +77,15 @@ def test_judge_is_position_swapped_so_the_a_bias_cancels():
                          "chosen": f"no {i}"} for i in range(4)], "pair")
     (_, d2), = judge_votes(swapped, BiasedJudge()).items()
     assert d2 == pytest.approx(-d)
+
+
+def test_corrupt_feature_cache_is_one_line_naming_the_file(tmp_path):
+    from prefdata.errors import PrefdataError
+    from prefdata.rewards.features import FeatureCache
+
+    bad = tmp_path / "features.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(PrefdataError) as e:
+        FeatureCache(bad).get_many(["k"])
+    msg = str(e.value)
+    assert str(bad) in msg and "cache clear" in msg and "\n" not in msg

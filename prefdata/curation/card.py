@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from prefdata.curation.policies import PolicyConfig
+from prefdata.curation.texts import duplicate_pairs
 
 
 def cell(text) -> str:
@@ -91,11 +92,14 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
     reasons = (pl.from_arrow(dropped.select(["drop_reason"])).group_by("drop_reason").len().sort("drop_reason")
                if dropped.num_rows else pl.DataFrame({"drop_reason": [], "len": []}))
     groups = pair_groups(table)
+    dups = duplicate_pairs(table)
     counts = "\n".join([
         "| | pairs |", "|---|---|", f"| input | {n} |", f"| kept | {kept.num_rows} |",
         f"| flipped (this step) | {flipped} |", f"| dropped | {dropped.num_rows} |",
         f"| posterior < 0.5 before policies | {int((post.label_prob < 0.5).sum())} |",
         *[f"| dropped: {cell(r)} | {c} |" for r, c in reasons.iter_rows()],
+        f"| exact duplicate pairs | {dups['exact']} |",
+        f"| swapped duplicates (same two answers, opposite labels) | {dups['swapped']} |",
         f"| cross-fitting groups (pairs sharing a prompt or an answer) | {len(np.unique(groups))} |",
         "", "Every flipped pair carries `flipped = true` (flip it again to undo); dropped pairs are kept, "
         "with `drop_reason`, in the `dropped` side table named in the lineage.",

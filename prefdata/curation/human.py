@@ -18,7 +18,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.curation.noise import auc, flip_mask, length_only
-from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate, match_gold, vote
+from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate, vote
+from prefdata.curation.texts import match_gold
 from prefdata.errors import DataError
 from prefdata.schema import conform
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.curation.card import figures_and_sections
 from prefdata.curation.policies import PolicyConfig, apply
+from prefdata.curation.texts import match_gold
 from prefdata.curation.vote import combine, length_ratio
 from prefdata.rewards.voters import HeadsVoter, JudgeVoter, VoterSpec
 from prefdata.schema import conform
@@ -68,7 +69,7 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
 def answer_lengths(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Characters in the final chosen and rejected answers (vectorised)."""
     df = pl.from_arrow(table.select(["chosen", "rejected"]))
-    ln = lambda c: pl.col(c).list.last().struct.field("content").cast(pl.String).fill_null("").str.len_chars()  # noqa: E731
+    ln = lambda c: pl.col(c).list.last().struct.field("content").cast(pl.String).fill_null("").str.len_chars()
     out = df.select(ln("chosen").alias("c"), ln("rejected").alias("r"))
     return out["c"].to_numpy(), out["r"].to_numpy()
 
@@ -92,24 +93,6 @@ def gold_vector(table: pa.Table, cfg: CleanLabelsConfig) -> np.ndarray | None:
     return None
 
 
-def _texts(table: pa.Table) -> pl.DataFrame:
-    df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
-    j = lambda c: pl.col(c).list.eval(pl.element().struct.field("content").cast(pl.String)).list.join("\x1f")  # noqa: E731
-    return df.select(j("prompt").alias("p"), j("chosen").alias("c"), j("rejected").alias("r"))
-
-
-def match_gold(table: pa.Table, gold: pa.Table) -> np.ndarray:
-    """Per pair of `table`: 1 if `gold` holds the same pair with the same chosen side, 0 if swapped,
-    NaN if absent. Pairs are matched by prompt and the unordered two answers."""
-    key = lambda df: df.with_columns(pl.concat_str([pl.col("p"), pl.min_horizontal("c", "r"),  # noqa: E731
-                                                    pl.max_horizontal("c", "r")], separator="\x1e").alias("k"))
-    t = key(_texts(table)).with_row_index("i")
-    g = key(_texts(gold)).unique("k", keep="first").select("k", pl.col("c").alias("gc"))
-    j = t.join(g, on="k", how="left").sort("i")
-    return j.select(pl.when(pl.col("gc").is_null()).then(None).otherwise((pl.col("gc") == pl.col("c")).cast(pl.Float64))
-                    ).to_series().to_numpy().astype(np.float64)
-
-
 def vote(table: pa.Table, votes: dict[str, np.ndarray], cfg: CleanLabelsConfig, source: str = "clean_labels"):
     """The posterior for every pair of `table` from its voters' scores (see `curation.vote`)."""
     lc, lr = answer_lengths(table)
@@ -126,7 +109,7 @@ def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for
     voter_ids = json.dumps(list(votes))
     pairs = pl.from_arrow(table)
     kept, dropped = apply(pairs, result.frame, cfg.policy)
-    to_table = lambda df: conform(df.with_columns(pl.lit(voter_ids).alias("voters")).to_arrow(), "pair")  # noqa: E731
+    to_table = lambda df: conform(df.with_columns(pl.lit(voter_ids).alias("voters")).to_arrow(), "pair")
     return to_table(kept), to_table(dropped), result
 
 

@@ -24,7 +24,6 @@ Backbones:
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +178,7 @@ class Backbone:
     def _keys(self, items, id_: str) -> list[str]:
         return [hashlib.sha256(f"{id_}\0{c}\0{a}".encode()).hexdigest() for c, a in items]
 
-    def embed(self, texts: list, cache: "FeatureCache | None" = None, progress: bool = True,
+    def embed(self, texts: list, cache: FeatureCache | None = None, progress: bool = True,
               also_layers: tuple[int, ...] = (), with_logprob: bool = False):
         """Vectors for `texts` in order; only texts missing from the cache go through the model.
 
@@ -224,31 +223,39 @@ class Backbone:
 
 
 class FeatureCache:
-    """sha256(text, backbone) -> float32 vector, in SQLite (WAL)."""
+    """sha256(text, backbone) -> float32 vector, in SQLite (WAL), shared safely by several processes."""
 
     def __init__(self, path: str | Path | None = None):
         if path is None:
             from prefdata.store import home
 
             path = home() / "cache" / "features.sqlite"
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS f (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        from prefdata.sqlitedb import connect
+
+        # Shared-safe open (busy timeout, WAL set once with retry); errors are one line naming the file.
+        self.path = Path(path)
+        self.db = connect(self.path, what="feature cache",
+                          schema=("CREATE TABLE IF NOT EXISTS f (key TEXT PRIMARY KEY, vec BLOB NOT NULL)",))
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        from prefdata.sqlitedb import guard
+
         out = {}
         uniq = list(dict.fromkeys(keys))
-        for i in range(0, len(uniq), 500):
-            chunk = uniq[i:i + 500]
-            q = f"SELECT key, vec FROM f WHERE key IN ({','.join('?' * len(chunk))})"
-            out.update({k: np.frombuffer(v, dtype=np.float32) for k, v in self.db.execute(q, chunk)})
+        with guard(self.path, "feature cache"):
+            for i in range(0, len(uniq), 500):
+                chunk = uniq[i:i + 500]
+                q = f"SELECT key, vec FROM f WHERE key IN ({','.join('?' * len(chunk))})"
+                out.update({k: np.frombuffer(v, dtype=np.float32) for k, v in self.db.execute(q, chunk)})
         return out
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?)",
-                            [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
-        self.db.commit()
+        from prefdata.sqlitedb import guard
+
+        with guard(self.path, "feature cache"):
+            self.db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?)",
+                                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
+            self.db.commit()
 
 
 @dataclass
