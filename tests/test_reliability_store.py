@@ -301,3 +301,15 @@ def test_duplicates_are_counted_in_the_card_and_dedup_drops_them(tmp_path, capsy
     table, dropped = store.dedup(store.load_table("ds@v1"))
     assert (table.num_rows, dropped) == (4, 2)
     assert table.column("id").to_pylist()[-1] == "x"
+
+
+def test_commit_redacts_credentials_from_any_caller():
+    from prefdata import store
+    from prefdata.schema import validate
+
+    t = validate([{"prompt": "q", "chosen": "a", "rejected": "b"}], "pair")
+    v = store.commit("redacted", t, command="prefdata datasets import x --url http://user:hunter2@h/v1",
+                     lineage={"engine_config": {"base_url": "http://me:s3cret@127.0.0.1:1/v1",
+                                                "note": "sk-abcdefghijklmnopqrstuvwxyz123456"}})
+    text = (v.path / "manifest.json").read_text()
+    assert "hunter2" not in text and "s3cret" not in text and "sk-abcdefghijklmnop" not in text

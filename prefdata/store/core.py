@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import prefdata
+from prefdata.redact import redact, redact_obj
 from prefdata.errors import PrefdataError, RefError
 
 SCHEMA_VERSION = 2  # 2: manifest.sha256 beside manifest.json
@@ -417,8 +418,9 @@ def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, 
             "duplicates": {s: duplicate_counts(splits[s]) for s in splits},
             "columns": {s: [f"{f.name}: {f.type}" for f in splits[s].schema] for s in splits},
             "parents": list(lineage.get("parents", [])),
-            "lineage": lineage,
-            "command": command,
+            # Whoever commits (pipeline, import, trainers, curation), no credential is kept.
+            "lineage": redact_obj(lineage),
+            "command": redact(command),
             "prefdata_version": prefdata.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
