@@ -197,10 +197,19 @@ def prepare_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="Hub id or path;
 
 
 @app.command("list")
-def list_cmd():
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/CLI_JSON.md)."),
+             wide: bool = typer.Option(False, "--wide", help="On a terminal, lay the table out at full width.")):
     """Models prepared in the prefdata cache."""
+    from prefdata.tables import print_json, print_table
+
     d = models_dir()
+    found = []
     for p in sorted(d.iterdir()) if d.is_dir() else []:
         if (p / INFO_FILE).is_file():
             info = json.loads((p / INFO_FILE).read_text())
-            typer.echo(f"{info.get('hub_id', p.name)}: {p} (from {info.get('source')})")
+            found.append({"name": info.get("hub_id", p.name), "path": str(p), "source": info.get("source"),
+                          "weights_sha256": info.get("weights_sha256")})
+    if as_json:
+        print_json({"schema": "prefdata.models.list/1", "models": found})
+    else:
+        print_table(["name", "path", "source"], [[m["name"], m["path"], m["source"]] for m in found], wide=wide)

@@ -1,43 +1,93 @@
 """Progress for long passes that reaches logs too.
 
 On a terminal: a rich bar with rate and ETA. Off a terminal (nohup, CI, a pipe): one plain line on
-stderr every `every` seconds with rows done, rate and ETA, so a log shows the pass is alive.
+stderr every `every` seconds with rows done, rate and ETA, so a log shows the pass is alive. A pass
+shorter than `every` prints nothing off a terminal; a longer one also prints a closing line.
+
+Bars nest: a bar opened while another is live (a judge voter around the engine's scoring) becomes
+a second row of the same rich display, since rich allows only one live display at a time.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from contextlib import contextmanager
+
+# The rich Progress currently on screen and how many bars share it.
+_LIVE: dict = {"bar": None, "users": 0}
+
+
+def _rich_bar(stream):
+    import rich.progress as rp
+    from rich.console import Console
+    from rich.text import Text
+
+    class Rate(rp.ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f}/s" if task.speed else "-/s")
+
+    return rp.Progress(rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                       rp.TextColumn("{task.fields[unit]}"), Rate(), rp.TextColumn("{task.fields[note]}"),
+                       rp.TimeRemainingColumn(), console=Console(file=stream), transient=True)
+
+
+@contextmanager
+def _on_terminal(label: str, total: int, unit: str, stream):
+    owner = _LIVE["bar"] is None
+    if owner:
+        _LIVE["bar"] = _rich_bar(stream)
+        _LIVE["bar"].start()
+    bar = _LIVE["bar"]
+    _LIVE["users"] += 1
+    task = bar.add_task(label, total=total, unit=unit, note="")
+    try:
+        yield lambda n=1, note=None: bar.update(task, advance=n, **({"note": note} if note is not None else {}))
+    finally:
+        bar.remove_task(task)
+        _LIVE["users"] -= 1
+        if owner:
+            bar.stop()
+            _LIVE["bar"] = None
+
+
+def _fmt_eta(s: float) -> str:
+    if s == float("inf"):
+        return "?"
+    s = round(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 @contextmanager
 def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = False, every: float = 30.0,
                  stream=None):
-    """Yields `advance(n)`. Nothing is shown when disabled or when there is nothing to do."""
+    """Yields `advance(n=1, note=None)`; `note` is a short extra (e.g. "812 tok/s") shown beside the
+    count. Nothing is shown when disabled or when there is nothing to do."""
     stream = stream or sys.stderr
     if disable or total <= 0:
-        yield lambda n=1: None
+        yield lambda n=1, note=None: None
         return
     if getattr(stream, "isatty", lambda: False)():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                      TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda n=1: bar.update(task, advance=n)
+        with _on_terminal(label, total, unit, stream) as advance:
+            yield advance
         return
-    start = last = time.monotonic()
-    done = 0
+    start = time.monotonic()
+    state = {"done": 0, "last": start, "printed": False}
+    lock = threading.Lock()  # the openai engine advances from its request callbacks
 
-    def advance(n: int = 1) -> None:
-        nonlocal done, last
-        done += n
-        now = time.monotonic()
-        if now - last >= every or done >= total:
-            last = now
-            rate = done / max(now - start, 1e-9)
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            print(f"{label}: {done}/{total} {unit} ({rate:.1f}/s, eta {eta:.0f}s)", file=stream, flush=True)
+    def advance(n: int = 1, note: str | None = None) -> None:
+        with lock:
+            state["done"] += n
+            done, now = state["done"], time.monotonic()
+            # Periodic lines only; the closing line only for a pass that already spoke, so a short
+            # pass (or each chunk of a nested one) leaves the log quiet.
+            if now - state["last"] >= every or (done >= total and state["printed"]):
+                state["last"], state["printed"] = now, True
+                rate = done / max(now - start, 1e-9)
+                eta = (total - done) / rate if rate > 0 else float("inf")
+                extra = f", {note}" if note else ""
+                print(f"{label}: {done}/{total} {unit} ({rate:.1f}/s{extra}, eta {_fmt_eta(eta)})",
+                      file=stream, flush=True)
 
     yield advance

@@ -224,17 +224,17 @@ class OpenAIEngine:
             self._loop, self._clients = None, []
 
     def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams, on_batch=None):
-        from rich.progress import Progress
+        from prefdata.progress import progress_bar
 
         self.stats["requests"] += len(items)
         if not items:
             return []
         t0 = time.time()
-        with Progress(disable=not self.cfg.progress, transient=True) as bar:
-            task = bar.add_task(f"requests to {redact(self.base_url)}", total=len(items))
+        with progress_bar(f"requests to {redact(self.base_url)}", len(items), unit="requests",
+                          disable=not self.cfg.progress) as advance:
 
             def done(pos, comps):
-                bar.update(task, advance=len(pos))
+                advance(len(pos))
                 if on_batch is not None:
                     on_batch(pos, comps)
 

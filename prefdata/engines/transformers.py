@@ -92,17 +92,14 @@ class TransformersEngine:
 
     def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams,
                          on_batch=None) -> list[Completion]:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from prefdata.progress import progress_bar
 
         ids = [self._encode(r) for r, _ in items]
         seeds = [row_seed(r, params, s) for r, s in items]
         out: list[Completion | None] = [None] * len(items)
         batches = self._batches([len(x) for x in ids], params.max_tokens)
         t0, produced = time.time(), 0
-        with Progress(TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
-                      TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
-                      disable=not self.cfg.progress, transient=True) as bar:
-            task = bar.add_task("gen", total=len(items), tps="-")
+        with progress_bar("generate", len(items), disable=not self.cfg.progress) as advance:
             for batch in batches:
                 texts, finishes, ntoks, lps = self._decode([ids[i] for i in batch], [seeds[i] for i in batch], params)
                 for j, i in enumerate(batch):
@@ -111,7 +108,7 @@ class TransformersEngine:
                 if on_batch is not None:
                     on_batch(batch, [out[i] for i in batch])
                 produced += sum(ntoks)
-                bar.update(task, advance=len(batch), tps=f"{produced / max(time.time() - t0, 1e-6):.0f}")
+                advance(len(batch), note=f"{produced / max(time.time() - t0, 1e-6):.0f} tok/s")
         self.stats["generated_tokens"] += produced
         self.stats["requests"] += len(items)
         return out  # type: ignore[return-value]
@@ -189,28 +186,36 @@ class TransformersEngine:
     @torch.inference_mode()
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
         """Sum log p(completion tokens | chat prompt), batched by length."""
+        from prefdata.progress import progress_bar
+
         pairs = []
         for r, c in zip(requests, completions):
             p = self._encode(r)
             comp = self.tokenizer(c, add_special_tokens=False)["input_ids"]
             pairs.append((p, comp))
         scores = [0.0] * len(pairs)
-        for batch in self._batches([len(p) + len(c) for p, c in pairs], 0):
-            seqs = [pairs[i][0] + pairs[i][1] for i in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for k, s in enumerate(seqs):
-                ids[k, width - len(s):] = torch.tensor(s)
-                mask[k, width - len(s):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, position_ids=positions)
-                                     .logits.float(), dim=-1)  # (b, t, vocab)
-            for k, i in enumerate(batch):
-                n_comp = len(pairs[i][1])
-                if n_comp == 0:
-                    continue
-                tgt = ids[k, width - n_comp:]  # completion tokens
-                pred = logp[k, width - n_comp - 1: width - 1]  # the positions that predict them
-                scores[i] = float(pred.gather(-1, tgt.unsqueeze(-1)).sum())
+        with progress_bar("score", len(pairs), disable=not self.cfg.progress) as advance:
+            for batch in self._batches([len(p) + len(c) for p, c in pairs], 0):
+                self._score_batch(pairs, batch, scores)
+                advance(len(batch))
         return scores
+
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]], batch: list[int], scores: list[float]) -> None:
+        """Fill scores[i] for the rows of one length-sorted batch."""
+        seqs = [pairs[i][0] + pairs[i][1] for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for k, s in enumerate(seqs):
+            ids[k, width - len(s):] = torch.tensor(s)
+            mask[k, width - len(s):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, position_ids=positions)
+                                 .logits.float(), dim=-1)  # (b, t, vocab)
+        for k, i in enumerate(batch):
+            n_comp = len(pairs[i][1])
+            if n_comp == 0:
+                continue
+            tgt = ids[k, width - n_comp:]  # completion tokens
+            pred = logp[k, width - n_comp - 1: width - 1]  # the positions that predict them
+            scores[i] = float(pred.gather(-1, tgt.unsqueeze(-1)).sum())

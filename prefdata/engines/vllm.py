@@ -154,14 +154,11 @@ class VLLMEngine:
 
     def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams,
                          on_batch=None) -> list[Completion]:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from prefdata.progress import progress_bar
 
         out: list[Completion | None] = [None] * len(items)
         t0, produced = time.time(), 0
-        with Progress(TextColumn("[bold]generate (vllm)"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
-                      TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
-                      disable=not self.cfg.progress, transient=True) as bar:
-            task = bar.add_task("gen", total=len(items), tps="-")
+        with progress_bar("generate (vllm)", len(items), disable=not self.cfg.progress) as advance:
             for start in range(0, len(items), CHUNK):
                 pos = list(range(start, min(start + CHUNK, len(items))))
                 prompts = [{"prompt_token_ids": self._encode(items[i][0])} for i in pos]
@@ -178,13 +175,15 @@ class VLLMEngine:
                     produced += len(o.token_ids)
                 if on_batch is not None:
                     on_batch(pos, [out[i] for i in pos])
-                bar.update(task, advance=len(pos), tps=f"{produced / max(time.time() - t0, 1e-6):.0f}")
+                advance(len(pos), note=f"{produced / max(time.time() - t0, 1e-6):.0f} tok/s")
         self.stats["generated_tokens"] += produced
         self.stats["requests"] += len(items)
         return out  # type: ignore[return-value]
 
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
         """Sum log p(completion tokens | chat prompt) from vLLM's prompt logprobs."""
+        from prefdata.progress import progress_bar
+
         prompts, spans = [], []
         for r, c in zip(requests, completions):
             p = self._encode(r)
@@ -193,9 +192,11 @@ class VLLMEngine:
             spans.append((len(p), len(comp)))
         sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         scores = []
-        for start in range(0, len(prompts), CHUNK):
-            for res, (n_p, n_c) in zip(self.llm.generate(prompts[start:start + CHUNK], sp, use_tqdm=False),
-                                       spans[start:start + CHUNK]):
-                ids, plp = res.prompt_token_ids, res.prompt_logprobs
-                scores.append(float(sum(plp[t][ids[t]].logprob for t in range(n_p, n_p + n_c))))
+        with progress_bar("score (vllm)", len(prompts), disable=not self.cfg.progress) as advance:
+            for start in range(0, len(prompts), CHUNK):
+                for res, (n_p, n_c) in zip(self.llm.generate(prompts[start:start + CHUNK], sp, use_tqdm=False),
+                                           spans[start:start + CHUNK]):
+                    ids, plp = res.prompt_token_ids, res.prompt_logprobs
+                    scores.append(float(sum(plp[t][ids[t]].logprob for t in range(n_p, n_p + n_c))))
+                advance(len(prompts[start:start + CHUNK]))
         return scores

@@ -103,7 +103,9 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
             return [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, table.column(col).to_pylist())]
         return [render(p, c) for p, c in zip(prompts, table.column(col).to_pylist())]
 
-    def rewards(ts):
+    from prefdata.progress import progress_bar
+
+    def rewards(ts, advance):
         out = np.zeros(len(ts))
         order = np.argsort([len(t) for t in ts])
         with torch.inference_mode():
@@ -112,9 +114,12 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
                 enc = tok([ts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
                           return_tensors="pt").to(device)
                 out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
+                advance(len(idx))
         return out
 
-    return {f"rm:{spec.model}": rewards(texts("chosen")) - rewards(texts("rejected"))}
+    with progress_bar(f"reward model {spec.model}", total=2 * table.num_rows, unit="texts",
+                      disable=not progress) as advance:
+        return {f"rm:{spec.model}": rewards(texts("chosen"), advance) - rewards(texts("rejected"), advance)}
 
 
 JUDGE_TEMPLATE_VERSION = "pairwise-logit-judge-1"
@@ -138,7 +143,18 @@ def judge_votes(table: pa.Table, engine, name: str = "judge") -> dict[str, np.nd
         for a, b in ((c, r), (r, c)):
             reqs.append(ChatRequest(messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=conv, a=a, b=b)}],
                                     template_version=JUDGE_TEMPLATE_VERSION))
-    la = np.asarray(engine.score(reqs, ["A"] * len(reqs)))
-    lb = np.asarray(engine.score(reqs, ["B"] * len(reqs)))
+    from prefdata.progress import progress_bar
+
+    # Scored in chunks so the bar moves (Engine.score takes no callback); results are cached per
+    # request, so chunking changes no cache key. Each chunk is whole pairs (both orders).
+    step = 2 * 128
+    la, lb = [], []
+    with progress_bar(f"{name} voter", total=len(reqs) // 2, unit="pairs") as advance:
+        for s in range(0, len(reqs), step):
+            chunk = reqs[s:s + step]
+            la += engine.score(chunk, ["A"] * len(chunk))
+            lb += engine.score(chunk, ["B"] * len(chunk))
+            advance(len(chunk) // 2)
+    la, lb = np.asarray(la), np.asarray(lb)
     logit = (la - lb).reshape(-1, 2)  # (n, 2): [chosen shown as A, chosen shown as B]
     return {f"{name}:{engine.model_id}": 0.5 * (logit[:, 0] - logit[:, 1])}

@@ -6,94 +6,143 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
 
 
 def _warn(msg: str) -> None:
     typer.echo(f"warning: {msg}", err=True)
 
 
-@app.command("list")
-def list_cmd(name: str = typer.Argument(None, help="Only this dataset's versions.")):
-    """Every committed version, oldest first; a corrupt one is marked and the listing goes on."""
-    from prefdata.store import Corrupt, scan
+_JSON = typer.Option(False, "--json", help="Print one JSON document (schema in docs/CLI_JSON.md).")
+_WIDE = typer.Option(False, "--wide", help="On a terminal, lay the table out at full width (no folding).")
+# Each --json document names its schema; the number changes only when a key is removed or retyped.
+SCHEMA = "prefdata.datasets.{}/1"
 
-    t = Table("ref", "kind", "rows", "content hash", "created", "parents")
-    for v in scan(name):
-        if isinstance(v, Corrupt):
-            _warn(f"{v.ref} is corrupt: {v.reason}")
-            t.add_row(v.ref, "CORRUPT", "-", "-", "-", "-")
-            continue
-        rows = sum(s["rows"] for s in v.manifest["splits"].values())
-        t.add_row(v.ref, v.manifest["kind"], str(rows), v.sha[:12], v.manifest["created"],
-                  ", ".join(str(p) for p in v.manifest.get("parents") or []))
-    console.print(t)
+
+def _version_json(v) -> dict:
+    from prefdata.store import Corrupt
+
+    if isinstance(v, Corrupt):
+        return {"ref": v.ref, "name": v.name, "version": v.version, "corrupt": True, "reason": v.reason,
+                "kind": None, "rows": None, "splits": {}, "content_hash": None, "created": None, "parents": [],
+                "path": str(v.path)}
+    m = v.manifest
+    splits = {s: info["rows"] for s, info in m["splits"].items()}
+    return {"ref": v.ref, "name": v.name, "version": v.version, "corrupt": False, "reason": None,
+            "kind": m["kind"], "rows": sum(splits.values()), "splits": splits, "content_hash": v.sha,
+            "created": m["created"], "parents": [str(p) for p in m.get("parents") or []], "path": str(v.path)}
+
+
+@app.command("list")
+def list_cmd(name: str = typer.Argument(None, help="Only this dataset's versions."),
+             as_json: bool = _JSON, wide: bool = _WIDE):
+    """Every committed version, oldest first; a corrupt one is marked and the listing goes on."""
+    from prefdata.store import scan
+    from prefdata.tables import print_json, print_table
+
+    entries = [_version_json(v) for v in scan(name)]
+    for e in entries:
+        if e["corrupt"]:
+            _warn(f"{e['ref']} is corrupt: {e['reason']}")
+    if as_json:
+        print_json({"schema": SCHEMA.format("list"), "versions": entries})
+        return
+    print_table(["ref", "kind", "rows", "content hash", "created", "parents"],
+                [[e["ref"], "CORRUPT", "-", "-", "-", "-"] if e["corrupt"] else
+                 [e["ref"], e["kind"], e["rows"], e["content_hash"][:12], e["created"], ", ".join(e["parents"])]
+                 for e in entries], wide=wide)
 
 
 _NO_VERIFY = typer.Option(False, "--no-verify", help="Skip recomputing checksums (large versions).")
 
 
 @app.command("show")
-def show_cmd(ref: str, no_verify: bool = _NO_VERIFY):
+def show_cmd(ref: str, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
     """A version's manifest summary and card path, its checksums verified first."""
     from prefdata.store import resolve, verify
+    from prefdata.tables import print_json
 
     v = resolve(ref)
     if not no_verify:
         verify(v)
     m = v.manifest
-    console.print(f"[bold]{v.ref}[/]  sha:{v.sha[:16]}  kind={m['kind']}", markup=True)
-    for s, info in m["splits"].items():
-        console.print(f"  {s}: {info['rows']} rows")
     dups = m.get("duplicates") or {}
-    if any(d.get("ids") or d.get("rows") for d in dups.values()):
-        console.print(f"  duplicates: {sum(d.get('ids', 0) for d in dups.values())} ids, "
-                      f"{sum(d.get('rows', 0) for d in dups.values())} rows")
-    console.print(f"  parents: {', '.join(str(p) for p in m.get('parents') or []) or '(none)'}", markup=False)
+    dup_ids, dup_rows = sum(d.get("ids", 0) for d in dups.values()), sum(d.get("rows", 0) for d in dups.values())
+    parents = [str(p) for p in m.get("parents") or []]
     lin = m.get("lineage") or {}
+    if as_json:
+        doc = _version_json(v)
+        doc.update(schema=SCHEMA.format("show"), duplicates={"ids": dup_ids, "rows": dup_rows},
+                   lineage=lin, command=m.get("command"), card=str(v.card_path), files=len(m["files"]),
+                   verified=not no_verify)
+        print_json(dict(sorted(doc.items())))
+        return
+    # Plain echo, not rich: rich would break a long path at the console width, and paths get copied.
+    out = typer.echo
+    out(f"{v.ref}  sha:{v.sha[:16]}  kind={m['kind']}")
+    for s, info in m["splits"].items():
+        out(f"  {s}: {info['rows']} rows")
+    if dup_ids or dup_rows:
+        out(f"  duplicates: {dup_ids} ids, {dup_rows} rows")
+    out(f"  parents: {', '.join(parents) or '(none)'}")
     for k in ("engine", "model", "templates", "seeds"):
         if lin.get(k):
-            console.print(f"  {k}: {json.dumps(lin[k]) if isinstance(lin[k], dict) else lin[k]}", markup=False)
+            out(f"  {k}: {json.dumps(lin[k]) if isinstance(lin[k], dict) else lin[k]}")
     if m.get("command"):
-        console.print(f"  command: {m['command']}", markup=False)
-    console.print(f"  path: {v.path}", markup=False)
-    console.print(f"  card: {v.card_path}", markup=False)
-    console.print("  checksums: not verified (--no-verify)" if no_verify
-                  else f"  checksums: verified ({len(m['files'])} files, row counts match)")
+        out(f"  command: {m['command']}")
+    out(f"  path: {v.path}")
+    out(f"  card: {v.card_path}")
+    out("  checksums: not verified (--no-verify)" if no_verify
+        else f"  checksums: verified ({len(m['files'])} files, row counts match)")
 
 
 @app.command("log")
-def log_cmd(ref: str, no_verify: bool = _NO_VERIFY):
+def log_cmd(ref: str, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
     """Ancestry down to the prompt sets, each version's checksums verified."""
     from prefdata.errors import PrefdataError
     from prefdata.store import Corrupt, CorruptVersion, log, verify
+    from prefdata.tables import print_json
 
-    bad = []
+    bad, nodes = [], []
     for depth, node in log(ref):
-        pad = "  " * depth
-        if isinstance(node, str):
-            console.print(f"{pad}└ {node}", markup=False)
+        if isinstance(node, str):  # a file path or a built-in prompt set, outside the store
+            nodes.append({"depth": depth, "ref": node, "type": "external", "status": None, "content_hash": None,
+                          "uses": None, "created": None})
             continue
         if isinstance(node, Corrupt):
             bad.append(node.ref)
-            console.print(f"{pad}└ {node.ref} CORRUPT: {node.reason}", markup=False)
+            nodes.append({"depth": depth, "ref": node.ref, "type": "version", "status": "corrupt",
+                          "reason": node.reason, "content_hash": None, "uses": None, "created": None})
             continue
-        status = "not verified"
+        status, reason = "not verified", None
         if not no_verify:
             try:
                 verify(node)
                 status = "verified"
             except CorruptVersion as e:
                 bad.append(node.ref)
-                status = f"CORRUPT: {e.reason}"
+                status, reason = "corrupt", e.reason
         step = (node.manifest.get("lineage") or {}).get("step") or {}
         uses = step.get("uses", "") if isinstance(step, dict) else ""
-        console.print(f"{pad}└ {node.ref} sha:{node.sha[:12]} {uses} {node.manifest['created']} [{status}]",
-                      markup=False)
+        nodes.append({"depth": depth, "ref": node.ref, "type": "version", "status": status, "reason": reason,
+                      "content_hash": node.sha, "uses": uses, "created": node.manifest["created"]})
+    for n in nodes:
+        n.setdefault("reason", None)
+    if as_json:
+        # The document is printed even when an ancestor is corrupt (status says which); the exit
+        # code still says so, as in the text form.
+        print_json({"schema": SCHEMA.format("log"), "ref": ref, "nodes": nodes})
+    else:
+        for n in nodes:
+            pad = "  " * n["depth"]
+            if n["type"] == "external":
+                typer.echo(f"{pad}└ {n['ref']}")
+            elif n["content_hash"] is None:
+                typer.echo(f"{pad}└ {n['ref']} CORRUPT: {n['reason']}")
+            else:
+                status = f"CORRUPT: {n['reason']}" if n["status"] == "corrupt" else n["status"]
+                typer.echo(f"{pad}└ {n['ref']} sha:{n['content_hash'][:12]} {n['uses']} {n['created']} [{status}]")
     if bad:
         raise PrefdataError(f"corrupt in the ancestry of {ref}: {', '.join(dict.fromkeys(bad))}")
 
@@ -131,18 +180,28 @@ def verify_cmd(ref: str = typer.Argument(None, help="A version ref, or with --al
         raise PrefdataError(f"{len(bad)} of {len(entries)} versions corrupt: {', '.join(bad)}")
 
 
+_DIFF_LISTS = ("columns_added", "columns_removed", "columns_retyped", "columns_changed_on_shared_rows",
+               "lineage_changed")
+
+
 @app.command("diff")
-def diff_cmd(a: str, b: str, split: str = "train"):
+def diff_cmd(a: str, b: str, split: str = "train", as_json: bool = _JSON):
     """Rows added/removed (by id), schema and lineage differences."""
     from prefdata.store import diff
+    from prefdata.tables import print_json
 
     d = diff(a, b, split)
-    console.print(f"{d['a']} → {d['b']}: rows {d['rows'][d['a']]} → {d['rows'][d['b']]}")
-    console.print(f"  added: {len(d['added_ids'])}  removed: {len(d['removed_ids'])}")
-    for k in ("columns_added", "columns_removed", "columns_retyped", "columns_changed_on_shared_rows",
-              "lineage_changed"):
+    if as_json:
+        print_json({"schema": SCHEMA.format("diff"), "a": d["a"], "b": d["b"], "split": split,
+                    "rows": {"a": d["rows"][d["a"]], "b": d["rows"][d["b"]]},
+                    "added_ids": sorted(d["added_ids"]), "removed_ids": sorted(d["removed_ids"]),
+                    **{k: list(d[k]) for k in _DIFF_LISTS}})
+        return
+    typer.echo(f"{d['a']} → {d['b']}: rows {d['rows'][d['a']]} → {d['rows'][d['b']]}")
+    typer.echo(f"  added: {len(d['added_ids'])}  removed: {len(d['removed_ids'])}")
+    for k in _DIFF_LISTS:
         if d[k]:
-            console.print(f"  {k.replace('_', ' ')}: {', '.join(d[k])}")
+            typer.echo(f"  {k.replace('_', ' ')}: {', '.join(d[k])}")
 
 
 @app.command("export")
@@ -155,7 +214,7 @@ def export_cmd(ref: str,
     from prefdata.store import export
 
     path = export(ref, out, format, split)
-    console.print(f"wrote {path}")
+    typer.echo(f"wrote {path}")
 
 
 @app.command("import")
