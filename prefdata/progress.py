@@ -19,6 +19,10 @@ from contextlib import contextmanager
 _LIVE: dict = {"bar": None, "users": 0}
 
 
+def _isatty(stream) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def _rich_bar(stream):
     import rich.progress as rp
     from rich.console import Console
@@ -30,7 +34,10 @@ def _rich_bar(stream):
 
     return rp.Progress(rp.TextColumn("[bold]{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                        rp.TextColumn("{task.fields[unit]}"), Rate(), rp.TextColumn("{task.fields[note]}"),
-                       rp.TimeRemainingColumn(), console=Console(file=stream), transient=True)
+                       rp.TimeRemainingColumn(), console=Console(file=stream), transient=True,
+                       # Output meant for stdout must stay there when stdout is a pipe and only stderr
+                       # shows the bar; rich would otherwise route it through the bar's console.
+                       redirect_stdout=_isatty(sys.stdout))
 
 
 @contextmanager
@@ -68,7 +75,7 @@ def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = 
     if disable or total <= 0:
         yield lambda n=1, note=None: None
         return
-    if getattr(stream, "isatty", lambda: False)():
+    if _isatty(stream):
         with _on_terminal(label, total, unit, stream) as advance:
             yield advance
         return
