@@ -207,3 +207,20 @@ def test_judge_voter_reports_progress_off_a_terminal(monkeypatch, capsys):
     judge_votes(pairs(3), Judge())
     err = capsys.readouterr().err
     assert re.search(r"^judge voter: 3/3 pairs", err, re.MULTILINE)
+
+
+def test_engine_generation_and_scoring_report_progress_off_a_terminal(tiny_model, monkeypatch, capsys):
+    from prefdata import progress
+    from prefdata.engines import ChatRequest, EngineConfig, SamplingParams
+    from prefdata.engines.transformers import TransformersEngine
+
+    eng = TransformersEngine(EngineConfig(model=tiny_model, max_batch_size=2))
+    monkeypatch.setattr(progress.time, "monotonic", iter(float(t) for t in range(0, 10_000, 100)).__next__)
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"hi {i}"}]) for i in range(3)]
+    eng.generate_samples([(r, 0) for r in reqs], SamplingParams(max_tokens=2, temperature=0.0))
+    eng.score(reqs, ["a", "b", "c"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("generate", "score"))]
+    # Two batches of at most 2 rows each: a line after each, the last one at the total.
+    assert [ln.split(" (")[0] for ln in err] == ["generate: 2/3 rows", "generate: 3/3 rows",
+                                                  "score: 2/3 rows", "score: 3/3 rows"]
+    assert "tok/s" in err[0]
