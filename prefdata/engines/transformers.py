@@ -124,7 +124,7 @@ class TransformersEngine:
             mask[k, width - len(p):] = 1
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         generated: list[list[int]] = [[] for _ in range(b)]
-        logprob = [0.0] * b
+        token_lp: list[list[float]] = [[] for _ in range(b)]  # per token, so a stop cut can drop the tail's
         done = [False] * b
         finish = ["length"] * b
         texts = [""] * b
@@ -145,7 +145,7 @@ class TransformersEngine:
                     done[k], finish[k] = True, "stop"
                     continue
                 generated[k].append(tok)
-                logprob[k] += float(logp[k, tok])
+                token_lp[k].append(float(logp[k, tok]))
                 if params.stop:
                     # Decode the tail only: a stop string can't start earlier than ~its length back.
                     tail = self.tokenizer.decode(generated[k][-16:], skip_special_tokens=True)
@@ -156,13 +156,25 @@ class TransformersEngine:
             cur_ids = nxt.view(b, 1)
             mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
+        kept = [len(g) for g in generated]
         for k in range(b):
             full = self.tokenizer.decode(generated[k], skip_special_tokens=True)
             hit = min((full.find(s) for s in params.stop if s in full), default=-1)
             if hit >= 0:
                 full, finish[k] = full[:hit], "stop"
+                kept[k] = self._tokens_covering(generated[k], hit)
             texts[k] = full
-        return texts, finish, [len(g) for g in generated], logprob
+        # num_tokens and logprob describe the returned text: the stop string and what followed it
+        # were generated but cut, so they must not count (a judge's logprob would mix in the tail).
+        return texts, finish, kept, [sum(lp[:n]) for lp, n in zip(token_lp, kept)]
+
+    def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
+        """The fewest leading tokens whose text spans the first n_chars characters (a token that
+        straddles the cut counts: part of it is in the text)."""
+        for m in range(len(tokens) + 1):
+            if len(self.tokenizer.decode(tokens[:m], skip_special_tokens=True)) >= n_chars:
+                return m
+        return len(tokens)
 
     @staticmethod
     def _sample(logits: torch.Tensor, gens: list[torch.Generator], params: SamplingParams, done: list[bool]):
