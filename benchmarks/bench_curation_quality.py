@@ -69,7 +69,24 @@ def methods(table, votes, cfg):
     }, post
 
 
-def injected(table, cfg, seed: int, inject: float = 0.2, test_fraction: float = 0.3, rounds: int = 1000):
+def finetuned_downstream(noisy, test, flipped, flips, lp, seed: int, subset: int, steps: int) -> dict:
+    """The fine-tuned variant: one LoRA reward model (embedded SmolLM2) per training set variant, the
+    same `subset` of train pairs each time, pairwise accuracy on the held-out pairs."""
+    import pyarrow as pa
+
+    from prefdata.curation.noise import swap
+    from prefdata.rewards.finetuned import FinetunedRMVoter, finetuned_heldout_accuracy
+
+    spec = FinetunedRMVoter(subset=subset, max_steps=steps, batch_size=8, max_length=384, seed=seed)
+    cleaned = swap(noisy, flips)
+    soft = cleaned.drop([c for c in ("label_prob",) if c in cleaned.column_names]).append_column(
+        "label_prob", pa.array(np.where(flips, 1 - lp, lp)))
+    sets = {"noisy": noisy, "cleaned: posterior": cleaned, "soft: posterior": soft, "oracle": swap(noisy, flipped)}
+    return {k: round(finetuned_heldout_accuracy(t, test, spec, seed=seed), 4) for k, t in sets.items()}
+
+
+def injected(table, cfg, seed: int, inject: float = 0.2, test_fraction: float = 0.3, rounds: int = 1000,
+             finetuned: int = 0, finetuned_steps: int = 40):
     from prefdata.curation.noise import auc, bootstrap_diff, swap
     from prefdata.curation.step import collect_votes
     from prefdata.rewards.features import Backbone, FeatureCache, pair_features
@@ -114,6 +131,10 @@ def injected(table, cfg, seed: int, inject: float = 0.2, test_fraction: float = 
     out["rm_diff_vs_noisy_90ci"] = bootstrap_diff(correct, "noisy", rounds, seed)
     out["estimated_noise"] = round(post.posterior.noise_rate, 4)
     out["families"] = post.summary()["families"]
+    if finetuned:
+        _, flips, lp = ms["posterior"]
+        out["finetuned_rm_accuracy"] = finetuned_downstream(noisy, test, flipped, flips, lp, seed, finetuned,
+                                                            finetuned_steps)
     return out
 
 
@@ -141,6 +162,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sets", nargs="+", default=["hh", "pandalm"])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--finetuned", type=int, default=0, help="Also train LoRA reward models on this many train "
+                    "pairs per variant (0: off; slow on CPU).")
+    ap.add_argument("--finetuned-steps", type=int, default=40)
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"skipped: {DATA} is absent (the shared dev sets)")
@@ -161,7 +185,8 @@ def main() -> None:
     for name in args.sets:
         for seed in args.seeds:
             t0 = time.time()
-            r = {"injected": injected(tables[name], cfg, seed)}
+            r = {"injected": injected(tables[name], cfg, seed, finetuned=args.finetuned,
+                                      finetuned_steps=args.finetuned_steps)}
             if name == "pandalm":
                 r["agreement"] = agreement(tables[name], cfg, seed)
             r["seconds"] = round(time.time() - t0, 1)
