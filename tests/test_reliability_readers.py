@@ -1,6 +1,6 @@
 """Readers under hostile input: every bad file is one `error:` line naming file, row and field, exit 1,
 never a traceback; the small layout fixes (BOM, content type, CSV lines, HH markers); and a
-property-based fuzz of the readers and the schema. See docs/RELIABILITY-readers-trainers.md."""
+property-based fuzz of the readers and the schema. See docs/RELIABILITY.md."""
 
 from __future__ import annotations
 

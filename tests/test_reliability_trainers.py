@@ -1,7 +1,7 @@
 """Trainers under bad numbers: non-finite or out-of-range per-row values are refused before a step,
 naming row and field; a non-finite loss or gradient stops training with exit 1, a card that says it
 failed and no weights; KTO reads the per-row `weight`. All through `prefdata train` in-process, on the
-tiny random model. See docs/RELIABILITY-readers-trainers.md."""
+tiny random model. See docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
