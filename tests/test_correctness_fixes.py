@@ -32,3 +32,28 @@ def test_stop_string_logprob_and_num_tokens_count_only_the_kept_text(tiny_model)
     # The counted tokens are exactly those that make the text, and the log-prob is theirs.
     assert texts[cut.num_tokens] == cut.text or len(texts[cut.num_tokens]) >= len(cut.text)
     assert cut.logprob == pytest.approx(prefixes[cut.num_tokens - 1].logprob, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- judge parsing
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Winner: a tie", "tie"), ("Winner: A tie.", "tie"), ("Winner: it's a tie", "tie"), ("Winner: draw", "tie"),
+    ("Winner: neither", "tie"), ("Winner: A and B", None), ("Winner: A/B", None), ("Winner: Assistant B", "b"),
+    ("Winner: A", "a"), ("Winner: a, it is clearer", "a"), ("**Winner:** B.", "b"),
+])
+def test_winner_edge_cases(text, want):
+    from prefdata.judges.pairwise import parse_winner
+
+    assert parse_winner(text) == want
+
+
+@pytest.mark.parametrize("cont,want", [("3-4", None), ("3 - 4", None), ("3\u20134", None), ("3 to 4", None),
+                                       ("3 or 4", None), ("3/4", None), ("4/5", 4.0), ("3-star answer", 3.0),
+                                       ("4 out of 5", 4.0)])
+def test_score_ranges_are_not_scores(cont, want):
+    from prefdata.judges.pointwise import parse_score, parse_score_first
+
+    assert parse_score_first(cont) == want
+    assert parse_score(f"Score: {cont}") in (want, None)  # the line form is stricter still
+    assert parse_score("Score: 3-4") is None

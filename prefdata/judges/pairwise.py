@@ -23,13 +23,19 @@ from prefdata.prompts.pairwise import TEMPLATE_VERSION
 
 __all__ = ["TEMPLATE_VERSION", "PairwiseJudge", "combine_orders", "parse_winner"]
 
-_WINNER = re.compile(r"winner\s*[:=]\s*\**\s*(a|b|tie)\b", re.IGNORECASE)
+# The tie words come first: in "Winner: a tie" the article must not be read as answer A. A verdict
+# naming both ("A and B", "A/B") is no verdict.
+_WINNER = re.compile(r"winner\s*[:=]\s*\**\s*(?:it\s*'?s\s+|it\s+is\s+)?"
+                     r"(?:(an?\s+tie|tie|a\s+draw|draw|neither)|(?:(?:assistant|response|answer|output)\s+)?(a|b))\b"
+                     r"(?!\s*(?:and|&|/|or)\s*(?:(?:assistant|response|answer|output)\s+)?[ab]\b)", re.IGNORECASE)
 
 
 def parse_winner(text: str) -> str | None:
     """'a', 'b' or 'tie' from the last "Winner: …" in the text, or None."""
-    hits = _WINNER.findall(text or "")
-    return hits[-1].lower() if hits else None
+    hits = list(_WINNER.finditer(text or ""))
+    if not hits:
+        return None
+    return "tie" if hits[-1].group(1) else hits[-1].group(2).lower()
 
 
 def combine_orders(first: str | None, second: str | None) -> float | None:

@@ -31,7 +31,9 @@ __all__ = [
 _SCORE = re.compile(r"^\W*score\s*[:=]\s*\**\s*([0-5](?:\.\d+)?)\s*(?:/\s*5)?\s*\**\s*\.?\s*$",
                     re.IGNORECASE | re.MULTILINE)
 # After a forced "Score: " prefix: the number must come first ("4", "4/5", "4 out of 5", "2.5").
-_LEADING = re.compile(r"^\s*\**\s*([0-5](?:\.\d+)?)\b(?!\.\d)(?:\s*/\s*5)?")
+# A range ("3-4", "3 to 4") or another scale ("3/4") is no score: taking its first number would guess.
+_LEADING = re.compile(r"^\s*\**\s*([0-5](?:\.\d+)?)\b(?!\.\d)(?!\s*(?:[-\u2013\u2014~]|to\b|or\b)\s*\d)"
+                      r"(?:\s*/\s*5)?(?!\s*/)")
 
 
 def parse_score(text: str) -> float | None:
