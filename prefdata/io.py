@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from prefdata.errors import DataError, PrefdataError
 from prefdata.schema import RowError, validate
+from prefdata.writers import write  # noqa: F401  (io.write, kept where callers expect it)
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
@@ -349,36 +350,3 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
     if table.num_rows == 0:
         raise DataError("no valid rows", file=label)
     return table
-
-
-def write(table: pa.Table, path: str | Path) -> Path:
-    """Write by extension (.jsonl, .parquet, .csv); atomic, so a crash leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, tmp)
-        elif name.endswith(".jsonl"):
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in table.to_pylist():
-                    f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-        elif name.endswith(".csv"):
-            import polars as pl
-
-            df = pl.from_arrow(table)
-            nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct))]
-            df = df.with_columns([pl.Series(c, [None if v is None else json.dumps(v, ensure_ascii=False)
-                                                for v in df[c].to_list()], dtype=pl.String)
-                                  for c in nested])
-            df.write_csv(tmp)
-        else:
-            raise PrefdataError(f"{path}: unknown output type (use .jsonl, .parquet or .csv)")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

@@ -19,59 +19,27 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import typer
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prefdata
-from prefdata import step_health
-from prefdata import interrupts
+from prefdata import artifacts, interrupts, step_health
+from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_yaml  # noqa: F401  (re-exports)
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.redact import redact, redact_obj
 from prefdata.step_health import Counts, Tally
+from prefdata.steps import StepResult, StepType, register_step  # noqa: F401  (re-exported for step authors)
 
-# ----------------------------------------------------------------------------- step registry
+_fmt_validation = fmt_validation
 
+def step_types() -> dict[str, StepType]:
+    """Every declared step type (loading the built-in ones on first call)."""
+    from prefdata.catalog import step_types as builtin
 
-@dataclass
-class StepResult:
-    tables: dict[str, pa.Table]
-    kind: str = "pair"
-    card_sections: list[tuple[str, str]] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-    lineage: dict = field(default_factory=dict)  # templates, seeds, anything a step wants recorded
-    report: dict = field(default_factory=dict)  # counts and drop reasons, shown in the run summary
-    side_tables: dict[str, tuple[str, pa.Table]] = field(default_factory=dict)  # name -> (kind, table)
-
-
-StepFn = Callable[[Any, pa.Table, "StepContext"], StepResult]
-_STEPS: dict[str, tuple[type[BaseModel], StepFn]] = {}
-# Modules that register step types when imported; optional ones may not exist yet.
-_STEP_MODULES = ("prefdata.generators.rlcd", "prefdata.generators.conditional",
-                 "prefdata.generators.self_reward", "prefdata.generators.bpo",
-                 "prefdata.curation.step")
-
-
-def register_step(type_name: str, config_model: type[BaseModel], fn: StepFn) -> None:
-    _STEPS[type_name] = (config_model, fn)
-
-
-def step_types() -> dict[str, tuple[type[BaseModel], StepFn]]:
-    import importlib
-
-    for mod in _STEP_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and mod.startswith(e.name):
-                continue
-            raise
-        if hasattr(m, "register"):
-            m.register()
-    return _STEPS
+    return builtin()
 
 
 # ----------------------------------------------------------------------------- spec
@@ -82,7 +50,8 @@ class StepSpec(BaseModel):
     name: str = Field(description="Unique step name, used by `--set steps.<name>.…` and `step:<name>` inputs.")
     uses: str = Field(description="Registered step type, e.g. rlcd, conditional, self_reward, bpo, clean_labels.")
     input: str = Field(description="A file, a store ref (name@v1), `builtin:<prompt set>` or `step:<earlier step>`.")
-    output: str = Field(description="Store dataset name the result is committed under.")
+    output: str = Field(description="Store dataset name the result is committed under (train/eval steps: the "
+                                    "name of their model or report folder).")
     limit: int | None = Field(None, ge=1, description="Use only the first N input rows (smoke runs).")
     engine: dict | None = Field(None, description="Engine overrides for this step (merged over the pipeline's).")
     config: dict = Field(default_factory=dict, description="The step type's own config; keys are checked.")
@@ -90,6 +59,17 @@ class StepSpec(BaseModel):
                                     "the step may commit with (recorded in lineage and the card); above it the run "
                                     "fails and a rerun retries the failures.")
     dedup: bool = Field(False, description="Drop rows that repeat an earlier row's id or content before commit.")
+
+
+class RepeatSpec(BaseModel):
+    """`repeat: {times: T, carry: {model: step:dpo}}`: run the step list T times. After iteration t,
+    each carry key is set to what the named step produced in t, for iteration t+1. A key is a `--set`
+    path (`engine.model`, `steps.gen.engine.model`); `model` is short for `engine.model`."""
+
+    model_config = ConfigDict(extra="forbid")
+    times: int = Field(ge=1, le=100, description="Iterations; outputs are committed as <output>-iter<t>.")
+    carry: dict[str, str] = Field(default_factory=dict, description="key -> step:<a model step>, "
+                                  "e.g. {model: step:dpo} makes M_{t+1} the engine model of iteration t+1.")
 
 
 class PipelineSpec(BaseModel):
@@ -100,6 +80,7 @@ class PipelineSpec(BaseModel):
     engine: dict = Field(default_factory=dict, description="EngineConfig fields shared by every step.")
     on_error: str = Field("raise", pattern="^(raise|quarantine)$",
                           description="Bad input rows: fail (raise) or set them aside with a reason.")
+    repeat: RepeatSpec | None = Field(None, description="Run the steps T times, carrying models between iterations.")
     steps: list[StepSpec] = Field(min_length=1, description="At least one step.")
 
 
@@ -115,6 +96,8 @@ class StepContext:
     counts: Counts = field(default_factory=Counts)
     warnings: list[str] = field(default_factory=list)
     _warned: set = field(default_factory=set)
+    input_ref: str | None = None  # the input's lineage name (store ref, file path, builtin:<set>)
+    artifact_dir: Path | None = None  # train/eval steps write here
 
     def engine_config(self, override: dict | None = None):
         from prefdata.engines import EngineConfig
@@ -149,81 +132,6 @@ class StepContext:
         return Tally(self._engines[key], self.counts)
 
 
-def _fmt_validation(source: str, where: str, err: ValidationError, step_names: list | None = None) -> str:
-    parts = []
-    for e in err.errors():
-        where_loc = list(e["loc"])
-        # `steps.3.nope` means nothing to a user who wrote `--set steps.rlcd.nope=1`: use the name.
-        if step_names and len(where_loc) > 1 and where_loc[0] == "steps" and isinstance(where_loc[1], int) \
-                and where_loc[1] < len(step_names) and isinstance(step_names[where_loc[1]], str):
-            where_loc[1] = step_names[where_loc[1]]
-        loc = ".".join(str(x) for x in (where, *where_loc) if x != "")
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        else:
-            parts.append(f"'{loc}': {e['msg']}")
-    return f"{source}: " + "; ".join(parts)
-
-
-def _parse_value(key: str, text: str) -> Any:
-    # YAML scalars give the natural types: 3 -> int, 0.5 -> float, true -> bool, [a, b] -> list.
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"--set {key}: cannot parse the value '{text}' as YAML ({problem}); "
-                          "quote it to pass a string") from None
-
-
-def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
-    """`--set a.b.c=v`; inside `steps`, a step is addressed by its name (`steps.rlcd.config.x=1`)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        parts = key.split(".")
-        if not all(parts):
-            raise ConfigError(f"--set {key}: empty key part (expected e.g. steps.<name>.config.x=1)")
-        node: Any = raw
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
-                if not match:
-                    names = [s.get("name") for s in node if isinstance(s, dict)]
-                    raise ConfigError(f"{source}: --set {key}: no step named '{part}' (steps: {names})")
-                node = match[0]
-            elif isinstance(node, dict):
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-            else:
-                # e.g. `--set name.x=1`: `name` holds a string, there is nothing inside it to set.
-                at = ".".join(parts[:i])
-                raise ConfigError(f"{source}: --set {key}: '{at}' is a {type(node).__name__}, not a mapping")
-        if isinstance(node, list):
-            raise ConfigError(f"{source}: --set {key}: address a step by name, e.g. steps.<name>.config.x")
-        if not isinstance(node, dict):
-            at = ".".join(parts[:-1])
-            raise ConfigError(f"{source}: --set {key}: '{at}' is a {type(node).__name__}, not a mapping")
-        node[parts[-1]] = _parse_value(key, value)
-    return raw
-
-
-def read_yaml(path: Path) -> Any:
-    """A pipeline file's YAML, or one ConfigError line (missing, unreadable, not UTF-8, bad syntax)."""
-    if not path.is_file():
-        raise PrefdataError(f"pipeline file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-
-
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineSpec:
     path = Path(path)
     raw = read_yaml(path)
@@ -251,16 +159,53 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
         EngineConfig(**spec.engine)
     except ValidationError as e:
         raise ConfigError(_fmt_validation(str(path), "engine", e)) from None
+    models: set[str] = set()  # model steps seen so far: what `step:<name>` may name in an engine/config
     for s in spec.steps:
         if s.uses not in types:
             raise ConfigError(f"{path}: steps.{s.name}.uses: unknown step type '{s.uses}' "
                               f"(known: {', '.join(sorted(types))})")
-        cfg_model = types[s.uses][0]
+        cfg_model = types[s.uses].config
         try:
             cfg_model.model_validate(s.config)
         except ValidationError as e:
             raise ConfigError(_fmt_validation(str(path), f"steps.{s.name}.config", e)) from None
+        for where, ref in step_refs({"engine": s.engine or {}, "config": s.config}):
+            if ref not in models:
+                raise ConfigError(f"{path}: steps.{s.name}.{where}: 'step:{ref}' names no earlier train step "
+                                  f"(train steps before it: {sorted(models) or 'none'})")
+        if types[s.uses].output == "model":
+            models.add(s.name)
+    for where, ref in step_refs({"engine": spec.engine}):
+        raise ConfigError(f"{path}: {where}: 'step:{ref}' in the pipeline engine; name a model step in a "
+                          "step's engine, or carry it with repeat")
+    if spec.repeat is not None:
+        for key, ref in spec.repeat.carry.items():
+            if not (ref.startswith("step:") and ref[5:] in models):
+                raise ConfigError(f"{path}: repeat.carry.{key}: expected step:<a train step>, got '{ref}' "
+                                  f"(train steps: {sorted(models) or 'none'})")
     return spec
+
+
+def step_refs(node: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every `step:<name>` string inside engine/config blocks, with its dotted location."""
+    if isinstance(node, str):
+        return [(where, node[5:])] if node.startswith("step:") else []
+    if isinstance(node, dict):
+        return [r for k, v in node.items() for r in step_refs(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(node, list):
+        return [r for i, v in enumerate(node) for r in step_refs(v, f"{where}.{i}")]
+    return []
+
+
+def resolve_refs(node: Any, models: dict[str, str]) -> Any:
+    """The same structure with each `step:<model step>` replaced by that model's checkpoint folder."""
+    if isinstance(node, str):
+        return models[node[5:]] if node.startswith("step:") and node[5:] in models else node
+    if isinstance(node, dict):
+        return {k: resolve_refs(v, models) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_refs(v, models) for v in node]
+    return node
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -277,6 +222,9 @@ def read_input(source: str, step_outputs: dict[str, Any], on_error: str, quarant
         if name not in step_outputs:
             raise ConfigError(f"input '{source}': no earlier step named '{name}'")
         version = step_outputs[name]
+        if isinstance(version, artifacts.Artifact):
+            raise ConfigError(f"input '{source}': step '{name}' produced a {version.kind}, not a dataset; "
+                              f"name it in an engine or config `model:` instead")
         from prefdata import store
 
         return store.load_table(version.ref), version.ref
@@ -336,12 +284,10 @@ def _find_committed(name: str, fp: str):
 
 def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str = "local",
                  command: str | None = None) -> dict[str, Any]:
-    """Run every step and return {step name: committed store Version}."""
-    from rich.console import Console
-
+    """Run every step and return {step name: committed store Version or Artifact}; with `repeat`,
+    the keys are `iter<t>.<step name>`."""
     from prefdata import store
 
-    console = Console(stderr=True)
     spec = load_spec(path, overrides)
     if executor not in ("local", "ray"):
         raise PrefdataError(f"unknown executor '{executor}' (local or ray)")
@@ -351,36 +297,108 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
         except ModuleNotFoundError:
             raise PrefdataError("--executor ray needs Ray: pip install 'prefdata[ray]'") from None
     command = command or "prefdata run " + " ".join(shlex.quote(a) for a in [str(path)] + [f"--set={o}" for o in (overrides or [])])
-    types = step_types()
-    outputs: dict[str, Any] = {}
-    engines: dict = {}  # shared by every step: a model loads once per run
-    warned: set = set()  # trust_remote_code warnings already printed
-    command = redact(command)
-    for s in spec.steps:  # every output name is checked before any step reads or writes anything
-        store.check_name(s.output)
-    for step in spec.steps:
-        cfg_model, fn = types[step.uses]
-        step_cfg = cfg_model.model_validate(step.config)
+    run = _Run(path=str(path), executor=executor, command=redact(command))
+    times = spec.repeat.times if spec.repeat else 1
+    suffix = (lambda t: f"-iter{t}") if spec.repeat else (lambda t: "")
+    for t in range(1, times + 1):  # every output name is checked before any step reads or writes anything
+        for s in spec.steps:
+            store.check_name(s.output)  # the name as written first: that is what the error should quote
+            store.check_name(s.output + suffix(t))
+    if not spec.repeat:
+        return run.iteration(spec, seed=spec.seed)
+    results: dict[str, Any] = {}
+    previous: dict[str, Any] = {}
+    it_spec = spec
+    for t in range(1, times + 1):
+        outputs = run.iteration(it_spec, seed=spec.seed + t - 1, iteration=t, previous=previous)
+        results.update({f"iter{t}.{k}": v for k, v in outputs.items()})
+        previous = outputs
+        carried = {key: outputs[ref[5:]].ref for key, ref in spec.repeat.carry.items()}
+        it_spec = _carry(spec, carried, str(path))
+    return results
+
+
+def _carry(spec: PipelineSpec, carried: dict[str, str], source: str) -> PipelineSpec:
+    """The spec for the next iteration: each carried key set to the model the last one trained."""
+    raw = spec.model_dump(mode="json", exclude_none=False)
+    for key, value in carried.items():
+        parts = ("engine.model" if key == "model" else key).split(".")
+        node: Any = raw
+        for part in parts[:-1]:
+            if isinstance(node, list):  # inside `steps`, a step is addressed by its name
+                node = next((s for s in node if s.get("name") == part), None)
+                if node is None:
+                    raise ConfigError(f"{source}: repeat.carry.{key}: no step named '{part}'")
+                continue
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(source, "repeat.carry", e)) from None
+
+
+@dataclass
+class _Run:
+    """What one `prefdata run` shares across its steps and iterations."""
+
+    path: str
+    executor: str
+    command: str
+    engines: dict = field(default_factory=dict)  # shared by every step: a model loads once per run
+    warned: set = field(default_factory=set)  # trust_remote_code warnings already printed
+
+    def iteration(self, spec: PipelineSpec, *, seed: int, iteration: int | None = None,
+                  previous: dict | None = None) -> dict[str, Any]:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        types = step_types()
+        outputs: dict[str, Any] = {}
+        models: dict[str, str] = {}  # model step name -> checkpoint folder, for `step:<name>` in engines/configs
+        for step in spec.steps:
+            step = step.model_copy(update={
+                "engine": resolve_refs(step.engine, models) if step.engine else step.engine,
+                "config": resolve_refs(step.config, models),
+                "output": step.output + (f"-iter{iteration}" if iteration else "")})
+            stype = types[step.uses]
+            out = self.step(spec, step, stype, outputs, seed, console, iteration, (previous or {}).get(step.name))
+            outputs[step.name] = out
+            if isinstance(out, artifacts.Artifact) and out.kind == "model":
+                models[step.name] = out.ref
+        return outputs
+
+    def step(self, spec, step, stype: StepType, outputs, seed, console, iteration, previous):
+        from prefdata import store
+
+        path, executor, command, engines = self.path, self.executor, self.command, self.engines
+        step_cfg = stype.config.model_validate(step.config)
         quarantine = store.quarantine_path(step.output)
         table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
         if step.limit is not None:
             table = table.slice(0, step.limit)
-        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=spec.seed, executor=executor,
-                          _engines=engines, _warned=warned)
+        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=seed, executor=executor,
+                          _engines=engines, _warned=self.warned, input_ref=source_ref)
         engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
-        fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
+        fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), seed)
+        # Iterations link: a step's output in iteration t names its own output in iteration t-1.
+        parents = [source_ref] + ([previous.ref] if previous is not None else [])
+        loop = {"iteration": iteration} if iteration else {}
+        if stype.artifact:
+            return self.artifact_step(step, stype, step_cfg, table, ctx, engine_cfg, fp, parents, loop, console)
         done = _find_committed(step.output, fp)
         if done is not None and not step_health.recorded_failures(done):
             console.print(f"[green]✓[/] {step.name}: already committed as {done.ref} (fingerprint {fp}), skipped")
-            outputs[step.name] = done
-            continue
+            return done
         if done is not None:  # committed with failed requests: ask for those again
             console.print(f"[yellow]↻[/] {step.name}: {done.ref} had {step_health.recorded_failures(done)} failed "
                           "requests; retrying them (the rest comes from the request cache)")
         console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(source_ref)}")
         t0 = time.time()
         stats_before = {k: dict(e.stats) for k, e in engines.items()}
-        result = fn(step_cfg, table, ctx)
+        result = stype.run(step_cfg, table, ctx)
         elapsed = time.time() - t0
         usage = engine_usage(engines, stats_before)
         tables, n_dups = _dedup(result.tables) if step.dedup else (result.tables, 0)
@@ -393,8 +411,7 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
         if done is not None and not step_health.improved(ctx.counts, rows, done):
             console.print(f"[yellow]✓[/] {step.name}: still {ctx.counts.failed} failed requests, no better than "
                           f"{done.ref}; kept it")
-            outputs[step.name] = done
-            continue
+            return done
         card_sections = list(result.card_sections or [])
         if usage.get("requests"):
             card_sections.append(("Engine usage", usage_markdown(usage)))
@@ -410,19 +427,20 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
             eng = ctx.engine()
             engine_lineage = {"engine": eng.name, "model": eng.model_id}
         lineage = {
-            "parents": [source_ref],
+            "parents": parents,
             "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
                      "limit": step.limit, "pipeline": str(path), "max_failure_rate": step.max_failure_rate,
                      "dedup": step.dedup},
             "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
             **engine_lineage,
-            "seeds": {"pipeline": spec.seed},
+            "seeds": {"pipeline": seed},
             "fingerprint": fp,
             "report": {**(result.report or {}), **({"deduplicated": n_dups} if step.dedup else {})},
             "elapsed_s": round(elapsed, 2),
             "engine_usage": usage,
             "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
             "warnings": list(ctx.warnings),
+            **loop,
             **result.lineage,
         }
         # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
@@ -435,16 +453,45 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
                             lineage=redact_obj({"parents": [source_ref],
                                                 "step": {"name": step.name, "uses": step.uses,
                                                          "config": step_cfg.model_dump(mode="json")},
-                                                "fingerprint": fp, **engine_lineage}),
+                                                "fingerprint": fp, **loop, **engine_lineage}),
                             command=command)
                 side_refs[side_name] = v.ref
             lineage["side_tables"] = side_refs
             version = _commit(store, step.output, tables, kind=result.kind, lineage=lineage, command=command,
                               card_sections=card_sections, figures=result.figures)
-        outputs[step.name] = version
         failed = f", {ctx.counts.failed} failed requests (rerun to retry)" if ctx.counts.failed else ""
         console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s{failed}")
-    return outputs
+        return version
+
+    def artifact_step(self, step, stype, step_cfg, table, ctx, engine_cfg, fp, parents, loop, console):
+        """A train or eval step: its folder is named by the fingerprint; step.json marks it done."""
+        from prefdata import store
+
+        where = artifacts.folder(store.home(), stype.output, step.output, fp)
+        done = artifacts.find_done(where, stype.output)
+        if done is not None:
+            console.print(f"[green]✓[/] {step.name}: already done as {done.ref} (fingerprint {fp}), skipped")
+            return done
+        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(ctx.input_ref)}")
+        artifacts.fresh(where)
+        ctx.artifact_dir = where
+        t0 = time.time()
+        result = stype.run(step_cfg, table, ctx)
+        lineage = redact_obj({
+            "parents": parents,
+            "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
+                     "pipeline": ctx.source_file},
+            "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
+            "seeds": {"pipeline": ctx.seed}, "fingerprint": fp, "elapsed_s": round(time.time() - t0, 2),
+            "command": self.command, **loop, **result.lineage})
+        manifest = {"kind": stype.output, "name": step.output, "lineage": lineage, "metrics": result.metrics,
+                    "card_path": result.card_path}
+        card = artifacts.card_markdown(f"{step.output} ({step.uses})", redact_obj(result.card_sections), manifest)
+        with interrupts.deferred():
+            out = artifacts.stamp(where, stype.output, manifest, card)
+        shown = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
+        console.print(f"[green]✓[/] {step.name}: {out.ref} in {time.time() - t0:.1f}s" + (f" ({shown})" if shown else ""))
+        return out
 
 
 def _dedup(tables: dict[str, pa.Table]) -> tuple[dict[str, pa.Table], int]:
@@ -503,13 +550,8 @@ def register(app: typer.Typer) -> None:
                                                     + ([f"--executor={executor}"] if executor != "local" else [])))
         raw = read_yaml(file)
         if isinstance(raw, dict) and "self_reward_loop" in raw:
-            # A loop alternates generation and training, so it has its own runner (trainers/self_reward_loop.py).
-            from trainers import self_reward_loop
-
-            state = self_reward_loop.run(self_reward_loop.load(file, set_), command=command)
-            for t, it in state["iterations"].items():
-                typer.echo(f"iteration {t}: {it.get('dataset')}  model: {it.get('model')}")
-            return
+            raise ConfigError(f"{file}: the self_reward_loop format is gone; the loop is an ordinary pipeline "
+                              "now (steps + `repeat:`), see pipelines/self_reward_loop.yaml")
         outputs = run_pipeline(file, set_, executor=executor, command=command)
         for name, v in outputs.items():
             typer.echo(f"{name}: {v.ref}  card: {v.card_path}")

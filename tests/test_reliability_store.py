@@ -100,8 +100,12 @@ def test_pipeline_output_names_are_checked_before_any_step_runs(tmp_path, capsys
 
 def test_loop_name_cannot_leave_the_home(tmp_path, capsys):
     loop = tmp_path / "loop.yaml"
-    loop.write_text(yaml.safe_dump({"self_reward_loop": True, "name": "../../../X",
-                                    "prompts": str(tmp_path / "missing.jsonl")}))
+    # The loop is an ordinary pipeline with `repeat:`; its per-iteration names are checked up front too.
+    loop.write_text(yaml.safe_dump({
+        "engine": {"backend": "transformers", "model": str(tmp_path / "no-model")},
+        "repeat": {"times": 2, "carry": {"model": "step:dpo"}},
+        "steps": [{"name": "gen", "uses": "self_reward", "input": str(tmp_path / "missing.jsonl"), "output": "../../../X"},
+                  {"name": "dpo", "uses": "train_dpo", "input": "step:gen", "output": "loop-dpo"}]}))
     before = files_under(tmp_path)
     code, _, err = cli(capsys, "run", str(loop))
     one_line_error(code, err, "invalid dataset name '../../../X'")

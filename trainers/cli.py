@@ -67,7 +67,16 @@ def register(app: typer.Typer) -> None:
 
 
 def run_from_argv(kind: str, argv: list[str]) -> None:
-    """Entry for `python -m trainers.<kind>`: same flags, same error handling as the CLI."""
-    from prefdata.cli import main
+    """Entry for `python -m trainers.<kind>`: same flags, same error handling as the CLI (through
+    prefdata.entry, not prefdata.cli, which imports this module)."""
+    from prefdata.entry import run_app
 
-    main(["train", kind, *argv])
+    root = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @root.callback()
+    def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+        pass
+
+    register(root)
+    debug = ["--debug"] if "--debug" in argv else []
+    run_app(root, [*debug, "train", kind, *[a for a in argv if a != "--debug"]])

@@ -114,7 +114,7 @@ def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for
 
 
 def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
-    from prefdata.pipeline import StepResult
+    from prefdata.steps import StepResult
 
     table = conform(table, "pair")
     engine_for = (lambda override: ctx.engine(override)) if cfg.needs_engine else None
@@ -129,6 +129,8 @@ def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
 
 
 def register() -> None:
-    from prefdata.pipeline import register_step
+    # Through the leaf registry (prefdata.steps), never the pipeline: the pipeline reaches this
+    # module through prefdata.catalog, so importing it back would be a cycle.
+    from prefdata.steps import register_step
 
-    register_step("clean_labels", CleanLabelsConfig, run_clean_labels)
+    register_step("clean_labels", CleanLabelsConfig, run_clean_labels, input="pair", output="pair")

@@ -26,6 +26,7 @@ from prefdata.judges.pointwise import last_user_text
 from prefdata.prompts import bpo as tpl
 from prefdata.prompts.bpo import REWRITER_INSTRUCTION, REWRITER_TEMPLATE_VERSION
 from prefdata.schema import MESSAGES, content_id
+from prefdata.steps import StepResult, step
 
 TEMPLATE_VERSION = tpl.TEMPLATE_VERSION
 
@@ -255,9 +256,9 @@ def _ratio_figure(table: pa.Table, title: str):
     return fig
 
 
+@step("bpo_construct", config=ConstructConfig, input="pair", output="bpo")
 def _step_construct(cfg: ConstructConfig, table: pa.Table, ctx):
     from prefdata.generators.common import source_counts_markdown
-    from prefdata.pipeline import StepResult
     from prefdata.schema import conform
 
     report: dict = {}
@@ -274,8 +275,8 @@ def _step_construct(cfg: ConstructConfig, table: pa.Table, ctx):
                       lineage={"templates": {"bpo_construct": TEMPLATE_VERSION + ("+two-step" if cfg.format == "two_step" else "")}})
 
 
+@step("bpo_rewrite", config=RewriteConfig, input="prompt", output="bpo")
 def _step_rewrite(cfg: RewriteConfig, table: pa.Table, ctx):
-    from prefdata.pipeline import StepResult
 
     report: dict = {}
     # A trained rewriter is a plain causal LM on local weights: always the transformers engine,
@@ -293,8 +294,8 @@ def _step_rewrite(cfg: RewriteConfig, table: pa.Table, ctx):
                                "rewriter_model": engine.model_id})
 
 
+@step("bpo_evaluate", config=EvaluateConfig, input="bpo", output="bpo_eval")
 def _step_evaluate(cfg: EvaluateConfig, table: pa.Table, ctx):
-    from prefdata.pipeline import StepResult
 
     target = ctx.engine(cfg.target_engine)
     judge = ctx.engine(cfg.judge_engine)
@@ -309,11 +310,3 @@ def _step_evaluate(cfg: EvaluateConfig, table: pa.Table, ctx):
                       card_sections=[("BPO evaluation (pairwise, position-swapped)", md), ("Examples", ex)],
                       lineage={"templates": {"pairwise_judge": PairwiseJudge(method=cfg.judge_method).template_version},
                                "target": target.model_id, "judge": judge.model_id})
-
-
-def register() -> None:
-    from prefdata.pipeline import register_step
-
-    register_step("bpo_construct", ConstructConfig, _step_construct)
-    register_step("bpo_rewrite", RewriteConfig, _step_rewrite)
-    register_step("bpo_evaluate", EvaluateConfig, _step_evaluate)

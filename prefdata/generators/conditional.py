@@ -30,6 +30,7 @@ from prefdata.generators.common import (
 )
 from prefdata.judges.pointwise import last_user_text
 from prefdata.prompts import conditional as tpl
+from prefdata.steps import StepResult, step
 
 NAME = "conditional"
 TEMPLATE_VERSION = tpl.TEMPLATE_VERSION
@@ -163,10 +164,10 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
     return pair_table(out)
 
 
+@step(NAME, config=ConditionalConfig, input="prompt", output="pair")
 def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
     import json
 
-    from prefdata.pipeline import StepResult
 
     report: dict = {}
     pairs = generate(table, ctx.engine(), cfg, seed=ctx.seed, report=report)
@@ -188,9 +189,3 @@ def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
     return StepResult(tables={"train": pairs}, card_sections=sections, figures=figures, report=report,
                       lineage={"templates": {"conditional": TEMPLATE_VERSION, "aspect_guidelines": guideline_version(cfg)},
                                "guideline": cfg.guideline})
-
-
-def register() -> None:
-    from prefdata.pipeline import register_step
-
-    register_step(NAME, ConditionalConfig, run_step)

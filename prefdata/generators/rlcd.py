@@ -29,6 +29,7 @@ from prefdata.generators.common import (
     source_counts_markdown,
 )
 from prefdata.prompts import rlcd as tpl
+from prefdata.steps import StepResult, step
 
 NAME = "rlcd"
 
@@ -165,8 +166,8 @@ def _until_assistant_turn(messages: list[dict]) -> list[dict]:
     return msgs
 
 
+@step(NAME, config=RLCDConfig, input="prompt", output="pair")
 def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
-    from prefdata.pipeline import StepResult
 
     report: dict = {}
     pairs = generate(table, ctx.engine(), cfg, seed=ctx.seed, report=report)
@@ -200,9 +201,3 @@ def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
                       lineage={"templates": templates,
                                "seeds": {"pipeline": ctx.seed}},
                       report=report)
-
-
-def register() -> None:
-    from prefdata.pipeline import register_step
-
-    register_step(NAME, RLCDConfig, run_step)

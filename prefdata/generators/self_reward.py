@@ -33,6 +33,7 @@ from prefdata.generators.common import (
 )
 from prefdata.judges import pointwise
 from prefdata.schema import COMPLETION, content_id
+from prefdata.steps import StepResult, step
 
 NAME = "self_reward"
 TEMPLATE_VERSION = "self-reward-1"
@@ -135,8 +136,8 @@ def judge_agreement(score_lists: list[list[float | None]]) -> dict:
             "mean_within_std": round(float(np.mean(stds)), 4) if stds else None}
 
 
+@step(NAME, config=SelfRewardConfig, input="prompt", output="pair")
 def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
-    from prefdata.pipeline import StepResult
 
     report: dict = {}
     engine = ctx.engine()
@@ -175,9 +176,3 @@ def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
-
-
-def register() -> None:
-    from prefdata.pipeline import register_step
-
-    register_step(NAME, SelfRewardConfig, run_step)

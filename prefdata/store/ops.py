@@ -93,7 +93,7 @@ def export(ref: str, out: str | Path, fmt: str = "conversational", split: str = 
         table = df.to_arrow()
     elif fmt not in ("jsonl", "parquet"):
         raise PrefdataError(f"unknown export format '{fmt}' (standard, conversational, jsonl, parquet)")
-    from prefdata.io import write
+    from prefdata.writers import write
 
     write(table, out)
     return out

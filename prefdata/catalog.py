@@ -1,0 +1,26 @@
+"""The built-in step types: importing a module runs its `@step` declarations.
+
+This is the one place that lists which modules declare steps. It sits above them (they import only
+the leaf `prefdata.steps`) and below the pipeline and the CLI, so the import graph stays acyclic:
+
+    prefdata.cli -> prefdata.pipeline -> prefdata.catalog -> generators, curation, trainers.steps,
+    prefdata.eval_steps -> prefdata.steps
+
+The imports are real module imports (checked by `lint-imports`), not strings resolved at run time.
+Step modules keep their heavy dependencies (torch, transformers) inside functions, so loading the
+catalog stays cheap.
+"""
+
+from __future__ import annotations
+
+from prefdata import eval_steps  # noqa: F401  (eval_noise, eval_rm_accuracy)
+from prefdata.curation import step as curation_step
+from prefdata.generators import bpo, conditional, rlcd, self_reward  # noqa: F401
+from prefdata.steps import StepType, registered
+from trainers import steps as train_steps  # noqa: F401  (train_sft, train_dpo, ...)
+
+curation_step.register()  # clean_labels declares itself through a function, not a decorator
+
+
+def step_types() -> dict[str, StepType]:
+    return registered()

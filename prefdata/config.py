@@ -1,0 +1,90 @@
+"""Config loading shared by pipelines and trainers: YAML files, `--set` overrides and one-line
+validation messages. A leaf module (errors only), so anything may use it without an import cycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from prefdata.errors import ConfigError, PrefdataError
+
+
+def fmt_validation(source: str, where: str, err: ValidationError, step_names: list | None = None) -> str:
+    parts = []
+    for e in err.errors():
+        where_loc = list(e["loc"])
+        # `steps.3.nope` means nothing to a user who wrote `--set steps.rlcd.nope=1`: use the name.
+        if step_names and len(where_loc) > 1 and where_loc[0] == "steps" and isinstance(where_loc[1], int) \
+                and where_loc[1] < len(step_names) and isinstance(step_names[where_loc[1]], str):
+            where_loc[1] = step_names[where_loc[1]]
+        loc = ".".join(str(x) for x in (where, *where_loc) if x != "")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"'{loc}': {e['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _parse_value(key: str, text: str) -> Any:
+    # YAML scalars give the natural types: 3 -> int, 0.5 -> float, true -> bool, [a, b] -> list.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"--set {key}: cannot parse the value '{text}' as YAML ({problem}); "
+                          "quote it to pass a string") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """`--set a.b.c=v`; inside `steps`, a step is addressed by its name (`steps.rlcd.config.x=1`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {key}: empty key part (expected e.g. steps.<name>.config.x=1)")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
+                if not match:
+                    names = [s.get("name") for s in node if isinstance(s, dict)]
+                    raise ConfigError(f"{source}: --set {key}: no step named '{part}' (steps: {names})")
+                node = match[0]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                # e.g. `--set name.x=1`: `name` holds a string, there is nothing inside it to set.
+                at = ".".join(parts[:i])
+                raise ConfigError(f"{source}: --set {key}: '{at}' is a {type(node).__name__}, not a mapping")
+        if isinstance(node, list):
+            raise ConfigError(f"{source}: --set {key}: address a step by name, e.g. steps.<name>.config.x")
+        if not isinstance(node, dict):
+            at = ".".join(parts[:-1])
+            raise ConfigError(f"{source}: --set {key}: '{at}' is a {type(node).__name__}, not a mapping")
+        node[parts[-1]] = _parse_value(key, value)
+    return raw
+
+
+def read_yaml(path: Path) -> Any:
+    """A pipeline file's YAML, or one ConfigError line (missing, unreadable, not UTF-8, bad syntax)."""
+    if not path.is_file():
+        raise PrefdataError(f"pipeline file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+_fmt_validation = fmt_validation  # the old private name, kept for callers

@@ -1,0 +1,108 @@
+"""Training as pipeline steps: `uses: train_sft | train_dpo | train_kto | train_orpo | train_reward`.
+
+    - name: dpo
+      uses: train_dpo
+      input: step:clean              # the dataset version trained on
+      output: flywheel-dpo           # names the model folder under $PREFDATA_HOME/models/pipelines/
+      config: {lora: true, beta: 0.1, max_steps: 8}   # DPOTrainConfig, keys checked
+
+`config` is the trainer's own Config (the same keys as `prefdata train <kind> --set`), less the two
+the pipeline owns: `dataset` (the step's input) and `output_dir` (the step's model folder). `model`
+defaults to the step's engine model, so in a loop the policy being trained is the one generating.
+
+The model lands in `<artifact dir>/model`: a full checkpoint any engine or trainer loads. A LoRA
+policy is merged into its base there (engines generate from plain checkpoints; the adapter and its
+card stay in `<artifact dir>/adapter`); the trainer's card (dataset ref and content hash, config,
+curves) is copied beside the merged weights. A later step names it `step:<this step>`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prefdata.errors import ConfigError
+from prefdata.steps import StepResult, register_step
+
+KINDS = ("sft", "dpo", "kto", "orpo", "reward")
+
+
+def trainer(kind: str):
+    """The trainer module, imported on first use: each pulls in torch and TRL (seconds), which a
+    pipeline without train steps should not pay for. Plain imports, so the import graph sees them."""
+    if kind == "sft":
+        from trainers import sft as mod
+    elif kind == "dpo":
+        from trainers import dpo as mod
+    elif kind == "kto":
+        from trainers import kto as mod
+    elif kind == "orpo":
+        from trainers import orpo as mod
+    else:
+        from trainers import reward as mod
+    return mod
+
+PIPELINE_OWNED = ("dataset", "output_dir")  # set from the step's input and folder, never in YAML
+
+
+def merge_lora(adapter_dir: Path, base: str, out: Path) -> None:
+    """Adapter + base -> a plain checkpoint in `out` (written to a temp folder, then renamed)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefdata.models import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
+    for f in ("README.md", "prefdata-train.json", "training_curves.png"):  # the card travels with the weights
+        if (adapter_dir / f).is_file():
+            shutil.copy(adapter_dir / f, tmp / f)
+    os.replace(tmp, out)
+
+
+def _train(kind: str, cfg, table, ctx) -> StepResult:
+    given = cfg.model_fields_set
+    owned = [k for k in PIPELINE_OWNED if k in given]
+    if owned:
+        raise ConfigError(f"{ctx.source_file}: steps.{ctx.step.name}.config: {', '.join(owned)} is set by the "
+                          "pipeline (the step's input and its model folder); remove it")
+    if ctx.input_ref is None or str(ctx.input_ref).startswith("builtin:"):
+        raise ConfigError(f"steps.{ctx.step.name}: a train step reads a dataset version or file, "
+                          f"not '{ctx.step.input}'")
+    base = cfg.model if "model" in given else ctx.engine_config().model
+    out = Path(ctx.artifact_dir)
+    adapter = cfg.lora and kind != "reward"  # the reward trainer merges its own adapter
+    train_dir = out / ("adapter" if adapter else "model")
+    run_cfg = cfg.model_copy(update={"dataset": ctx.input_ref, "model": base, "output_dir": str(train_dir)})
+    card = trainer(kind).train(run_cfg)
+    if adapter:
+        merge_lora(train_dir, base, out / "model")
+    import json
+
+    train_json = json.loads((Path(card).parent / "prefdata-train.json").read_text())
+    result = train_json.get("result", {})
+    md = (f"`{kind}` on `{ctx.input_ref}` from `{base}`" + (" (LoRA, merged)" if adapter else "") +
+          f". Trainer card: `{card}`.")
+    return StepResult(kind="model", card_path=str(out / "model" / "README.md"), metrics=result,
+                      card_sections=[("Training", md)],
+                      lineage={"base_model": base, "dataset": train_json.get("dataset"),
+                               "dataset_sha256": train_json.get("dataset_sha256"), "adapter": adapter})
+
+
+def _declare(kind: str) -> None:
+    def run(cfg, table, ctx, _kind=kind):
+        return _train(_kind, cfg, table, ctx)
+
+    run.__qualname__ = run.__name__ = f"train_{kind}"
+    run.__doc__ = f"Train with trainers.{kind} on the step's input; the model is `step:<name>` later."
+    register_step(f"train_{kind}", lambda: trainer(kind).Config, run, input="pair", output="model")
+
+
+for _kind in KINDS:
+    _declare(_kind)
