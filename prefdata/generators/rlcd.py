@@ -47,8 +47,9 @@ class RLCDConfig(BaseModel):
                                           "meta.category, e.g. {harmlessness: harmless, helpfulness: helpful}; "
                                           "other examples use `principle_set`.")
     rescore: bool = Field(False, description="RLCD-Rescore (arXiv 2307.12950, Sec. 4): re-label each (o+, o-) with a "
-                          "pairwise judge shown both orders; an order-dependent verdict is a tie, kept with a null "
-                          "label_prob and meta.rescore='tie'.")
+                          "pairwise judge shown both orders; an order-dependent verdict is a tie, kept with "
+                          "label_prob 0.5 and meta.rescore='tie' (soft losses learn nothing from it, hard "
+                          "losses drop it).")
     rescore_method: Literal["generate", "logprob"] = Field(
         "generate", description="How the rescore judge answers: generate ('Winner: A|B|tie', any engine) or logprob "
         "(log-likelihood of ' A' vs ' B' after 'Winner:', as in the paper; transformers/vllm engines only).")
@@ -130,7 +131,8 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
 
 def rescore(rows: list[dict], engine: Engine, seed: int, method: str = "generate") -> None:
     """Replace construction labels by a position-swapped judge's (in place). agree: kept; the judge
-    prefers o-: swapped; order-dependent or unparseable: tie, label_prob None (no guess)."""
+    prefers o-: swapped; order-dependent or unparseable: tie, label_prob 0.5 (no guess;
+    a null here used to be read as 1.0 by the trainers, a confident construction label)."""
     from prefdata.judges.pairwise import PairwiseJudge
 
     verdicts, raw_ab, raw_ba = PairwiseJudge(method=method).judge(engine, [r["prompt"] for r in rows],
@@ -145,7 +147,7 @@ def rescore(rows: list[dict], engine: Engine, seed: int, method: str = "generate
             r["flipped"] = True
             r["meta"]["rescore"] = "judge prefers the negative output"
         else:
-            r["label_prob"] = None
+            r["label_prob"] = 0.5
             r["meta"]["rescore"] = "tie"
 
 
@@ -193,8 +195,9 @@ def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
 
         templates["pairwise_judge"] = PairwiseJudge(method=cfg.rescore_method).template_version
         sections.insert(3, ("RLCD-Rescore", "A position-swapped pairwise judge re-labelled every pair "
-                            f"({cfg.rescore_method}); a verdict that flips with the order is a tie with a null "
-                            "label_prob, never a guess.\n\n| verdict | pairs |\n|---|---|\n" +
+                            f"({cfg.rescore_method}); a verdict that flips with the order is a tie with "
+                            "label_prob 0.5, never a guess: soft losses keep it at 0.5, hard losses drop it."
+                            "\n\n| verdict | pairs |\n|---|---|\n" +
                             "\n".join(f"| {k} | {v} |" for k, v in sorted(report.get("rescore", {}).items()))))
     figures = {"lengths": length_figure(pairs, "RLCD: chosen vs rejected length")} if len(pairs) else {}
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures,
