@@ -338,7 +338,7 @@ def _rlcd_engine(req, s):
     return f"Some reply ({req.messages[0]['content'][-30:]}) for you."
 
 
-def test_rlcd_rescore_keeps_order_dependent_verdicts_as_null_ties():
+def test_rlcd_rescore_keeps_order_dependent_verdicts_as_half_ties():
     def engine(req, s):
         if "Compare two assistant replies" in last(req):
             return "Winner: A"  # position-biased: always a tie after swapping
@@ -347,7 +347,7 @@ def test_rlcd_rescore_keeps_order_dependent_verdicts_as_null_ties():
     report = {}
     out = rlcd.generate(prompts(2), Scripted(engine), rlcd.RLCDConfig(rescore=True), report=report)
     check_pairs(out)
-    assert out.column("label_prob").to_pylist() == [None, None] and report["rescore"] == {"tie": 2}
+    assert out.column("label_prob").to_pylist() == [0.5, 0.5] and report["rescore"] == {"tie": 2}
     meta = json.loads(out.column("meta")[0].as_py())
     assert meta["rescore"] == "tie" and meta["rescore_raw"] == ["Winner: A", "Winner: A"]
 
@@ -376,7 +376,7 @@ def test_rlcd_rescore_logprob_agrees_swaps_or_ties():
     rows = {json.loads(r["meta"])["prompt_id"]: r for r in out.to_pylist()}
     assert json.loads(rows["p0"]["meta"])["rescore"] == "agree" and rows["p0"]["label_prob"] == 1.0
     assert rows["p1"]["flipped"] and rows["p1"]["chosen"][0]["content"] != f"A reply that is {pos['p1']}."
-    assert rows["p2"]["label_prob"] is None and json.loads(rows["p2"]["meta"])["rescore"] == "tie"
+    assert rows["p2"]["label_prob"] == 0.5 and json.loads(rows["p2"]["meta"])["rescore"] == "tie"
     assert report["rescore"] == {"agree": 1, "judge prefers the negative output": 1, "tie": 1}
     res = rlcd.run_step(cfg, prompts(3), Ctx(eng))
     assert "| tie | 1 |" in dict(res.card_sections)["RLCD-Rescore"]

@@ -83,7 +83,7 @@ def test_label_prob_and_margin_reach_the_loss(tiny_model, tmp_path):
     batch = one_batch(mine)
     allowed = {round(0.55 + 0.05 * i, 6) for i in range(8)}
     assert {round(x, 6) for x in batch["label_prob"].tolist()} <= allowed
-    off = ours(tiny_model, tmp_path, loss="offset", version=store.resolve("toy@latest"))
+    off = ours(tiny_model, tmp_path, loss="offset", offset_source="margin", version=store.resolve("toy@latest"))
     assert {round(x, 6) for x in one_batch(off)["margin"].tolist()} <= {round(0.1 * i, 6) for i in range(8)}
 
 

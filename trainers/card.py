@@ -38,7 +38,9 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
     out.mkdir(parents=True, exist_ok=True)
     png = plot_curves(log_history, out / "training_curves.png")
     cfg_dict = cfg.model_dump(mode="json")
-    final = {k: v for k, v in (log_history[-1] if log_history else {}).items() if isinstance(v, (int, float))}
+    # The last training row: an evaluation after training appends its own row (eval_*), reported apart.
+    last = next((h for h in reversed(log_history) if not any(k.startswith("eval_") for k in h)), {})
+    final = {k: v for k, v in last.items() if isinstance(v, (int, float))}
     status = {"status": "failed", "failure": failure} if failure else {"status": "succeeded"}
     result = {**status, **final, **(extra or {})}
     adapter = bool(cfg_dict.get("lora")) and kind != "reward" and not failure  # reward merges before saving
@@ -58,6 +60,10 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
         lines += _lora_note(cfg)
     lines += ["## Config", "", "```yaml", yaml.safe_dump(cfg_dict, sort_keys=False).strip(), "```", "",
               "## Result", "", "```json", json.dumps(result, indent=2, default=str), "```", ""]
+    held = (extra or {}).get("eval")
+    if isinstance(held, dict):
+        lines += [f"## Held-out evaluation ({held.get('pairs', '?')} pairs)", "", "| metric | value |", "|---|---|",
+                  *[f"| {k} | {v:.4f} |" for k, v in held.items() if k != "pairs" and isinstance(v, float)], ""]
     if png:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     (out / "README.md").write_text("\n".join(lines))

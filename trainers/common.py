@@ -182,6 +182,36 @@ def check_row_numbers(ds, where: str) -> None:
                             file=where, row=i + 1, field=col)
 
 
+TIE_PROB = 0.5
+
+
+def resolve_ties(ds, soft: bool, what: str):
+    """(dataset, card note or None). A tie is a pair whose label_prob is 0.5 or null: a judge that
+    could not decide (RLCD-Rescore stores 0.5; versions written before that fix store null). Null
+    never means 1.0 here: that would train an undecided pair as a confident label.
+    - soft losses read label_prob, so a tie stays as 0.5 (its gradient at the reference is zero);
+    - hard losses cannot express "undecided", so ties are dropped and counted in the card."""
+    if "label_prob" not in ds.column_names:
+        return ds, None
+    probs = ds["label_prob"]
+    tie = [p is None or p == TIE_PROB for p in probs]
+    n_tie, n_null = sum(tie), sum(p is None for p in probs)
+    if not n_tie:
+        return ds, None
+    if soft:
+        if n_null:
+            print(f"warning: {n_null} pair(s) with null label_prob read as ties (label_prob 0.5)", file=sys.stderr)
+            ds = ds.map(lambda r: {"label_prob": TIE_PROB if r["label_prob"] is None else float(r["label_prob"])})
+        return ds, {"ties": n_tie, "null_label_prob": n_null, "ties_handling": "kept with label_prob 0.5 (soft loss)"}
+    if n_tie == len(ds):
+        raise PrefdataError(f"every pair is a tie (label_prob 0.5 or null), and {what} is a hard-label loss that "
+                            "drops ties: nothing to train on; use a soft-label loss")
+    print(f"warning: {what} drops {n_tie} tied pair(s) (label_prob 0.5 or null); a hard loss cannot "
+          "express an undecided pair", file=sys.stderr)
+    ds = ds.select([i for i, t in enumerate(tie) if not t])
+    return ds, {"ties": n_tie, "null_label_prob": n_null, "ties_handling": f"dropped ({what} is a hard loss)"}
+
+
 def check_label_prob(ds) -> None:
     """label_prob must be a probability in every row (null = 1); kept for callers of the old name."""
     check_row_numbers(ds.select_columns(["label_prob"]), "dataset")

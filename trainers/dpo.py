@@ -12,7 +12,12 @@ loudly if the internals it relies on move) and carries both columns through the 
   ipo      (h_per_token - 1/(2 beta))^2                     (Azar et al. 2023)
   robust   TRL's unbiased robust loss, one global eps       (Chowdhury et al. 2024)
   soft     cDPO with eps = 1 - label_prob, per pair         (Mitchell 2023; Secrets of RLHF II)
-  offset   -log s(beta h - alpha * margin), per pair        (ODPO, Amini et al. 2024)
+  offset   -log s(beta h - alpha * delta), per pair         (ODPO, Amini et al. 2024)
+           delta = log(s_c - s_r) from the score columns, or the `margin` column (`offset_source`)
+
+A tie (label_prob 0.5, or null in older versions) stays at 0.5 for the soft loss and is dropped,
+and counted in the card, by every hard loss. With >= 10 pairs, `eval_fraction` of them are held
+out; eval loss, implicit-reward accuracy and margin on them go into the card.
 
 The reference model is `ref_model` when given; otherwise the starting policy (a frozen copy, or the
 base weights with LoRA adapters switched off). With `precompute_ref_log_probs`, reference
@@ -26,6 +31,7 @@ import copy
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -52,8 +58,15 @@ class DPOTrainConfig(common.BaseTrainConfig):
                                                       "0.1 as in DPO and Self-Rewarding LMs.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed global flip rate eps in [0, 0.5) "
                                                                   "(Chowdhury et al. 2024). Per-pair: use loss=soft.")
-    offset_alpha: float = Field(1.0, ge=0, description="offset: alpha in ODPO's delta = alpha * margin, >= 0; when "
-                                "`margin` is all zero it is log(s_c - s_r) from the score columns. Not scaled by beta.")
+    offset_alpha: float = Field(1.0, ge=0, description="offset: alpha in ODPO's -log s(beta h - alpha * delta), >= 0. "
+                                "Not scaled by beta.")
+    offset_source: Literal["auto", "margin", "scores"] = Field(
+        "auto", description="offset: where delta comes from. scores: delta = log(s_c - s_r) from chosen_score and "
+        "rejected_score (ODPO, Amini et al. 2024, sec. 4: the log of the score gap, so a 1-to-5 rubric gap of 4 "
+        "gives 1.39, not 4); margin: delta = the `margin` column as it is; auto: scores when every pair has both "
+        "scores, else margin.")
+    eval_fraction: float = Field(0.1, ge=0, le=0.5, description="Held-out share of pairs, in [0, 0.5]; needs >= 10 "
+                                 "pairs. Eval loss, reward accuracy and margins on it go into the card.")
     ref_model: str | None = Field(None, description="Reference model (hub id or path); default: the starting policy "
                                                     "(with LoRA: the base weights, adapters off).")
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once, cached under "
@@ -78,6 +91,11 @@ class PreferenceCollator(DataCollatorForPreference):
             if col in examples[0]:
                 out[col] = torch.tensor([float(e[col]) for e in examples], dtype=torch.float32)
         return out
+
+
+@dataclass
+class PairRewards:
+    logits: torch.Tensor  # (b, 2): implicit rewards of chosen and rejected
 
 
 class PrefDPOTrainer(DPOTrainer):
@@ -160,7 +178,12 @@ class PrefDPOTrainer(DPOTrainer):
         loss = per_pair.mean()
         self._log_metrics(mode, chosen_lr.detach(), rejected_lr.detach(), chosen_logps.detach(),
                           rejected_logps.detach())
-        return (loss, None) if return_outputs else loss
+        if not return_outputs:
+            return loss
+        # TRL's prediction_step reads `outputs.logits` when prediction_loss_only=False; the implicit
+        # rewards (b, 2) = beta * [chosen, rejected] log-ratios are what a compute_metrics can use.
+        rewards = self.beta * torch.stack([chosen_lr, rejected_lr], dim=1).detach()
+        return loss, PairRewards(logits=rewards)
 
     def _log_metrics(self, mode, chosen_lr, rejected_lr, chosen_logps, rejected_logps):
         # The same names TRL logs, so curves and dashboards read alike.
@@ -175,43 +198,52 @@ class PrefDPOTrainer(DPOTrainer):
         m["logps/rejected"].append(gather(rejected_logps).mean().item())
 
 
-def _offset_margins(ds) -> list[float]:
-    """ODPO offsets: the `margin` column, or log(s_c - s_r) when every margin is zero/absent."""
+def _has_scores(ds) -> bool:
+    return all(c in ds.column_names and all(x is not None for x in ds[c]) for c in ("chosen_score", "rejected_score"))
+
+
+def _offset_margins(ds, source: str = "auto") -> tuple[list[float], str]:
+    """(ODPO offsets per pair, the source used). From scores: log(s_c - s_r), the paper's offset; a
+    raw rubric gap (1..4 on a 5-point scale) would be ~3x too strong at beta 0.1. From margin: as is."""
     import numpy as np
 
-    # A null margin is the default 0. NaN never gets here (load_dataset_ref refuses it); it used to be
-    # turned into 0 silently by nan_to_num.
-    margins = np.asarray([0.0 if m is None else m for m in ds["margin"]], dtype=float) \
-        if "margin" in ds.column_names else np.zeros(len(ds))
-    if not np.isfinite(margins).all():
-        i = int(np.flatnonzero(~np.isfinite(margins))[0])
-        raise PrefdataError(f"offset loss: row {i + 1}, field 'margin': {margins[i]} is not a finite number")
-    if np.any(margins != 0):
-        return [float(x) for x in margins]
-    common.require_columns(ds, ["chosen_score", "rejected_score"],
-                           "the offset (ODPO) loss: `margin` is all zero, so the offset comes from score gaps")
+    if source == "auto":
+        source = "scores" if _has_scores(ds) else "margin"
+    if source == "margin":
+        if "margin" not in ds.column_names:
+            raise PrefdataError("the offset (ODPO) loss needs a `margin` column, or chosen_score and rejected_score "
+                                "on every pair (offset_source=scores)")
+        # A null margin is the default 0. NaN never gets here (load_dataset_ref refuses it).
+        margins = np.asarray([0.0 if m is None else m for m in ds["margin"]], dtype=float)
+        if not np.any(margins):
+            print("warning: every margin is 0, so the offset loss is plain sigmoid DPO", file=sys.stderr)
+        return [float(x) for x in margins], "margin"
+    common.require_columns(ds, ["chosen_score", "rejected_score"], "the offset (ODPO) loss with offset_source=scores")
     cs = np.asarray([np.nan if x is None else x for x in ds["chosen_score"]], dtype=float)
     rs = np.asarray([np.nan if x is None else x for x in ds["rejected_score"]], dtype=float)
     gap = cs - rs
     bad = np.flatnonzero(~np.isfinite(gap) | (gap <= 0))
     if bad.size:
         raise PrefdataError(f"offset loss: row {bad[0] + 1} has no positive score gap (chosen_score - rejected_score "
-                            f"= {gap[bad[0]]}), so log(s_c - s_r) is undefined; give a `margin` column instead")
-    return [float(x) for x in np.log(gap)]
+                            f"= {gap[bad[0]]}), so log(s_c - s_r) is undefined; set offset_source=margin to use the "
+                            "`margin` column instead")
+    return [float(x) for x in np.log(gap)], "scores"
 
 
 def prepare(cfg: DPOTrainConfig):
     """Load and check data, model and reference; every bad input fails here, before any step.
-    Returns (dataset, provenance, model, tokenizer, reference model or None, local model dir)."""
+    Returns (dataset, provenance, model, tokenizer, reference model or None, local model dir, notes
+    for the card: how ties were handled and where the ODPO offset came from)."""
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
-    common.require_columns(ds, ["prompt", "chosen", "rejected", *NEEDS[cfg.loss]], f"DPO (loss={cfg.loss})")
+    needs = [c for c in NEEDS[cfg.loss] if c != "margin"]  # the offset's source is checked by _offset_margins
+    common.require_columns(ds, ["prompt", "chosen", "rejected", *needs], f"DPO (loss={cfg.loss})")
+    ds, ties = common.resolve_ties(ds, soft=cfg.loss == "soft", what=f"DPO loss={cfg.loss}")
+    notes = dict(ties or {})
     if cfg.loss == "offset":
-        margins = _offset_margins(ds)
+        margins, notes["offset_source"] = _offset_margins(ds, cfg.offset_source)
         ds = ds.remove_columns([c for c in ["margin"] if c in ds.column_names]).add_column("margin", margins)
     keep = ["prompt", "chosen", "rejected", *NEEDS[cfg.loss]]
     ds = ds.select_columns(keep)
-    if "label_prob" in keep:
-        ds = ds.map(lambda r: {"label_prob": 1.0 if r["label_prob"] is None else float(r["label_prob"])})
     model, tok, path = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if common.is_conversational(ds):
         common.check_chat_template(tok, cfg.model)
@@ -221,10 +253,18 @@ def prepare(cfg: DPOTrainConfig):
         ref, _, _ = common.load_model_and_tokenizer(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
     elif not cfg.lora and not cfg.precompute_ref_log_probs:
         ref = copy.deepcopy(model).eval()  # TRL needs an explicit reference for an in-memory policy
-    return ds, prov, model, tok, ref, path
+    return ds, prov, model, tok, ref, path, notes
 
 
-def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str) -> str | None:
+def split_eval(ds, cfg: DPOTrainConfig):
+    """(train, held-out or None): the same rule as the reward trainer (>= 10 pairs, seeded)."""
+    if cfg.eval_fraction <= 0 or len(ds) < 10:
+        return ds, None
+    split = ds.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
+    return split["train"], split["test"]
+
+
+def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str, selection: dict | None = None) -> str | None:
     """(reference model, dataset content hash, max_length) -> cache key; a sidecar JSON names the parts."""
     if not (cfg.precompute_ref_log_probs and prov.get("dataset_sha256")):
         return None
@@ -234,6 +274,8 @@ def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str) -> str | None:
     ref_path = resolve_model(cfg.ref_model) if cfg.ref_model else path
     parts = {"model": str(ref_path), "model_fingerprint": common.model_fingerprint(ref_path),
              "dataset": prov["dataset"], "dataset_sha256": prov["dataset_sha256"], "max_length": cfg.max_length}
+    if selection:  # dropped ties and the eval split change which rows the cached columns line up with
+        parts["selection"] = selection
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     side = home() / "refcache" / f"{key}.json"
     side.parent.mkdir(parents=True, exist_ok=True)
@@ -241,26 +283,46 @@ def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str) -> str | None:
     return key
 
 
-def build_trainer(cfg: DPOTrainConfig, ds, prov, model, tok, ref, path) -> PrefDPOTrainer:
+def build_trainer(cfg: DPOTrainConfig, ds, prov, model, tok, ref, path, notes=None) -> PrefDPOTrainer:
     cfg.output_dir = cfg.output_dir or common.default_output_dir("dpo", prov)
+    ds, heldout = split_eval(ds, cfg)
+    selection = {"ties_dropped": bool((notes or {}).get("ties")) and cfg.loss != "soft",
+                 "eval": [cfg.eval_fraction, cfg.seed] if heldout is not None else None}
     # loss_type only matters for TRL's own argument checks (e.g. robust's eps range); our loss replaces TRL's.
     args = DPOConfig(**common.training_args_common(cfg), beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                      max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
                      loss_type="robust" if cfg.loss == "robust" else "sigmoid")
-    return PrefDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=common.peft_config(cfg), pref_loss=cfg.loss, offset_alpha=cfg.offset_alpha,
-                          ref_cache_key=ref_cache_key(cfg, prov, path),
-                          data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id, max_length=cfg.max_length))
+    trainer = PrefDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, eval_dataset=heldout,
+                             processing_class=tok, peft_config=common.peft_config(cfg), pref_loss=cfg.loss,
+                             offset_alpha=cfg.offset_alpha,
+                             ref_cache_key=ref_cache_key(cfg, prov, path, selection if any(selection.values())
+                                                         else None),
+                             data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id, max_length=cfg.max_length))
+    trainer.card_notes = {"train_pairs": len(ds), "eval_pairs": len(heldout) if heldout is not None else 0,
+                          **(notes or {})}
+    return trainer
+
+
+def held_out_metrics(trainer) -> dict | None:
+    """Eval loss, implicit-reward accuracy and margin on the held-out pairs, or None without a split."""
+    if trainer.eval_dataset is None:
+        return None
+    m = trainer.evaluate()
+    keys = {"loss": "eval_loss", "reward_accuracy": "eval_rewards/accuracies", "reward_margin": "eval_rewards/margins",
+            "reward_chosen": "eval_rewards/chosen", "reward_rejected": "eval_rewards/rejected"}
+    return {"pairs": len(trainer.eval_dataset), **{k: m[v] for k, v in keys.items() if v in m}}
 
 
 def train(cfg: DPOTrainConfig) -> Path:
     """Train and save the model (or LoRA adapter), card and curves; returns the card path."""
-    ds, prov, model, tok, ref, path = prepare(cfg)
-    trainer = build_trainer(cfg, ds, prov, model, tok, ref, path)
+    ds, prov, model, tok, ref, path, notes = prepare(cfg)
+    trainer = build_trainer(cfg, ds, prov, model, tok, ref, path, notes)
+    extra = {"pairs": trainer.card_notes["train_pairs"], **trainer.card_notes}
     guard = common.guard_finite(trainer)
     trainer.train()
-    common.raise_if_failed(guard, trainer, cfg, "dpo", prov, {"pairs": len(ds)})
-    return common.save_outputs(trainer, tok, cfg, "dpo", prov, {"pairs": len(ds)})
+    common.raise_if_failed(guard, trainer, cfg, "dpo", prov, extra)
+    extra["eval"] = held_out_metrics(trainer)
+    return common.save_outputs(trainer, tok, cfg, "dpo", prov, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

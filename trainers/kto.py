@@ -119,8 +119,11 @@ def train(cfg: KTOTrainConfig) -> Path:
     from trl import KTOConfig
 
     ds, prov = common.load_dataset_ref(cfg.dataset, None)
+    ties = None
     if "label" not in ds.column_names and "label_prob" in ds.column_names:
-        common.check_label_prob(ds)  # pairs: a label_prob of 1.5 means broken data even though unused
+        common.check_label_prob(ds)  # pairs: a label_prob of 1.5 means broken data
+        # A tied pair split into rows would call its "chosen" reply desirable on no evidence.
+        ds, ties = common.resolve_ties(ds, soft=False, what="KTO on pairs")
     ds = unpaired(ds)
     labels = [bool(x) for x in ds["label"]]
     n_d = sum(labels)
@@ -146,7 +149,7 @@ def train(cfg: KTOTrainConfig) -> Path:
                                  data_collator=WeightedCollator(pad_token_id=tok.pad_token_id,
                                                                 max_length=cfg.max_length))
     extra = {"desirable_rows": n_d, "undesirable_rows": len(ds) - n_d, "desirable_weight_used": w_d,
-             "undesirable_weight_used": w_u, "weight_note": note,
+             "undesirable_weight_used": w_u, "weight_note": note, **(ties or {}),
              "row_weights": ({"column": "weight", "min": min(weights), "max": max(weights),
                               "mean": sum(weights) / len(weights)} if "weight" in ds.column_names else None)}
     guard = common.guard_finite(trainer)

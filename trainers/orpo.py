@@ -33,6 +33,7 @@ def train(cfg: ORPOTrainConfig) -> Path:
 
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
     common.require_columns(ds, ["prompt", "chosen", "rejected"], "ORPO")
+    ds, ties = common.resolve_ties(ds, soft=False, what="ORPO")  # the odds-ratio term takes hard labels
     ds = ds.select_columns(["prompt", "chosen", "rejected"])
     model, tok, _ = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if common.is_conversational(ds):
@@ -44,8 +45,9 @@ def train(cfg: ORPOTrainConfig) -> Path:
                           peft_config=common.peft_config(cfg))
     guard = common.guard_finite(trainer)
     trainer.train()
-    common.raise_if_failed(guard, trainer, cfg, "orpo", prov, {"pairs": len(ds)})
-    return common.save_outputs(trainer, tok, cfg, "orpo", prov, {"pairs": len(ds)})
+    extra = {"pairs": len(ds), **(ties or {})}
+    common.raise_if_failed(guard, trainer, cfg, "orpo", prov, extra)
+    return common.save_outputs(trainer, tok, cfg, "orpo", prov, extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,7 +86,10 @@ def pairwise_accuracy(model, tok, ds, max_length: int) -> float:
 
 
 def prepare_pairs(ds, cfg: RewardTrainConfig):
+    """(pairs with the columns the loss reads, tie note for the card or None). Ties (label_prob 0.5
+    or null) stay at 0.5 with soft labels and are dropped without them."""
     common.require_columns(ds, ["prompt", "chosen", "rejected"], "reward modelling")
+    ds, ties = common.resolve_ties(ds, soft=cfg.use_soft_labels, what="the reward loss without soft labels")
     cols = ["prompt", "chosen", "rejected"]
     if cfg.use_margin:
         common.require_columns(ds, ["margin"], "the margin loss (set use_margin=false to train without)")
@@ -94,16 +97,15 @@ def prepare_pairs(ds, cfg: RewardTrainConfig):
         cols.append("margin")
     if cfg.use_soft_labels:
         common.require_columns(ds, ["label_prob"], "soft labels (set use_soft_labels=false to train without)")
-        ds = ds.map(lambda r: {"label_prob": 1.0 if r["label_prob"] is None else float(r["label_prob"])})
         cols.append("label_prob")
-    return ds.select_columns(cols)
+    return ds.select_columns(cols), ties
 
 
 def train(cfg: RewardTrainConfig) -> Path:
     from trl import RewardConfig
 
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
-    ds = prepare_pairs(ds, cfg)
+    ds, ties = prepare_pairs(ds, cfg)
     model, tok, _ = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, seq_cls=True)
     if common.is_conversational(ds):
         common.check_chat_template(tok, cfg.model)
@@ -114,16 +116,19 @@ def train(cfg: RewardTrainConfig) -> Path:
         ds, heldout = split["train"], split["test"]
     cfg.output_dir = cfg.output_dir or common.default_output_dir("reward", prov)
     args = RewardConfig(**common.training_args_common(cfg), max_length=cfg.max_length)
-    trainer = PrefRewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+    trainer = PrefRewardTrainer(model=model, args=args, train_dataset=ds, eval_dataset=heldout, processing_class=tok,
                                 peft_config=common.peft_config(cfg, task="SEQ_CLS"),
                                 data_collator=RewardCollator(pad_token_id=tok.pad_token_id))
     guard = common.guard_finite(trainer)
     trainer.train()
-    extra = {"train_pairs": len(ds)}
+    extra = {"train_pairs": len(ds), **(ties or {})}
     common.raise_if_failed(guard, trainer, cfg, "reward", prov, extra)
     if heldout is not None:
         extra["heldout_pairwise_accuracy"] = pairwise_accuracy(trainer.model, tok, heldout, cfg.max_length)
         extra["heldout_pairs"] = len(heldout)
+        m = trainer.evaluate()  # the training loss (margin, soft labels) on held-out pairs, batched like training
+        extra["eval"] = {"pairs": len(heldout), "loss": m.get("eval_loss"), "reward_accuracy": m.get("eval_accuracy"),
+                         "reward_margin": m.get("eval_margin")}
     if cfg.lora:
         trainer.model = trainer.model.merge_and_unload()  # a plain classifier, usable as a voter
     trainer.model.save_pretrained(cfg.output_dir)
