@@ -174,6 +174,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
                 raise ConfigError(f"{path}: steps.{s.name}.{where}: 'step:{ref}' names no earlier train step "
                                   f"(train steps before it: {sorted(models) or 'none'})")
         if types[s.uses].output == "model":
+            owned = [k for k in ("dataset", "output_dir") if k in s.config]
+            if owned:  # checked here too (trainers/steps.py), so the run fails before its first step
+                raise ConfigError(f"{path}: steps.{s.name}.config: {', '.join(owned)} is set by the pipeline "
+                                  "(the step's input and its model folder); remove it")
             models.add(s.name)
     for where, ref in step_refs({"engine": spec.engine}):
         raise ConfigError(f"{path}: {where}: 'step:{ref}' in the pipeline engine; name a model step in a "
@@ -489,7 +493,9 @@ class _Run:
         card = artifacts.card_markdown(f"{step.output} ({step.uses})", redact_obj(result.card_sections), manifest)
         with interrupts.deferred():
             out = artifacts.stamp(where, stype.output, manifest, card)
-        shown = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
+        # The headline numbers only; the card and step.json hold the rest.
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if isinstance(v, (int, float))
+                          and not isinstance(v, bool) and ("loss" in k or "accuracy" in k or k == "pairs"))
         console.print(f"[green]✓[/] {step.name}: {out.ref} in {time.time() - t0:.1f}s" + (f" ({shown})" if shown else ""))
         return out
 
