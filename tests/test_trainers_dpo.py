@@ -149,6 +149,9 @@ def test_cached_reference_logps_skip_the_reference_pass(tiny_model, tmp_path, mo
     k = ref_cache_key(c1, prov, tiny_model)
     assert k != ref_cache_key(DPOTrainConfig(**{**cfg, "max_length": 256}), prov, tiny_model)
     assert k != ref_cache_key(c1, {**prov, "dataset_sha256": "0" * 64}, tiny_model)
+    # ...and with the rows kept: dropped ties or an eval split line up other rows with the cache
+    assert k != ref_cache_key(c1, prov, tiny_model, {"ties_dropped": True, "eval": None})
+    assert k != ref_cache_key(c1, prov, tiny_model, {"ties_dropped": False, "eval": [0.1, 0]})
 
 
 # ----------------------------------------------------------------------------- TRL internals
@@ -208,6 +211,21 @@ def test_dpo_soft_trains_from_a_version_and_writes_card_and_curves(tiny_model, t
     info = json.loads((card.parent / "prefdata-train.json").read_text())
     assert info["dataset"] == v.ref and info["dataset_sha256"] == v.sha
     assert math.isfinite(info["result"]["train_loss"])
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(card.parent).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+def test_dpo_hard_losses_train_end_to_end(tiny_model, tmp_path, loss):
+    # Kept from the removed tests/test_trainers.py: each hard loss really moves the weights.
+    from transformers import AutoModelForCausalLM
+
+    from trainers.dpo import DPOTrainConfig, train
+
+    card = train(DPOTrainConfig(dataset=toy().ref, model=tiny_model, loss=loss, max_steps=1, learning_rate=5e-3,
+                                output_dir=str(tmp_path / loss)))
+    assert f"loss: {loss}" in card.read_text()
     before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     after = AutoModelForCausalLM.from_pretrained(card.parent).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
