@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -21,9 +20,7 @@ def test_quickstart_cli_on_embedded_model(embedded_model, tmp_path):
     cmd = [sys.executable, "-m", "prefdata.cli", "run", str(REPO / "pipelines" / "quickstart.yaml"),
            "--set", f"engine.model={embedded_model}", "--set", "steps.rlcd.limit=4",
            "--set", "steps.rlcd.config.max_tokens=32"]
-    t0 = time.time()
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    t_first = time.time() - t0
     assert first.returncode == 0, first.stderr[-2000:]
     assert "quickstart-rlcd@v1" in first.stdout and "README.md" in first.stdout
     vdir = tmp_path / "home" / "datasets" / "quickstart-rlcd" / "v1"
@@ -36,8 +33,22 @@ def test_quickstart_cli_on_embedded_model(embedded_model, tmp_path):
         assert meta["principle_set"] in ("harmless", "helpful")
     manifest = json.loads((vdir / "manifest.json").read_text())
     assert manifest["lineage"]["model"].startswith(embedded_model)
-    # Second run: nothing to regenerate, far faster (model load skipped entirely).
-    t0 = time.time()
+    asked = manifest["lineage"]["engine_usage"].get("requests", 0)
+    assert asked > 0
+    from prefdata.engines.cache import RequestCache
+
+    cache = tmp_path / "home" / "cache" / "requests.sqlite"
+    cached = len(RequestCache(cache))
+    assert cached >= asked  # every sample the engine produced is in the request cache
+    # Second run, same spec: the committed step is found by its fingerprint and skipped.
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "quickstart-rlcd@v1" in again.stdout
-    assert time.time() - t0 < t_first
+    assert "rlcd: already committed as quickstart-rlcd@v1" in again.stderr
+    # Third run on a prefix of the prompts: a new fingerprint, so the step runs, but every request is
+    # a cache hit: the engine is asked for nothing and the cache gains nothing.
+    third = subprocess.run([*cmd, "--set", "steps.rlcd.limit=3"], env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert third.returncode == 0, third.stderr[-2000:]
+    v2 = json.loads((vdir.parent / "v2" / "manifest.json").read_text())
+    assert v2["lineage"]["engine_usage"].get("requests", 0) == 0
+    assert len(RequestCache(cache)) == cached
