@@ -44,10 +44,12 @@ def _mount() -> None:
     register_run(app)
     # Plain imports (the import graph sees them); neither imports this module back.
     from prefdata.curation.cli import register as register_curation
+    from prefdata.evals.cli import register as register_evals
     from trainers.cli import register as register_train
 
     register_train(app)
     register_curation(app)
+    register_evals(app)  # after curation: it adds `policy` and `ranking` to curation's `eval` group
     _MOUNTED["done"] = True
 
 
