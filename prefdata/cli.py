@@ -50,6 +50,8 @@ def _mount() -> None:
     register_train(app)
     register_curation(app)
     register_evals(app)  # after curation: it adds `policy` and `ranking` to curation's `eval` group
+    from prefdata.review.cli import register as register_review
+    register_review(app)
     _MOUNTED["done"] = True
 
 
