@@ -489,7 +489,7 @@ class _Run:
             "seeds": {"pipeline": ctx.seed}, "fingerprint": fp, "elapsed_s": round(time.time() - t0, 2),
             "command": self.command, **loop, **result.lineage})
         manifest = {"kind": stype.output, "name": step.output, "lineage": lineage, "metrics": result.metrics,
-                    "card_path": result.card_path}
+                    "card_path": result.card_path or str(where / "README.md")}
         card = artifacts.card_markdown(f"{step.output} ({step.uses})", redact_obj(result.card_sections), manifest)
         with interrupts.deferred():
             out = artifacts.stamp(where, stype.output, manifest, card)
