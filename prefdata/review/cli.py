@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             from prefdata.review.commit import commit_review
 
             version, decisions, s = commit_review(ref, name=name, human_accuracy=human_accuracy,
-                                                  command="prefdata " + " ".join(sys.argv[1:]))
+                                                  command=f"prefdata review commit {ref}" + (f" --name {name}" if name else ""))
             aa, vv = s["annotator_agreement"], s["vote_vs_humans"]
             typer.echo(f"{version.ref}: {s['reviewed_pairs']} pairs reviewed, {s['labels_changed']} labels changed, "
                        f"{s['ties']} ties, {s['dropped']} dropped; decisions {decisions.ref}")
