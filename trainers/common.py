@@ -151,7 +151,8 @@ FLOAT32_MAX = 3.4028234663852886e38  # the loss runs in float32: a finite 1e300 
 
 def check_row_numbers(ds, where: str) -> None:
     """Refuse, before any step, a per-row number that is not finite, overflows float32 or is out of
-    bounds, naming the first such row (1-based) and field. Nulls are fine: they mean the default."""
+    bounds, naming the first such row (1-based) and field. Nulls are fine: they mean the default
+    (a null label_prob is a tie, see `resolve_ties`)."""
     import numpy as np
 
     from prefdata.errors import DataError
@@ -213,7 +214,7 @@ def resolve_ties(ds, soft: bool, what: str):
 
 
 def check_label_prob(ds) -> None:
-    """label_prob must be a probability in every row (null = 1); kept for callers of the old name."""
+    """label_prob must be a probability in every row (null = a tie); kept for callers of the old name."""
     check_row_numbers(ds.select_columns(["label_prob"]), "dataset")
 
 
