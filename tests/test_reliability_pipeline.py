@@ -239,12 +239,11 @@ def test_url_credentials_never_reach_the_store_or_the_terminal(tmp_path, capsys,
     from prefdata import store
 
     descriptions = []
-    import rich.progress
+    import prefdata.progress
 
-    real_add = rich.progress.Progress.add_task
-    monkeypatch.setattr(rich.progress.Progress, "add_task",
-                        lambda self, description, *a, **k: descriptions.append(description)
-                        or real_add(self, description, *a, **k))
+    real_bar = prefdata.progress.progress_bar  # every progress display (rich or plain) gets its label here
+    monkeypatch.setattr(prefdata.progress, "progress_bar",
+                        lambda label, *a, **k: descriptions.append(label) or real_bar(label, *a, **k))
     with FaultServer() as s:
         url = s.url.replace("http://", "http://alice:hunter2secret@")
         p = openai_pipeline(tmp_path, "http://127.0.0.1:1/v1", engine={"progress": True})

@@ -18,7 +18,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.curation.noise import auc, flip_mask, length_only
-from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate, vote
+from prefdata.curation import step as S
+from prefdata.curation.step import CleanLabelsConfig, curate, vote
 from prefdata.curation.texts import match_gold
 from prefdata.errors import DataError
 from prefdata.schema import conform
@@ -37,7 +38,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run(table: pa.Table, cfg: HumanEvalConfig, progress: bool):
-    votes = collect_votes(table, cfg.clean, seed=cfg.seed, progress=progress)
+    votes = S.collect_votes(  # through the module: patchable, never a stale binding
+        table, cfg.clean, seed=cfg.seed, progress=progress)
     kept, dropped, result = curate(table, cfg.clean, votes=votes, progress=progress)
     raw = vote(table, votes, cfg.clean.model_copy(update={"length_control": False}))
     acted = flip_mask(table, kept)

@@ -26,7 +26,8 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefdata.curation.step import CleanLabelsConfig, collect_votes, curate, vote
+from prefdata.curation import step as S
+from prefdata.curation.step import CleanLabelsConfig, curate, vote
 from prefdata.rewards.voters import HeadsVoter
 from prefdata.schema import conform
 
@@ -110,7 +111,8 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
     injected[rng.choice(train.num_rows, size=int(round(cfg.inject * train.num_rows)), replace=False)] = True
     noisy = swap(train, injected)
 
-    votes = collect_votes(noisy, cfg.clean, seed=cfg.seed, progress=progress)
+    votes = S.collect_votes(  # through the module: patchable, never a stale binding
+        noisy, cfg.clean, seed=cfg.seed, progress=progress)
     kept, dropped, result = curate(noisy, cfg.clean, votes=votes, progress=progress)
     raw = vote(noisy, votes, cfg.clean.model_copy(update={"length_control": False}))
     lp = result.posterior.label_prob
