@@ -53,3 +53,18 @@ def build_tiny_llama(path: str | Path, *, seed: int = 0, hidden: int = 32, layer
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the real `prefdata` CLI in-process, as tests do: (exit code, stdout, stderr).
+
+    `capsys` is pytest's capture fixture; a SystemExit without a code counts as success."""
+    from prefdata.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -10,18 +10,7 @@ import yaml
 
 from prefdata import store
 from prefdata.schema import validate
-
-
-def cli(capsys, *args):
-    from prefdata.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from prefdata.testing import run_cli as cli  # the real CLI in-process: (code, stdout, stderr)
 
 
 def pairs(n, swap=False):

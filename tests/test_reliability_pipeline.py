@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from prefdata.engines.faultserver import FaultServer
+from prefdata.testing import run_cli as cli  # the real CLI in-process: (code, stdout, stderr)
 
 KEY = "sk-proj-REDACTME0123456789abcdef"
 
@@ -29,17 +30,6 @@ KEY = "sk-proj-REDACTME0123456789abcdef"
 # ----------------------------------------------------------------------------- helpers
 
 
-def cli(capsys, *args):
-    """Run the real CLI in-process: (exit code, stdout, stderr)."""
-    from prefdata.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def failed_cleanly(code, err, *needles, exit=1, only_line=False) -> str:
