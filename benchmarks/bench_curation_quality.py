@@ -87,18 +87,12 @@ def finetuned_downstream(noisy, test, flipped, flips, lp, seed: int, subset: int
 
 def injected(table, cfg, seed: int, inject: float = 0.2, test_fraction: float = 0.3, rounds: int = 1000,
              finetuned: int = 0, finetuned_steps: int = 40):
-    from prefdata.curation.noise import auc, bootstrap_diff, swap
+    from prefdata.curation.noise import auc, bootstrap_diff, split_and_inject
     from prefdata.curation.step import collect_votes
     from prefdata.rewards.features import Backbone, FeatureCache, pair_features
-    from prefdata.rewards.heads import fit_reward, group_folds, pair_groups
+    from prefdata.rewards.heads import fit_reward
 
-    rng = np.random.default_rng(seed)
-    part = group_folds(pair_groups(table), 10, rng)
-    is_test = part < int(round(test_fraction * 10))
-    train, test = table.take(np.flatnonzero(~is_test)), table.take(np.flatnonzero(is_test))
-    flipped = np.zeros(train.num_rows, bool)
-    flipped[rng.choice(train.num_rows, size=int(round(inject * train.num_rows)), replace=False)] = True
-    noisy = swap(train, flipped)
+    train, test, noisy, flipped = split_and_inject(table, seed, inject, test_fraction)
     votes = collect_votes(noisy, cfg, seed=seed, progress=False)
     ms, post = methods(noisy, votes, cfg)
 

@@ -14,22 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefdata import io
-from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.schema import SCHEMAS, validate
+from prefdata.testing import run_cli as cli  # the real CLI in-process: (code, stdout, stderr)
 
 PAIR = '{"prompt": "q", "chosen": "good", "rejected": "bad"'
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """The real CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line(code: int, err: str, *needles: str) -> str:

@@ -14,18 +14,8 @@ import pyarrow as pa
 import pytest
 
 from prefdata import io, store
-from prefdata.cli import main
 from prefdata.schema import validate
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+from prefdata.testing import run_cli as cli  # the real CLI in-process: (code, stdout, stderr)
 
 
 def one_error_line(code: int, err: str, *needles: str) -> str:

@@ -95,21 +95,27 @@ def bootstrap_diff(correct: dict[str, np.ndarray], base: str, rounds: int, seed:
     return out
 
 
+def split_and_inject(table: pa.Table, seed: int, inject: float, test_fraction: float):
+    """(train, held-out test, noisy train, injected mask). The split is by group in tenths (pairs that
+    share a prompt or an answer stay on one side); `inject` of the train labels are then flipped."""
+    from prefdata.rewards.heads import group_folds, pair_groups
+
+    rng = np.random.default_rng(seed)
+    part = group_folds(pair_groups(table), 10, rng)
+    is_test = part < int(round(test_fraction * 10))
+    train, test = table.take(np.flatnonzero(~is_test)), table.take(np.flatnonzero(is_test))
+    injected = np.zeros(train.num_rows, dtype=bool)
+    injected[rng.choice(train.num_rows, size=int(round(inject * train.num_rows)), replace=False)] = True
+    return train, test, swap(train, injected), injected
+
+
 def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True) -> dict:
     from prefdata.curation.posterior import ece
     from prefdata.rewards.features import Backbone, FeatureCache, pair_features
-    from prefdata.rewards.heads import fit_reward, group_folds, pair_groups
+    from prefdata.rewards.heads import fit_reward
 
     table = conform(table, "pair")
-    rng = np.random.default_rng(cfg.seed)
-    n_parts = 10
-    part = group_folds(pair_groups(table), n_parts, rng)
-    is_test = part < int(round(cfg.test_fraction * n_parts))
-    test_idx, train_idx = np.flatnonzero(is_test), np.flatnonzero(~is_test)
-    train, test = table.take(train_idx), table.take(test_idx)
-    injected = np.zeros(train.num_rows, dtype=bool)
-    injected[rng.choice(train.num_rows, size=int(round(cfg.inject * train.num_rows)), replace=False)] = True
-    noisy = swap(train, injected)
+    train, test, noisy, injected = split_and_inject(table, cfg.seed, cfg.inject, cfg.test_fraction)
 
     votes = S.collect_votes(  # through the module: patchable, never a stale binding
         noisy, cfg.clean, seed=cfg.seed, progress=progress)

