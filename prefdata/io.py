@@ -16,12 +16,15 @@ import json
 import os
 import re
 import zlib
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from prefdata.errors import DataError, PrefdataError
-from prefdata.schema import RowError, validate
+from prefdata.schema import RowError, content_id, validate
 from prefdata.writers import write  # noqa: F401  (io.write, kept where callers expect it)
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
@@ -44,8 +47,10 @@ def hh_to_messages(text: str) -> list[dict]:
     return msgs
 
 
-def split_hh_pair(chosen_text: str, rejected_text: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """Two full transcripts sharing every turn but the last → (prompt, chosen, rejected)."""
+def split_hh_pair(chosen_text: str, rejected_text: str, allow_empty: tuple[str, ...] = ()
+                  ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Two full transcripts sharing every turn but the last → (prompt, chosen, rejected). A side in
+    `allow_empty` may end in an empty "Assistant:" turn (see `read(allow_empty=...)`)."""
     try:
         c = hh_to_messages(chosen_text)
     except RowError as e:
@@ -69,7 +74,7 @@ def split_hh_pair(chosen_text: str, rejected_text: str) -> tuple[list[dict], lis
     prompt = c[:-1]
     if not prompt:
         raise RowError("prompt", "no turns before the final assistant turn")
-    return prompt, [_nonempty(c[-1], "chosen")], [_nonempty(r[-1], "rejected")]
+    return prompt, [_nonempty(c[-1], "chosen", allow_empty)], [_nonempty(r[-1], "rejected", allow_empty)]
 
 
 def _marker_in_answer(chosen_text: str, rejected_text: str) -> tuple[str, str] | None:
@@ -87,9 +92,10 @@ def _marker_in_answer(chosen_text: str, rejected_text: str) -> tuple[str, str] |
     return None
 
 
-def _nonempty(m: dict, field: str) -> dict:
-    if not m["content"]:
-        raise RowError(f"{field}[0].content", "empty message content")
+def _nonempty(m: dict, field: str, allow_empty: tuple[str, ...] = ()) -> dict:
+    if not m["content"] and field not in allow_empty:
+        raise RowError(f"{field}[0].content", "empty message content (allow_empty: "
+                                              f"{field} keeps such pairs)")
     return m
 
 
@@ -118,13 +124,14 @@ def _common_prefix(a: list, b: list) -> int:
     return n
 
 
-def normalise_row(row: dict, kind: str) -> dict:
-    """Map a row from any accepted layout onto our field names (types are checked later)."""
+def normalise_row(row: dict, kind: str, allow_empty: tuple[str, ...] = ()) -> dict:
+    """Map a row from any accepted layout onto our field names (types are checked later). A pair side
+    in `allow_empty` that is empty becomes the stand-in `_EMPTY` answer, which `read` turns back."""
     row = dict(row)
     if kind == "pair":
         c, r = row.get("chosen"), row.get("rejected")
         if row.get("prompt") is None and _is_hh(c) and _is_hh(r):
-            row["prompt"], row["chosen"], row["rejected"] = split_hh_pair(c, r)
+            row["prompt"], row["chosen"], row["rejected"] = split_hh_pair(c, r, allow_empty)
         elif row.get("prompt") is None and isinstance(c, list) and isinstance(r, list) and c and r:
             # TRL implicit prompt: the shared leading turns are the prompt.
             n = _common_prefix(c, r)
@@ -143,7 +150,69 @@ def normalise_row(row: dict, kind: str) -> dict:
             first = row["instances"][0]
             inp = first.get("input") if isinstance(first, dict) else None
         row["prompt"] = row["instruction"] + (f"\n\n{inp}" if isinstance(inp, str) and inp.strip() else "")
+    if kind == "pair":
+        for f in allow_empty:
+            if _is_empty_answer(row.get(f)):
+                row[f] = [{"role": "assistant", "content": _EMPTY}]
     return row
+
+
+# ----------------------------------------------------------------------------- empty answers kept on request
+
+# The schema refuses an empty message, and rightly by default. When the user keeps empty answers, the
+# row is checked with this stand-in in place of the empty side, and `read` then writes "" back.
+_EMPTY = "\x00prefdata:empty-answer\x00"
+ALLOW_EMPTY = {"none": (), "chosen": ("chosen",), "rejected": ("rejected",), "both": ("chosen", "rejected")}
+
+
+def _is_empty_answer(v) -> bool:
+    """A side with no text: a blank string, [] or messages whose contents are all blank. A missing
+    side (null) is not empty: it stays an error."""
+    if isinstance(v, str):
+        return not v.strip()
+    if isinstance(v, list):
+        return all(isinstance(m, dict) and isinstance(m.get("content"), str) and not m["content"].strip()
+                   for m in v)
+    return False
+
+
+def allow_empty_sides(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if value not in ALLOW_EMPTY:
+        raise PrefdataError(f"allow_empty must be one of {', '.join(ALLOW_EMPTY)}, got '{value}'")
+    return ALLOW_EMPTY[value]
+
+
+def _restore_empty(table: pa.Table, sides: tuple[str, ...]) -> pa.Table:
+    """Write "" back where `_EMPTY` stood (vectorised over the message lists) and give the rows whose
+    id was derived from content the id of their real content, as a reader without the stand-in would."""
+    hit = np.zeros(table.num_rows, dtype=bool)
+    fixed = {}
+    for f in sides:
+        col = table.column(f).combine_chunks()
+        msgs = col.values  # what col.offsets index into
+        role, content = msgs.flatten()  # flatten, not field(): it honours the struct's own offset
+        is_stub = pc.fill_null(pc.equal(content, _EMPTY), False)
+        if not pc.any(is_stub).as_py():
+            continue
+        parents = pc.list_parent_indices(col).to_numpy()
+        hit[parents[np.flatnonzero(is_stub.to_numpy(zero_copy_only=False))]] = True
+        struct = pa.StructArray.from_arrays([role, pc.if_else(is_stub, "", content)],
+                                            fields=list(msgs.type))
+        fixed[f] = pa.ListArray.from_arrays(col.offsets, struct, mask=col.is_null())
+    if not fixed:
+        return table
+    idx = np.flatnonzero(hit)
+    before = table.select(["id", "prompt", "chosen", "rejected"]).take(idx).to_pylist()
+    for f, arr in fixed.items():
+        table = table.set_column(table.schema.get_field_index(f), f, arr)
+    after = table.select(["prompt", "chosen", "rejected"]).take(idx).to_pylist()
+    new_ids = [content_id(a["prompt"], a["chosen"], a["rejected"])
+               if b["id"] == content_id(b["prompt"], b["chosen"], b["rejected"]) else b["id"]
+               for b, a in zip(before, after)]
+    ids = pc.replace_with_mask(table.column("id").combine_chunks(), pa.array(hit), pa.array(new_ids, pa.string()))
+    return table.set_column(table.schema.get_field_index("id"), "id", ids)
 
 
 # ----------------------------------------------------------------------------- file formats
@@ -291,13 +360,14 @@ def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
     return rows, numbers
 
 
-def _read_rows(source: str) -> tuple[list[dict], list[int], str]:
+def _read_rows(source: str) -> tuple[list[dict], list[int], str, bool]:
+    """(rows, 1-based line numbers or [], label for errors, whether the rows are a store version's)."""
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "manifest.json").is_file():
             from prefdata import store
 
-            return store.load_table(str(path)).to_pylist(), [], str(path)
+            return store.load_table(str(path)).to_pylist(), [], str(path), True
         try:
             import datasets
 
@@ -306,7 +376,7 @@ def _read_rows(source: str) -> tuple[list[dict], list[int], str]:
             raise PrefdataError(f"{path}: not a dataset folder ({e})") from None
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-        return ds.to_list(), [], str(path)
+        return ds.to_list(), [], str(path), False
     if path.is_file():
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
@@ -325,18 +395,25 @@ def _read_rows(source: str) -> tuple[list[dict], list[int], str]:
             rows, nums = _read_csv(path)
         else:
             raise PrefdataError(f"{path}: unknown file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
-        return rows, nums, str(path)
+        return rows, nums, str(path), False
     if "@" in source:
         from prefdata import store
 
         v = store.resolve(source)
-        return store.load_table(str(v.path)).to_pylist(), [], v.ref
+        return store.load_table(str(v.path)).to_pylist(), [], v.ref, True
     raise PrefdataError(f"file not found: {path}")
 
 
-def read(source: str, kind: str | None = None, *, on_error: str = "raise", quarantine_path=None) -> pa.Table:
-    """Read any supported source into a schema-valid table of `kind` (inferred when None)."""
-    rows, numbers, label = _read_rows(str(source))
+def read(source: str, kind: str | None = None, *, on_error: str = "raise", quarantine_path=None,
+         allow_empty: str | None = None) -> pa.Table:
+    """Read any supported source into a schema-valid table of `kind` (inferred when None).
+
+    `allow_empty` ("chosen" | "rejected" | "both"; default none) keeps pairs whose named side is an
+    empty answer, stored as one assistant message with content "", instead of failing or
+    quarantining them: such a pair is often a real, easy label (an empty reply rarely wins). A
+    missing side (null) stays an error."""
+    sides = allow_empty_sides(allow_empty)
+    rows, numbers, label, from_store = _read_rows(str(source))
     if not rows:
         raise DataError("no rows", file=label)
     if kind is None:
@@ -345,8 +422,12 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
         # From every row's keys, not the first row's: a pair further down must not be read as a prompt
         # with stray extra columns (the table's columns would then say "pair" while its rows do not).
         kind = infer_kind(set().union(*(r.keys() for r in rows if isinstance(r, dict))))
+    if sides and kind != "pair":
+        raise PrefdataError(f"{label}: allow_empty applies to pairs, but the rows are {kind} rows")
+    if from_store and kind == "pair":
+        sides = ALLOW_EMPTY["both"]  # a version keeps the empty answers it was committed with
     table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
-                     row_numbers=numbers or None, normalise=normalise_row)
+                     row_numbers=numbers or None, normalise=partial(normalise_row, allow_empty=sides))
     if table.num_rows == 0:
         raise DataError("no valid rows", file=label)
-    return table
+    return _restore_empty(table, sides) if sides else table

@@ -131,3 +131,51 @@ def test_hh_reader_on_shared_file(tmp_path):
     assert all(r["prompt"][-1]["role"] == "user" for r in rows)
     assert sum(len(r["prompt"]) > 1 for r in rows) > 300  # real multi-turn prompts
     assert sum(r["chosen"] != r["rejected"] for r in rows) > 0.95 * len(rows)
+
+
+# ----------------------------------------------------------------------------- allow_empty
+
+EMPTY_ROWS = [
+    {"prompt": "q1", "chosen": "good", "rejected": ""},  # plain string
+    {"prompt": "q2", "chosen": [{"role": "assistant", "content": " "}], "rejected": "bad"},  # blank message
+    {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant:"},  # HH
+    {"prompt": "q4", "chosen": "a", "rejected": "", "id": "given-id"},
+    {"prompt": "q5", "chosen": "a", "rejected": None},  # missing, not empty: always an error
+]
+EMPTY = [{"role": "assistant", "content": ""}]
+
+
+def test_allow_empty_keeps_the_named_side_only(tmp_path):
+    from prefdata.schema import content_id
+
+    f = write_jsonl(tmp_path / "e.jsonl", EMPTY_ROWS)
+    with pytest.raises(DataError, match="row 1, field 'rejected'"):
+        io.read(str(f))  # default unchanged
+    q = tmp_path / "q.jsonl"
+    t = io.read(str(f), on_error="quarantine", quarantine_path=q, allow_empty="rejected")
+    rows = t.to_pylist()
+    assert [r["prompt"][0]["content"] for r in rows] == ["q1", "hi", "q4"]
+    assert all(r["rejected"] == EMPTY for r in rows)
+    # A content-derived id is the id of the real (empty) content, as if read without the stand-in.
+    assert rows[0]["id"] == content_id([{"role": "user", "content": "q1"}],
+                                       [{"role": "assistant", "content": "good"}], EMPTY)
+    assert rows[2]["id"] == "given-id"
+    bad = [json.loads(line) for line in q.read_text().splitlines()]
+    assert [(b["row"], b["field"]) for b in bad] == [(2, "chosen[0].content"), (5, "rejected")]
+
+    both = io.read(str(f), on_error="quarantine", quarantine_path=tmp_path / "q2.jsonl", allow_empty="both")
+    assert both.num_rows == 4 and both.to_pylist()[1]["chosen"] == EMPTY
+    assert "\x00" not in json.dumps(both.to_pylist())  # the stand-in never leaks
+
+
+def test_allow_empty_round_trips_through_the_store_and_bad_values(tmp_path):
+    from prefdata import store
+
+    f = write_jsonl(tmp_path / "e.jsonl", EMPTY_ROWS[:1])
+    v = store.commit("kept", io.read(str(f), allow_empty="rejected"))
+    # A version keeps its empty answers when read again (curation reads versions through io.read).
+    assert io.read(v.ref, "pair").to_pylist()[0]["rejected"] == EMPTY
+    with pytest.raises(PrefdataError, match="allow_empty must be one of none, chosen, rejected, both"):
+        io.read(str(f), allow_empty="left")
+    with pytest.raises(PrefdataError, match="allow_empty applies to pairs"):
+        io.read(str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x"}])), allow_empty="both")

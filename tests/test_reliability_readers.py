@@ -204,3 +204,19 @@ def test_fuzz_csv(cells):
     header = "prompt,chosen,rejected,margin,label_prob\n"
     p.write_text(header + "\n".join(",".join(r) for r in cells) + "\n")
     _read_or_data_error(p)
+
+
+def test_import_allow_empty_from_the_cli(tmp_path, capsys):
+    from prefdata import store
+
+    f = tmp_path / "panda.jsonl"
+    f.write_text('{"prompt": "q", "chosen": "a real answer", "rejected": ""}\n' + PAIR + "}\n")
+    assert_one_line(*import_(capsys, f)[::2], "panda.jsonl, row 1", "rejected", "empty")
+    code, out, err = cli(capsys, "datasets", "import", str(f), "--name", "panda", "--allow-empty", "rejected")
+    assert code == 0, err
+    v = store.resolve("panda@latest")
+    rows = store.load_table(str(v.path)).to_pylist()
+    assert [r["rejected"][0]["content"] for r in rows] == ["", "bad"]
+    assert "--allow-empty rejected" in v.manifest["command"]
+    code, _, err = cli(capsys, "datasets", "import", str(f), "--name", "panda", "--allow-empty", "left")
+    assert_one_line(code, err, "allow_empty must be one of")

@@ -222,7 +222,10 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
                name: str = typer.Option(..., "--name", help="Store dataset name to commit under."),
                kind: str = typer.Option(None, help="pair | prompt | completion | unpaired (inferred if absent)"),
                on_error: str = typer.Option("raise", "--on-error", help="raise | quarantine"),
-               dedup: bool = typer.Option(False, "--dedup", help="Drop rows repeating an earlier id or content.")):
+               dedup: bool = typer.Option(False, "--dedup", help="Drop rows repeating an earlier id or content."),
+               allow_empty: str = typer.Option("none", "--allow-empty",
+                                               help="Keep pairs with an empty answer on this side: "
+                                                    "none | chosen | rejected | both.")):
     """Validate a file and commit it as a new version (HH transcripts and TRL formats accepted)."""
     from prefdata import io
     from prefdata.store import check_name, commit, quarantine_path
@@ -231,14 +234,15 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
     # The name is checked before the input is even opened: it becomes part of paths.
     check_name(name)
     quarantine = quarantine_path(name) if on_error == "quarantine" else None
-    table = io.read(source, kind, on_error=on_error, quarantine_path=quarantine)
+    table = io.read(source, kind, on_error=on_error, quarantine_path=quarantine, allow_empty=allow_empty)
     kind = kind or io.infer_kind(table.column_names)
-    step = {"uses": "import", "source": source}
+    step = {"uses": "import", "source": source, **({"allow_empty": allow_empty} if allow_empty != "none" else {})}
     if dedup:
         table, dropped = drop_duplicates(table)
         step["dedup_dropped"] = dropped
         typer.echo(f"dropped {dropped} duplicate rows", err=True)
     parent = source if "@" in source and not Path(source).exists() else str(Path(source).resolve())
     v = commit(name, table, kind=kind, lineage={"parents": [parent], "step": step},
-               command=f"prefdata datasets import {source} --name {name}" + (" --dedup" if dedup else ""))
+               command=f"prefdata datasets import {source} --name {name}" + (" --dedup" if dedup else "")
+               + (f" --allow-empty {allow_empty}" if allow_empty != "none" else ""))
     typer.echo(f"{v.ref}  card: {v.card_path}")
