@@ -131,8 +131,10 @@ class TransformersEngine:
         past = None
         cur_ids, positions = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)
         for step in range(params.max_tokens):
+            # Only the last position's logits are ever used: in the prefill that saves width - 1 rows
+            # of (b, vocab) lm-head output (the LM head is a fifth of SmolLM2's matmul parameters).
             outputs = self.model(input_ids=cur_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True)
+                                 past_key_values=past, use_cache=True, logits_to_keep=1)
             past = outputs.past_key_values
             logits = outputs.logits[:, -1, :].float()  # (b, vocab)
             logp = torch.log_softmax(logits, dim=-1)
