@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import prefdata
 from prefdata import artifacts, interrupts, step_health
 from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_yaml  # noqa: F401  (re-exports)
+from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.redact import redact, redact_obj
 from prefdata.step_health import Counts, Tally
@@ -53,7 +54,8 @@ class StepSpec(BaseModel):
     output: str = Field(description="Store dataset name the result is committed under (train/eval steps: the "
                                     "name of their model or report folder).")
     limit: int | None = Field(None, ge=1, description="Use only the first N input rows (smoke runs).")
-    engine: dict | None = Field(None, description="Engine overrides for this step (merged over the pipeline's).")
+    engine: EngineOverrides | None = Field(None, description="Engine overrides for this step (merged over the "
+                                          "pipeline's); any EngineConfig field.")
     config: dict = Field(default_factory=dict, description="The step type's own config; keys are checked.")
     max_failure_rate: float = Field(0.0, ge=0.0, le=1.0, description="Largest share of failed engine requests "
                                     "the step may commit with (recorded in lineage and the card); above it the run "
@@ -77,7 +79,8 @@ class PipelineSpec(BaseModel):
     name: str = "pipeline"
     description: str = ""
     seed: int = 0
-    engine: dict = Field(default_factory=dict, description="EngineConfig fields shared by every step.")
+    engine: EngineOverrides = Field(default_factory=EngineOverrides,
+                                    description="EngineConfig fields shared by every step.")
     on_error: str = Field("raise", pattern="^(raise|quarantine)$",
                           description="Bad input rows: fail (raise) or set them aside with a reason.")
     repeat: RepeatSpec | None = Field(None, description="Run the steps T times, carrying models between iterations.")
@@ -99,16 +102,16 @@ class StepContext:
     input_ref: str | None = None  # the input's lineage name (store ref, file path, builtin:<set>)
     artifact_dir: Path | None = None  # train/eval steps write here
 
-    def engine_config(self, override: dict | None = None):
+    def engine_config(self, override: EngineOverrides | dict | None = None):
         from prefdata.engines import EngineConfig
 
-        merged = {**self.spec.engine, **(self.step.engine or {}), **(override or {})}
+        merged = {**overrides_dict(self.spec.engine), **overrides_dict(self.step.engine), **overrides_dict(override)}
         try:
             return EngineConfig(**merged)
         except ValidationError as e:
             raise ConfigError(_fmt_validation(self.source_file, f"steps.{self.step.name}.engine", e)) from None
 
-    def engine(self, override: dict | None = None):
+    def engine(self, override: EngineOverrides | dict | None = None):
         """One engine per distinct config per run: loading a model twice wastes minutes on CPU."""
         from prefdata.engines import get_engine
 
@@ -156,7 +159,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     from prefdata.engines import EngineConfig
 
     try:
-        EngineConfig(**spec.engine)
+        EngineConfig(**overrides_dict(spec.engine))
     except ValidationError as e:
         raise ConfigError(_fmt_validation(str(path), "engine", e)) from None
     models: set[str] = set()  # model steps seen so far: what `step:<name>` may name in an engine/config
@@ -169,7 +172,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
             cfg_model.model_validate(s.config)
         except ValidationError as e:
             raise ConfigError(_fmt_validation(str(path), f"steps.{s.name}.config", e)) from None
-        for where, ref in step_refs({"engine": s.engine or {}, "config": s.config}):
+        for where, ref in step_refs({"engine": overrides_dict(s.engine), "config": s.config}):
             if ref not in models:
                 raise ConfigError(f"{path}: steps.{s.name}.{where}: 'step:{ref}' names no earlier train step "
                                   f"(train steps before it: {sorted(models) or 'none'})")
@@ -179,7 +182,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
                 raise ConfigError(f"{path}: steps.{s.name}.config: {', '.join(owned)} is set by the pipeline "
                                   "(the step's input and its model folder); remove it")
             models.add(s.name)
-    for where, ref in step_refs({"engine": spec.engine}):
+    for where, ref in step_refs({"engine": overrides_dict(spec.engine)}):
         raise ConfigError(f"{path}: {where}: 'step:{ref}' in the pipeline engine; name a model step in a "
                           "step's engine, or carry it with repeat")
     if spec.repeat is not None:
@@ -364,7 +367,7 @@ class _Run:
         models: dict[str, str] = {}  # model step name -> checkpoint folder, for `step:<name>` in engines/configs
         for step in spec.steps:
             step = step.model_copy(update={
-                "engine": resolve_refs(step.engine, models) if step.engine else step.engine,
+                "engine": EngineOverrides(**resolve_refs(overrides_dict(step.engine), models)) if step.engine else None,
                 "config": resolve_refs(step.config, models),
                 "output": step.output + (f"-iter{iteration}" if iteration else "")})
             stype = types[step.uses]

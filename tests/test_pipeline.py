@@ -171,3 +171,32 @@ def test_run_on_tiny_model_commits_and_resumes(tmp_path, tiny_model):
     # Second run: same fingerprint, nothing regenerated, same version.
     again = run_pipeline(REPO / "pipelines" / "quickstart.yaml", sets)
     assert again["rlcd"].ref == v.ref
+
+
+@pytest.mark.parametrize("where, block, message", [
+    ("step engine", {"engine": {"modle": "x"}}, "unknown key 'steps.gen.engine.modle'"),
+    ("pipeline engine", {"top_engine": {"concurrency": 0}}, "engine.concurrency"),
+    ("judge_engine", {"uses": "self_reward", "config": {"judge_engine": {"backend": "tpu"}}},
+     "steps.gen.config.judge_engine.backend"),
+    ("target_engine", {"uses": "bpo_evaluate", "config": {"target_engine": {"token_budget": "lots"}}},
+     "steps.gen.config.target_engine.token_budget"),
+])
+def test_engine_overrides_are_typed_and_fail_at_load(tmp_path, where, block, message):
+    """Every place that names an engine takes EngineOverrides: a typo or a bad value fails when the
+    YAML loads, naming its path, not minutes later when the engine is first built."""
+    block = dict(block)
+    step = {"name": "gen", "uses": block.pop("uses", "rlcd"), "input": "builtin:quickstart", "output": "x", **{
+        k: v for k, v in block.items() if k != "top_engine"}}
+    doc = {"name": "t", "steps": [step], **({"engine": block["top_engine"]} if "top_engine" in block else {})}
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_spec(write_yaml(tmp_path, doc))
+
+
+def test_engine_overrides_record_only_what_was_given(tmp_path):
+    from prefdata.engines import EngineOverrides, overrides_dict
+
+    spec = load_spec(write_yaml(tmp_path, {"name": "t", "engine": {"max_batch_size": 8}, "steps": [
+        {"name": "gen", "uses": "rlcd", "input": "builtin:quickstart", "output": "x", "engine": {"model": "m"}}]}))
+    assert isinstance(spec.steps[0].engine, EngineOverrides)
+    assert spec.model_dump(mode="json")["engine"] == {"max_batch_size": 8}
+    assert overrides_dict(spec.steps[0].engine) == {"model": "m"}

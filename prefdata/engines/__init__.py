@@ -10,12 +10,25 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_serializer
 
 from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
 from prefdata.engines.cache import RequestCache, request_key, score_key
 from prefdata.errors import PrefdataError
 from prefdata.models import DEFAULT_MODEL
+
+
+def _env_name_check(v: str) -> str:
+    # A key pasted here would otherwise be looked up as a variable name, fall back to "EMPTY"
+    # and end up in the recorded command. The message must never echo the value.
+    from prefdata.redact import looks_like_key
+
+    if looks_like_key(v):
+        raise ValueError("looks like an API key itself; set it to the NAME of the environment variable "
+                         "that holds the key (e.g. OPENAI_API_KEY)")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        raise ValueError("must name an environment variable (letters, digits, underscores)")
+    return v
 
 
 class EngineConfig(BaseModel):
@@ -46,16 +59,46 @@ class EngineConfig(BaseModel):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, v: str) -> str:
-        # A key pasted here would otherwise be looked up as a variable name, fall back to "EMPTY"
-        # and end up in the recorded command. The message must never echo the value.
-        from prefdata.redact import looks_like_key
+        return _env_name_check(v)
 
-        if looks_like_key(v):
-            raise ValueError("looks like an API key itself; set it to the NAME of the environment variable "
-                             "that holds the key (e.g. OPENAI_API_KEY)")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise ValueError("must name an environment variable (letters, digits, underscores)")
-        return v
+
+class _Overrides(BaseModel):
+    """Base of `EngineOverrides`: dumps only the fields that were given, so a step's recorded
+    config (and its fingerprint) reads exactly like the YAML the user wrote."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("api_key_env", check_fields=False)
+    @classmethod
+    def _env_name(cls, v):
+        return v if v is None else _env_name_check(v)
+
+    @model_serializer(mode="wrap")
+    def _given(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def _optional(field):
+    info = field._copy() if hasattr(field, "_copy") else field.model_copy()  # keeps ge/le/description
+    info.default = None
+    info.default_factory = None
+    return (field.annotation | None, info)
+
+
+# Every field of EngineConfig, each optional: the typed form of "engine overrides" wherever a step,
+# voter or generator names an engine. Unknown keys and wrong types fail when the pipeline loads,
+# naming the YAML path, instead of when the engine is first built minutes into a run.
+EngineOverrides = create_model("EngineOverrides", __base__=_Overrides,
+                               **{name: _optional(f) for name, f in EngineConfig.model_fields.items()})
+
+
+def overrides_dict(value: "EngineOverrides | dict | None") -> dict:
+    """Overrides as a plain dict of the fields that were set (merging order: pipeline, step, call)."""
+    if value is None:
+        return {}
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return dict(value)
 
 
 class CachedEngine:
@@ -132,4 +175,5 @@ def get_engine(cfg: EngineConfig | dict | None = None) -> CachedEngine:
     return CachedEngine(backend, cache)
 
 
-__all__ = ["CachedEngine", "ChatRequest", "Completion", "Engine", "EngineConfig", "SamplingParams", "get_engine"]
+__all__ = ["CachedEngine", "ChatRequest", "Completion", "Engine", "EngineConfig", "EngineOverrides", "SamplingParams",
+           "get_engine", "overrides_dict"]

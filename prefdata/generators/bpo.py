@@ -19,6 +19,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.engines import EngineOverrides
 from prefdata.engines.base import ChatRequest, Engine, SamplingParams
 from prefdata.generators.common import clean_output, drop_reasons_markdown, sample_with_retries
 from prefdata.judges.pairwise import PairwiseJudge
@@ -195,9 +196,9 @@ def rewrite(prompts: pa.Table, engine: Engine, config: RewriteConfig | None = No
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_engine: dict | None = Field(None, description="Engine overrides for the target model that answers both "
+    target_engine: EngineOverrides | None = Field(None, description="Engine overrides for the target model that answers both "
                                        "prompts (BPO is black-box: the target never changes); default: the pipeline's.")
-    judge_engine: dict | None = Field(None, description="Engine overrides for the pairwise judge; default: the pipeline's.")
+    judge_engine: EngineOverrides | None = Field(None, description="Engine overrides for the pairwise judge; default: the pipeline's.")
     judge_method: Literal["generate", "logprob"] = Field(
         "generate", description="generate: the judge writes 'Winner: A|B|tie' (any engine); logprob: ' A' vs ' B' "
         "log-likelihood after 'Winner:' (transformers/vllm). Both orders are always judged.")

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.engines import EngineOverrides
 from prefdata.engines.base import ChatRequest, Engine, SamplingParams
 from prefdata.generators.common import (
     assistant,
@@ -61,7 +62,7 @@ class SelfRewardConfig(BaseModel):
                                   "fit (judge_score_first needs only a few).")
     judge_score_first: bool = Field(False, description="Ask for 'Score: n' first (as an assistant prefix) instead "
                                     "of after the justification; far fewer unparseable judgements from small models.")
-    judge_engine: dict | None = Field(None, description="Engine overrides for the judge (e.g. {model: ...}); "
+    judge_engine: EngineOverrides | None = Field(None, description="Engine overrides for the judge (e.g. {model: ...}); "
                                       "default: the policy judges itself, as in the paper.")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prefdata.engines import EngineOverrides
 from prefdata.errors import PrefdataError
 from prefdata.models import DEFAULT_MODEL
 
@@ -54,7 +55,8 @@ class RewardModelVoter(BaseModel):
 class JudgeVoter(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["judge"] = "judge"
-    engine: dict = Field(default_factory=dict, description="Engine overrides (default: the pipeline's engine).")
+    engine: EngineOverrides = Field(default_factory=EngineOverrides,
+                                    description="Engine overrides (default: the pipeline's engine).")
 
 
 class FinetunedRMVoter(BaseModel):
