@@ -90,7 +90,7 @@ def test_soft_label_zero_is_the_swapped_pair_and_one_is_dpo():
 
 
 def test_registry():
-    assert set(losses.DPO_LOSSES) == {"sigmoid", "ipo", "robust", "soft", "offset"}
+    assert set(losses.DPO_LOSSES) == {"sigmoid", "ipo", "robust", "soft", "offset", "hinge", "simpo"}
     assert losses.get_loss("soft") is losses.soft
     with pytest.raises(ConfigError, match="unknown DPO loss 'sigmod'"):
         losses.get_loss("sigmod")

@@ -9,6 +9,7 @@ any variant the same way. Metrics (accuracies, margins) are computed by the trai
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 
@@ -56,10 +57,96 @@ def bradley_terry(r_chosen, r_rejected, *, margin=None, label_prob=None):
     return -(label_prob * F.logsigmoid(d) + (1 - label_prob) * F.logsigmoid(-d))
 
 
-DPO_LOSSES = {"sigmoid": sigmoid, "ipo": ipo, "robust": robust, "soft": soft, "offset": offset}
+def hinge(h, *, beta, label_prob, **_):
+    """Hinge (SLiC-HF, Zhao et al. 2023; RSO, Liu et al. 2023, eq. 9 with normalised likelihoods), TRL's
+    `hinge`: max(0, 1 - beta h). With a soft label p per pair, each order is weighted by its probability,
+    p max(0, 1 - beta h) + (1 - p) max(0, 1 + beta h): p = 1 is TRL's loss, and p = 0.5 has zero gradient
+    while |beta h| < 1, so an undecided pair never pushes the policy."""
+    return label_prob * F.relu(1 - beta * h) + (1 - label_prob) * F.relu(1 + beta * h)
+
+
+def simpo(h, *, beta, gamma, chosen_logps, rejected_logps, chosen_len, rejected_len, label_prob, **_):
+    """SimPO (Meng et al. 2024, eq. 6): -log s(beta (log pi(y_c|x)/|y_c| - log pi(y_r|x)/|y_r|) - gamma).
+    Reference-free, so `h` is unused: the reward is the policy's mean token log-prob. gamma is the target
+    margin (not divided by beta here; TRL's CPO `simpo` writes it as beta (d - gamma/beta), the same
+    number). A soft label p mixes the two orders, each with its own margin:
+        -[p log s(beta d - gamma) + (1 - p) log s(-beta d - gamma)],
+    so p = 1 is SimPO and p = 0.5 is symmetric in d (zero gradient at d = 0). TRL's label_smoothing form
+    instead keeps gamma on one side only, which pushes a tied pair towards d = gamma / beta."""
+    d = chosen_logps / chosen_len.clamp(min=1) - rejected_logps / rejected_len.clamp(min=1)
+    return -(label_prob * F.logsigmoid(beta * d - gamma) + (1 - label_prob) * F.logsigmoid(-beta * d - gamma))
+
+
+def log_exp(r_chosen, r_rejected):
+    """ColossalChat's reward loss log(1 + exp(r_r - r_c)), written out so a test can show it *is* the
+    Bradley-Terry loss -log s(r_c - r_r) (softplus(x) = -log s(-x)); trainers use `bradley_terry`."""
+    return torch.log1p(torch.exp(r_rejected - r_chosen))
+
+
+def center_penalty(r_chosen, r_rejected, coefficient):
+    """TRL's `center_rewards_coefficient` (Eisenstein et al. 2023): c * mean((r_c + r_r)^2), which keeps
+    rewards centred on zero without changing their differences. A scalar."""
+    return coefficient * torch.mean((r_chosen + r_rejected) ** 2)
+
+
+# ----------------------------------------------------------------------------- ranking losses (many candidates)
+# Shapes: B prompts, up to K candidates each, padded; `valid` (B, K) marks real candidates. `logps` are
+# summed completion log-probs (B, K), `lengths` completion token counts (B, K), `rewards` the candidates'
+# scores (B, K). Each returns the per-prompt loss (B,).
+
+
+def _best_nll(logps, lengths, rewards, valid):
+    """Mean token NLL of each prompt's highest-scored candidate (the SFT term of RRHF and PRO), (B,)."""
+    best = rewards.masked_fill(~valid, float("-inf")).argmax(dim=1, keepdim=True)  # (B, 1)
+    return -(logps.gather(1, best) / lengths.gather(1, best).clamp(min=1)).squeeze(1)
+
+
+def rrhf(logps, lengths, rewards, valid, *, rank_weight=1.0, length_penalty=1.0, sft_weight=1.0):
+    """RRHF (Yuan et al. 2023, eq. 2-4): p_i = log pi(y_i|x) / |y_i|^length_penalty;
+    L_rank = sum_{r_i < r_j} max(0, p_i - p_j); L_ft = -log pi(y_best|x) / |y_best| (token mean);
+    L = rank_weight * L_rank + sft_weight * L_ft. Equal scores make no ranked pair."""
+    p = logps / lengths.clamp(min=1) ** length_penalty  # (B, K)
+    worse = (rewards[:, :, None] < rewards[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, K, K): i < j
+    rank = (F.relu(p[:, :, None] - p[:, None, :]) * worse).sum(dim=(1, 2))  # (B,)
+    return rank_weight * rank + sft_weight * _best_nll(logps, lengths, rewards, valid)
+
+
+def pro(logps, lengths, rewards, valid, *, sft_weight=0.05, reward_temperature=True):
+    """PRO (Song et al. 2023): rank the candidates by reward, y^1 > y^2 > ... > y^n, and with
+    s_i = log pi(y_i|x) / |y_i| sum the Plackett-Luce (InfoNCE) terms, dropping the best each round:
+        L_PRO = -sum_{k=1}^{n-1} log [exp(s_k T_k^k) / sum_{i>=k} exp(s_i T_i^k)].
+    With reward_temperature (the paper's dynamic temperature), T_i^k = 1 / (r_k - r_i) for i > k and
+    T_k^k = min_{i>k} T_i^k; without, T = 1. A candidate scored equal to y^k is no negative for it and is
+    left out of round k. L = L_PRO + sft_weight * L_SFT, L_SFT the best candidate's token-mean NLL."""
+    s = logps / lengths.clamp(min=1)  # (B, K)
+    gap = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K): [k, i] = r_k - r_i
+    neg = (gap > 0) & valid[:, :, None] & valid[:, None, :]  # i is strictly worse than k
+    if reward_temperature:
+        t_neg = torch.where(neg, 1.0 / gap.clamp(min=1e-12), torch.zeros_like(gap))  # (B, K, K)
+        t_pos = torch.where(neg, t_neg, torch.full_like(gap, float("inf"))).amin(dim=2)  # (B, K): min_i T_i^k
+    else:
+        t_neg, t_pos = neg.to(s), torch.ones_like(s)
+    has_neg = neg.any(dim=2)  # (B, K): round k exists only if something is worse than y^k
+    t_pos = torch.where(has_neg, t_pos, torch.zeros_like(t_pos))
+    pos = s * t_pos  # (B, K)
+    neg_logits = torch.where(neg, s[:, None, :] * t_neg, torch.full_like(gap, float("-inf")))  # (B, K, K)
+    denom = torch.logsumexp(torch.cat([pos[:, :, None], neg_logits], dim=2), dim=2)  # (B, K)
+    rounds = torch.where(has_neg, denom - pos, torch.zeros_like(pos)).sum(dim=1)  # (B,)
+    return rounds + sft_weight * _best_nll(logps, lengths, rewards, valid)
+
+
+RANK_LOSSES = {"rrhf": rrhf, "pro": pro}
+
+DPO_LOSSES = {"sigmoid": sigmoid, "ipo": ipo, "robust": robust, "soft": soft, "offset": offset, "hinge": hinge,
+              "simpo": simpo}
 
 # Per-pair columns each variant reads; the trainer checks the dataset has them before training.
-NEEDS = {"sigmoid": (), "ipo": (), "robust": (), "soft": ("label_prob",), "offset": ("margin",)}
+NEEDS = {"sigmoid": (), "ipo": (), "robust": (), "soft": ("label_prob",), "offset": ("margin",), "hinge": (),
+         "simpo": ()}
+# Columns a variant reads when the dataset has them (1.0 otherwise): soft labels where they mean something.
+OPTIONAL = {"hinge": ("label_prob",), "simpo": ("label_prob",)}
+# Variants that never look at a reference model.
+REFERENCE_FREE = ("simpo",)
 
 
 def get_loss(name: str):
