@@ -182,6 +182,15 @@ class TransformersEngine:
     def _sample(logits: torch.Tensor, gens: list[torch.Generator], params: SamplingParams, done: list[bool]):
         if params.temperature <= 0:
             return logits.argmax(dim=-1)
+        if params.top_p < 1.0:
+            from prefdata.engines.sampling import TOP_K_PREFILTER, _nucleus
+
+            z = logits / params.temperature
+            z_top, idx = z.topk(TOP_K_PREFILTER, dim=-1)
+            p_top, spills = _nucleus(z_top, torch.logsumexp(z, -1, keepdim=True), params.top_p)
+            if not bool(spills.any()):  # every nucleus ends inside the top k: no full sort
+                return torch.stack([idx[k, torch.multinomial(p_top[k], 1, generator=g)[0]]
+                                    for k, g in enumerate(gens)])
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
             sorted_p, idx = probs.sort(dim=-1, descending=True)
