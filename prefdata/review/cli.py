@@ -1,22 +1,22 @@
-"""`prefdata review REF` (serve the review page) and `prefdata review commit REF` (apply it).
+"""`prefdata review REF` (serve the review page), `prefdata review commit REF` (apply it), and
+`prefdata review export|import REF` (the queue out to Argilla / Label Studio, their answers back).
 
-One command with an optional second argument, since a Typer group cannot also take a REF of its
-own: `review commit X` commits the review of X; anything else is the ref to review.
+One command with optional further arguments, since a Typer group cannot also take a REF of its
+own: `review commit X` commits the review of X, `review export X`, `review import X FILE`; anything
+else is the ref to review.
 """
 
 from __future__ import annotations
 
 import getpass
 import ipaddress
-import re
 import socket
 import sys
 
 import typer
 
 from prefdata.errors import PrefdataError
-
-_ANNOTATOR_RE = re.compile(r"^[\w.@+-]{1,64}$")
+from prefdata.review.db import ANNOTATOR_RE, check_annotator
 
 
 def _default_annotator() -> str:
@@ -24,7 +24,7 @@ def _default_annotator() -> str:
         name = getpass.getuser()
     except (KeyError, OSError):
         name = ""
-    return name if _ANNOTATOR_RE.match(name or "") else "annotator"
+    return name if ANNOTATOR_RE.match(name or "") else "annotator"
 
 
 def _loopback(host: str) -> bool:
@@ -43,8 +43,7 @@ def serve(ref: str, *, host: str, port: int, annotator: str, budget: int | None,
     from prefdata.review.app import ReviewState, create_app
     from prefdata.store import load_table, resolve
 
-    if not _ANNOTATOR_RE.match(annotator):
-        raise PrefdataError(f"invalid annotator name '{annotator}': letters, digits and . _ @ + - (max 64)")
+    check_annotator(annotator)
     if budget is not None and budget < 1:
         raise PrefdataError("--budget must be at least 1")
     if overlap < 1:
@@ -79,21 +78,60 @@ def serve(ref: str, *, host: str, port: int, annotator: str, budget: int | None,
 
 def register(app: typer.Typer) -> None:
     @app.command("review")
-    def review_cmd(target: str = typer.Argument(..., metavar="REF | commit",
-                                                help="Dataset ref to review, or `commit` followed by the ref."),
-                   ref: str = typer.Argument(None, metavar="[REF]", help="With `commit`: the reviewed ref."),
+    def review_cmd(target: str = typer.Argument(..., metavar="REF | commit | export | import",
+                                                help="Dataset ref to review, or a verb followed by the ref."),
+                   ref: str = typer.Argument(None, metavar="[REF]", help="With a verb: the reviewed ref."),
+                   file: str = typer.Argument(None, metavar="[FILE]", help="With `import`: the tool's export "
+                                              "(Argilla: the to_disk directory or its records.json)."),
                    port: int = typer.Option(8765, help="Port to listen on (0: any free one)."),
                    host: str = typer.Option("127.0.0.1", help="Address to bind; other than loopback is exposed."),
-                   annotator: str = typer.Option(None, help="Your name; each annotator has a queue (default: $USER)."),
-                   budget: int = typer.Option(None, help="Offer at most this many pairs (the most uncertain)."),
+                   annotator: str = typer.Option(None, help="Your name; each annotator has a queue (default: $USER). "
+                                                 "With `import`: the name the file's answers are filed under."),
+                   budget: int = typer.Option(None, help="Offer (or export) at most this many pairs, the most "
+                                              "uncertain."),
                    overlap: int = typer.Option(1, help="Annotators per pair; 2 or more measures agreement."),
+                   fmt: str = typer.Option(None, "--format", help="With export/import: argilla | labelstudio."),
+                   out: str = typer.Option(None, "--out", help="With `export`: the Argilla directory or the "
+                                           "Label Studio task file to write."),
                    name: str = typer.Option(None, help="With `commit`: dataset name of the new version "
                                                        "(default: the reviewed one's)."),
                    human_accuracy: float = typer.Option(0.8, help="With `commit`: assumed accuracy of one human "
                                                                   "label, for label_prob.")):
         """Review the least certain pairs in the browser (every key saved at once), or commit the
-        decisions as a new version: `prefdata review REF`, then `prefdata review commit REF`."""
-        if target == "commit" and ref is not None:
+        decisions as a new version: `prefdata review REF`, then `prefdata review commit REF`.
+        Elsewhere: `prefdata review export REF --format argilla --out DIR`, then
+        `prefdata review import REF DIR --format argilla --annotator NAME`, then commit."""
+        verbs = ("commit", "export", "import")
+        if target in verbs and ref is None:
+            raise PrefdataError(f"`prefdata review {target}` needs the dataset ref: prefdata review {target} REF")
+        if target in ("export", "import") and fmt is None:
+            raise PrefdataError(f"`prefdata review {target}` needs --format argilla or --format labelstudio")
+        if target == "export":
+            from prefdata.review.interchange import export_queue
+
+            if out is None:
+                raise PrefdataError("`prefdata review export` needs --out (a directory for argilla, a .json for "
+                                    "labelstudio)")
+            r = export_queue(ref, fmt, out, budget=budget)
+            typer.echo(f"{r['ref']}: {r['pairs']} pairs, least certain first, written for {fmt}: "
+                       + ", ".join(r["files"]))
+            return
+        if target == "import":
+            from prefdata.review.interchange import import_decisions
+
+            if file is None:
+                raise PrefdataError("`prefdata review import REF FILE` needs the file exported from the tool")
+            if annotator is None:
+                raise PrefdataError("`prefdata review import` needs --annotator NAME (who gave these answers)")
+            r = import_decisions(ref, fmt, file, annotator=annotator)
+            by = ", ".join(f"{k} {v}" for k, v in r["by_decision"].items()) or "none"
+            typer.echo(f"{r['ref']}: {r['answers']} answers from {r['file']} ({by}); {r['written']} new decisions, "
+                       f"{r['unchanged']} already recorded; annotators: {', '.join(r['annotators']) or '-'}. "
+                       f"Next: prefdata review commit {r['ref']}")
+            return
+        if file is not None:
+            raise PrefdataError(f"unexpected argument '{file}'")
+        if target == "commit":
             from prefdata.review.commit import commit_review
 
             version, decisions, s = commit_review(ref, name=name, human_accuracy=human_accuracy,

@@ -9,6 +9,7 @@ Several servers (one per annotator) may share the file; SQLite's locking covers 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from prefdata.sqlitedb import connect, guard
 # What a decision means for the stored label; the page's keys map onto these (see app.KEYS).
 DECISIONS = ("keep", "flip", "tie", "drop", "skip")
 LABELS = ("keep", "flip", "tie", "drop")  # the ones that count as a label (skip is "not me")
+ANNOTATOR_RE = re.compile(r"^[\w.@+-]{1,64}$")
 CLAIM_TTL_S = 600.0  # a pair shown to someone stays theirs this long, so overlap 1 is not doubled
 
 SCHEMA = (
@@ -35,6 +37,12 @@ SCHEMA = (
     """CREATE VIEW IF NOT EXISTS live AS SELECT d.* FROM decisions d JOIN
         (SELECT MAX(seq) AS m FROM decisions WHERE undone = 0 GROUP BY pair_id, annotator) l ON d.seq = l.m""",
 )
+
+
+def check_annotator(name: str) -> str:
+    if not isinstance(name, str) or not ANNOTATOR_RE.match(name):
+        raise PrefdataError(f"invalid annotator name '{name}': letters, digits and . _ @ + - (max 64)")
+    return name
 
 
 def db_path(version) -> Path:
@@ -119,6 +127,28 @@ class ReviewDB:
                                    "VALUES (?, ?, ?, ?, ?, ?)", (pair_id, annotator, decision, key, int(swapped),
                                                                  time.time()))
             return int(cur.lastrowid)
+
+    def decide_many(self, rows: list[tuple[str, str, str, bool]], *, key: str) -> tuple[int, int]:
+        """Append (pair_id, annotator, decision, swapped) rows in one transaction (all or none), leaving
+        out those equal to the annotator's standing decision. Returns (written, unchanged)."""
+        for pid, ann, d, _ in rows:
+            check_annotator(ann)
+            if d not in DECISIONS:
+                raise PrefdataError(f"unknown decision '{d}' (expected one of {', '.join(DECISIONS)})")
+        with self._lock, guard(self.path, "review database"), self._db:
+            known = {r[0] for r in self._db.execute("SELECT pair_id FROM pairs")}
+            standing = {(p, a): d for p, a, d in self._db.execute("SELECT pair_id, annotator, decision FROM live")}
+            written, now = 0, time.time()
+            for pid, ann, d, swapped in rows:
+                if pid not in known:
+                    raise PrefdataError(f"pair '{pid}' is not in this review")
+                if standing.get((pid, ann)) == d:
+                    continue
+                self._db.execute("INSERT INTO decisions (pair_id, annotator, decision, key, swapped, at) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", (pid, ann, d, key, int(swapped), now))
+                standing[(pid, ann)] = d
+                written += 1
+        return written, len(rows) - written
 
     def undo(self, annotator: str) -> str | None:
         """Take back this annotator's latest decision still standing; returns its pair (to show again)."""
