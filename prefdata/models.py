@@ -170,6 +170,10 @@ def resolve_model(name_or_path: str | None = None, *, trust_remote_code: bool = 
     p = Path(name).expanduser()
     if p.is_dir():
         return str(p)
+    from prefdata import artifacts
+
+    if artifacts.is_model_ref(name):  # a model a pipeline trained: name@vN / name@latest
+        return artifacts.resolve_model_ref(models_dir().parent, name)
     if name.startswith(("/", "./", "../", "~")):
         raise PrefdataError(f"model path not found: {name}")
     local = _from_hf_cache(name)
@@ -199,7 +203,8 @@ def prepare_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="Hub id or path;
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/CLI_JSON.md)."),
              wide: bool = typer.Option(False, "--wide", help="On a terminal, lay the table out at full width.")):
-    """Models prepared in the prefdata cache."""
+    """Models prepared in the prefdata cache, and the models pipelines trained (as name@vN refs)."""
+    from prefdata import artifacts
     from prefdata.tables import print_json, print_table
 
     d = models_dir()
@@ -209,7 +214,17 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON 
             info = json.loads((p / INFO_FILE).read_text())
             found.append({"name": info.get("hub_id", p.name), "path": str(p), "source": info.get("source"),
                           "weights_sha256": info.get("weights_sha256")})
+    trained = []
+    for name in artifacts.model_names(d.parent):
+        for i, a in enumerate(artifacts.model_versions(d.parent, name), 1):
+            lineage = a.manifest.get("lineage", {})
+            trained.append({"ref": f"{name}@v{i}", "path": a.ref, "uses": lineage.get("step", {}).get("uses"),
+                            "parents": lineage.get("parents", []), "content_sha256": a.manifest.get("content_sha256"),
+                            "card": str(a.card_path), "metrics": a.manifest.get("metrics", {})})
     if as_json:
-        print_json({"schema": "prefdata.models.list/1", "models": found})
+        print_json({"schema": "prefdata.models.list/1", "models": found, "trained": trained})
     else:
         print_table(["name", "path", "source"], [[m["name"], m["path"], m["source"]] for m in found], wide=wide)
+        if trained:
+            print_table(["ref", "trained by", "from", "path"],
+                        [[t["ref"], t["uses"] or "", ", ".join(t["parents"]), t["path"]] for t in trained], wide=wide)
