@@ -14,9 +14,12 @@ loudly if the internals it relies on move) and carries both columns through the 
   soft     cDPO with eps = 1 - label_prob, per pair         (Mitchell 2023; Secrets of RLHF II)
   offset   -log s(beta h - alpha * delta), per pair         (ODPO, Amini et al. 2024)
            delta = log(s_c - s_r) from the score columns, or the `margin` column (`offset_source`)
+  hinge    max(0, 1 - beta h), soft label per pair if given  (SLiC-HF, Zhao et al. 2023; RSO, Liu et al. 2023)
+  simpo    -log s(beta (mean logp_c - mean logp_r) - gamma)  (SimPO, Meng et al. 2024), no reference model
 
 A tie (label_prob 0.5, or null in older versions) stays at 0.5 for the soft loss and is dropped,
-and counted in the card, by every hard loss. With >= 10 pairs, `eval_fraction` of them are held
+and counted in the card, by every hard loss. hinge and simpo read `label_prob` when the dataset has
+it (ties then stay at 0.5) and take every pair as certain when it does not. With >= 10 pairs, `eval_fraction` of them are held
 out; eval loss, implicit-reward accuracy and margin on them go into the card.
 
 The reference model is `ref_model` when given; otherwise the starting policy (a frozen copy, or the
@@ -42,7 +45,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefdata.errors import PrefdataError
 from trainers import common
-from trainers.losses import NEEDS, get_loss
+from trainers.losses import NEEDS, OPTIONAL, REFERENCE_FREE, get_loss
 
 # Per-pair columns TRL would drop and our losses read.
 EXTRA_COLUMNS = ("label_prob", "margin")
@@ -51,11 +54,18 @@ EXTRA_COLUMNS = ("label_prob", "margin")
 class DPOTrainConfig(common.BaseTrainConfig):
     """`prefdata train dpo` / `python -m trainers.dpo`: every field is a YAML key and a --set override."""
 
-    loss: Literal["sigmoid", "ipo", "robust", "soft", "offset"] = Field(
+    loss: Literal["sigmoid", "ipo", "robust", "soft", "offset", "hinge", "simpo"] = Field(
         "sigmoid", description="sigmoid (DPO eq. 7) | ipo (IPO eq. 17) | robust (rDPO eq. 8, global eps) | "
-                               "soft (cDPO, per-pair label_prob) | offset (ODPO eq. 6, per-pair margin).")
+                               "soft (cDPO, per-pair label_prob) | offset (ODPO eq. 6, per-pair margin) | "
+                               "hinge (SLiC-HF / RSO: max(0, 1 - beta h)) | simpo (SimPO eq. 6: reference-free, "
+                               "length-normalised, target margin simpo_gamma).")
     beta: float = Field(0.1, gt=0, le=10, description="DPO's beta (IPO's tau): inverse KL strength, in (0, 10]. "
-                                                      "0.1 as in DPO and Self-Rewarding LMs.")
+                                                      "0.1 as in DPO and Self-Rewarding LMs. For simpo it scales the "
+                                                      "mean log-prob reward and defaults to 2.0 (SimPO tunes beta in "
+                                                      "[2, 10]).")
+    simpo_gamma: float = Field(0.5, ge=0, le=10, description="simpo: target reward margin gamma in "
+                               "-log s(beta d - gamma), in [0, 10]; SimPO (Meng et al. 2024) tunes gamma/beta in about "
+                               "[0.1, 0.8]. 0.5 as TRL's CPOConfig.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed global flip rate eps in [0, 0.5) "
                                                                   "(Chowdhury et al. 2024). Per-pair: use loss=soft.")
     offset_alpha: float = Field(1.0, ge=0, description="offset: alpha in ODPO's -log s(beta h - alpha * delta), >= 0. "
@@ -71,6 +81,15 @@ class DPOTrainConfig(common.BaseTrainConfig):
                                                     "(with LoRA: the base weights, adapters off).")
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once, cached under "
                                            "<store home>/refcache/ keyed on (model, dataset hash, max_length).")
+
+    @model_validator(mode="after")
+    def _simpo_beta(self):
+        if self.loss == "simpo" and "beta" not in self.model_fields_set:
+            self.beta = 2.0  # SimPO's reward is a mean token log-prob, far smaller than DPO's summed log-ratio
+        if self.loss == "simpo" and (self.ref_model or self.precompute_ref_log_probs):
+            print("warning: loss=simpo uses no reference model; ref_model / precompute_ref_log_probs are ignored",
+                  file=sys.stderr)
+        return self
 
     @model_validator(mode="after")
     def _robust_needs_eps(self):
@@ -105,9 +124,11 @@ class PrefDPOTrainer(DPOTrainer):
     columns), `compute_ref_log_probs` (keep them away from the model), `_precompute_ref_logps`
     (persistent cache) and `_compute_loss` (our loss registry)."""
 
-    def __init__(self, *args, pref_loss: str = "sigmoid", offset_alpha: float = 1.0,
+    def __init__(self, *args, pref_loss: str = "sigmoid", offset_alpha: float = 1.0, simpo_gamma: float = 0.5,
                  ref_cache_key: str | None = None, **kwargs):
         self.pref_loss, self.offset_alpha, self.ref_cache_key = pref_loss, offset_alpha, ref_cache_key
+        self.simpo_gamma = simpo_gamma
+        self.reference_free = pref_loss in REFERENCE_FREE
         self.loss_fn = get_loss(pref_loss)
         super().__init__(*args, **kwargs)
 
@@ -121,7 +142,11 @@ class PrefDPOTrainer(DPOTrainer):
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's pass, but cached across runs and processes: TRL's own cache lives in the datasets
-        cache of one in-memory dataset and is keyed on its fingerprint, which changes per load."""
+        cache of one in-memory dataset and is keyed on its fingerprint, which changes per load.
+        A reference-free loss gets zero columns without any forward pass (TRL then loads no reference)."""
+        if self.reference_free:
+            zeros = [0.0] * len(dataset)
+            return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
         if self.ref_cache_key is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         import datasets as hfd
@@ -166,15 +191,20 @@ class PrefDPOTrainer(DPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         chosen_logps, rejected_logps = self._logps(model, inputs).chunk(2, dim=0)  # (b,), (b,)
-        ref_chosen, ref_rejected = self._ref_logps(inputs)
-        chosen_lr, rejected_lr = chosen_logps - ref_chosen, rejected_logps - ref_rejected
+        chosen_len, rejected_len = inputs["completion_mask"].sum(1).float().chunk(2, dim=0)  # (b,), (b,)
+        if self.reference_free:
+            # SimPO's implicit reward is the mean token log-prob; it stands where DPO's log-ratio does in the metrics.
+            chosen_lr, rejected_lr = chosen_logps / chosen_len.clamp(min=1), rejected_logps / rejected_len.clamp(min=1)
+        else:
+            ref_chosen, ref_rejected = self._ref_logps(inputs)
+            chosen_lr, rejected_lr = chosen_logps - ref_chosen, rejected_logps - ref_rejected
         h = chosen_lr - rejected_lr  # (b,)
-        chosen_len, rejected_len = inputs["completion_mask"].sum(1).float().chunk(2, dim=0)
         ones = torch.ones_like(h)
         per_pair = self.loss_fn(
-            h, beta=self.beta, label_smoothing=self.label_smoothing, alpha=self.offset_alpha,
+            h, beta=self.beta, label_smoothing=self.label_smoothing, alpha=self.offset_alpha, gamma=self.simpo_gamma,
             label_prob=inputs.get("label_prob", ones).to(h), margin=inputs.get("margin", 0 * ones).to(h),
-            chosen_logratio=chosen_lr, rejected_logratio=rejected_lr, chosen_len=chosen_len, rejected_len=rejected_len)
+            chosen_logratio=chosen_lr, rejected_logratio=rejected_lr, chosen_len=chosen_len, rejected_len=rejected_len,
+            chosen_logps=chosen_logps, rejected_logps=rejected_logps)
         loss = per_pair.mean()
         self._log_metrics(mode, chosen_lr.detach(), rejected_lr.detach(), chosen_logps.detach(),
                           rejected_logps.detach())
@@ -237,21 +267,23 @@ def prepare(cfg: DPOTrainConfig):
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
     needs = [c for c in NEEDS[cfg.loss] if c != "margin"]  # the offset's source is checked by _offset_margins
     common.require_columns(ds, ["prompt", "chosen", "rejected", *needs], f"DPO (loss={cfg.loss})")
-    ds, ties = common.resolve_ties(ds, soft=cfg.loss == "soft", what=f"DPO loss={cfg.loss}")
+    optional = [c for c in OPTIONAL.get(cfg.loss, ()) if c in ds.column_names]
+    soft = cfg.loss == "soft" or "label_prob" in optional
+    ds, ties = common.resolve_ties(ds, soft=soft, what=f"DPO loss={cfg.loss}")
     notes = dict(ties or {})
     if cfg.loss == "offset":
         margins, notes["offset_source"] = _offset_margins(ds, cfg.offset_source)
         ds = ds.remove_columns([c for c in ["margin"] if c in ds.column_names]).add_column("margin", margins)
-    keep = ["prompt", "chosen", "rejected", *NEEDS[cfg.loss]]
+    keep = ["prompt", "chosen", "rejected", *NEEDS[cfg.loss], *optional]
     ds = ds.select_columns(keep)
     model, tok, path = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if common.is_conversational(ds):
         common.check_chat_template(tok, cfg.model)
     common.check_lengths(ds, tok, cfg.max_length)
     ref = None
-    if cfg.ref_model:
+    if cfg.ref_model and cfg.loss not in REFERENCE_FREE:
         ref, _, _ = common.load_model_and_tokenizer(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
-    elif not cfg.lora and not cfg.precompute_ref_log_probs:
+    elif not cfg.lora and not cfg.precompute_ref_log_probs and cfg.loss not in REFERENCE_FREE:
         ref = copy.deepcopy(model).eval()  # TRL needs an explicit reference for an in-memory policy
     return ds, prov, model, tok, ref, path, notes
 
@@ -286,17 +318,19 @@ def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str, selection: dict | 
 def build_trainer(cfg: DPOTrainConfig, ds, prov, model, tok, ref, path, notes=None) -> PrefDPOTrainer:
     cfg.output_dir = cfg.output_dir or common.default_output_dir("dpo", prov)
     ds, heldout = split_eval(ds, cfg)
-    selection = {"ties_dropped": bool((notes or {}).get("ties")) and cfg.loss != "soft",
+    free = cfg.loss in REFERENCE_FREE
+    selection = {"ties_dropped": "dropped" in str((notes or {}).get("ties_handling", "")),
                  "eval": [cfg.eval_fraction, cfg.seed] if heldout is not None else None}
     # loss_type only matters for TRL's own argument checks (e.g. robust's eps range); our loss replaces TRL's.
+    # A reference-free loss "precomputes" zeros (see _precompute_ref_logps), so TRL loads no reference model.
     args = DPOConfig(**common.training_args_common(cfg), beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-                     max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+                     max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs or free,
                      loss_type="robust" if cfg.loss == "robust" else "sigmoid")
     trainer = PrefDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, eval_dataset=heldout,
                              processing_class=tok, peft_config=common.peft_config(cfg), pref_loss=cfg.loss,
-                             offset_alpha=cfg.offset_alpha,
-                             ref_cache_key=ref_cache_key(cfg, prov, path, selection if any(selection.values())
-                                                         else None),
+                             offset_alpha=cfg.offset_alpha, simpo_gamma=cfg.simpo_gamma,
+                             ref_cache_key=None if free else ref_cache_key(cfg, prov, path, selection if any(
+                                 selection.values()) else None),
                              data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id, max_length=cfg.max_length))
     trainer.card_notes = {"train_pairs": len(ds), "eval_pairs": len(heldout) if heldout is not None else 0,
                           **(notes or {})}
