@@ -1,10 +1,11 @@
 """The transformers engine: the embedded CPU default.
 
 Generation runs its own decode loop over the model's KV cache instead of `model.generate`, for one
-reason: every (request, sample) row draws from its own `torch.Generator`, seeded from the request's
-content, seed and sample index. A row's text therefore does not depend on which other rows share its
-batch, on batch order or on the token budget, which is what makes cached, resumed and re-batched
-runs agree row for row.
+reason: every (request, sample) row samples from its own counter-based random stream, keyed by a seed
+drawn from the request's content, seed and sample index (prefdata/engines/sampling.py). A row's text
+therefore does not depend on which other rows share its batch, on batch order or on the token budget,
+which is what makes cached, resumed and re-batched runs agree row for row. All rows sample in one
+vectorised op per step; EOS and stop checks are vectorised over the batch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from prefdata.engines.base import ChatRequest, Completion, SamplingParams, row_seed
+from prefdata.engines.sampling import sample, stream_keys, uniforms
 from prefdata.errors import PrefdataError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -122,12 +124,14 @@ class TransformersEngine:
         for k, p in enumerate(prompts):
             input_ids[k, width - len(p):] = torch.tensor(p)
             mask[k, width - len(p):] = 1
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        generated: list[list[int]] = [[] for _ in range(b)]
-        token_lp: list[list[float]] = [[] for _ in range(b)]  # per token, so a stop cut can drop the tail's
-        done = [False] * b
-        finish = ["length"] * b
-        texts = [""] * b
+        keys = stream_keys(seeds)  # each row's counter-based stream: its draws depend on (seed, step) only
+        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
+        # A row grows until it stops and never after, so tokens[k, :n_gen[k]] is its output.
+        tokens = torch.zeros((b, params.max_tokens), dtype=torch.long)
+        token_lp = torch.zeros((b, params.max_tokens), dtype=torch.float64)  # per token: a stop cut drops the tail's
+        n_gen = torch.zeros(b, dtype=torch.long)
+        done = torch.zeros(b, dtype=torch.bool)
+        stopped = torch.zeros(b, dtype=torch.bool)  # ended by EOS or a stop string rather than the length
         past = None
         cur_ids, positions = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)
         for step in range(params.max_tokens):
@@ -137,38 +141,46 @@ class TransformersEngine:
                                  past_key_values=past, use_cache=True, logits_to_keep=1)
             past = outputs.past_key_values
             logits = outputs.logits[:, -1, :].float()  # (b, vocab)
-            logp = torch.log_softmax(logits, dim=-1)
-            nxt = self._sample(logits, gens, params, done)
-            for k in range(b):
-                if done[k]:
-                    continue
-                tok = int(nxt[k])
-                if tok in self.eos_ids:
-                    done[k], finish[k] = True, "stop"
-                    continue
-                generated[k].append(tok)
-                token_lp[k].append(float(logp[k, tok]))
-                if params.stop:
-                    # Decode the tail only: a stop string can't start earlier than ~its length back.
-                    tail = self.tokenizer.decode(generated[k][-16:], skip_special_tokens=True)
-                    if any(s in tail for s in params.stop):
-                        done[k], finish[k] = True, "stop"
-            if all(done):
+            nxt = sample(logits, uniforms(keys, step), params.temperature, params.top_p)  # (b,)
+            live = ~done
+            hit_eos = live & torch.isin(nxt, eos)
+            grow = live & ~hit_eos
+            tokens[:, step] = nxt
+            if params.logprobs:
+                chosen = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+                token_lp[:, step] = (chosen - torch.logsumexp(logits, dim=-1)).double()
+            n_gen += grow
+            done |= hit_eos
+            stopped |= hit_eos
+            if params.stop and bool(grow.any()):
+                # Decode the tail only: a stop string can't start earlier than ~its length back. Every
+                # growing row has step + 1 tokens, so the tails are one slice.
+                rows = grow.nonzero().squeeze(-1)
+                tails = self.tokenizer.batch_decode(tokens[rows, max(0, step - 15):step + 1].tolist(),
+                                                    skip_special_tokens=True)
+                hit = torch.tensor([any(s in t for s in params.stop) for t in tails])
+                done[rows[hit]] = True
+                stopped[rows[hit]] = True
+            if bool(done.all()):
                 break
             cur_ids = nxt.view(b, 1)
             mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
-        kept = [len(g) for g in generated]
-        for k in range(b):
-            full = self.tokenizer.decode(generated[k], skip_special_tokens=True)
+        n_list = n_gen.tolist()
+        generated = [tokens[k, :n].tolist() for k, n in enumerate(n_list)]
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        kept = list(n_list)
+        finish = ["stop" if s else "length" for s in stopped.tolist()]
+        for k, full in enumerate(texts):
             hit = min((full.find(s) for s in params.stop if s in full), default=-1)
             if hit >= 0:
-                full, finish[k] = full[:hit], "stop"
+                texts[k], finish[k] = full[:hit], "stop"
                 kept[k] = self._tokens_covering(generated[k], hit)
-            texts[k] = full
         # num_tokens and logprob describe the returned text: the stop string and what followed it
         # were generated but cut, so they must not count (a judge's logprob would mix in the tail).
-        return texts, finish, kept, [sum(lp[:n]) for lp, n in zip(token_lp, kept)]
+        kept_t = torch.tensor(kept)
+        lps = (token_lp * (torch.arange(params.max_tokens) < kept_t.unsqueeze(-1))).sum(-1).tolist()
+        return texts, finish, kept, lps
 
     def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
         """The fewest leading tokens whose text spans the first n_chars characters (a token that
@@ -177,32 +189,6 @@ class TransformersEngine:
             if len(self.tokenizer.decode(tokens[:m], skip_special_tokens=True)) >= n_chars:
                 return m
         return len(tokens)
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, gens: list[torch.Generator], params: SamplingParams, done: list[bool]):
-        if params.temperature <= 0:
-            return logits.argmax(dim=-1)
-        if params.top_p < 1.0:
-            from prefdata.engines.sampling import TOP_K_PREFILTER, _nucleus
-
-            z = logits / params.temperature
-            z_top, idx = z.topk(TOP_K_PREFILTER, dim=-1)
-            p_top, spills = _nucleus(z_top, torch.logsumexp(z, -1, keepdim=True), params.top_p)
-            if not bool(spills.any()):  # every nucleus ends inside the top k: no full sort
-                return torch.stack([idx[k, torch.multinomial(p_top[k], 1, generator=g)[0]]
-                                    for k, g in enumerate(gens)])
-        probs = torch.softmax(logits / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            sorted_p, idx = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # always keeps the top token
-            sorted_p = sorted_p * keep
-            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-        out = torch.empty(len(gens), dtype=torch.long)
-        for k, g in enumerate(gens):
-            # Each row draws from its own generator, even when finished, so a row's stream of
-            # draws never depends on its neighbours.
-            out[k] = torch.multinomial(probs[k], 1, generator=g)[0]
-        return out
 
     # ------------------------------------------------------------------ scoring
 
