@@ -169,6 +169,8 @@ def resolve_model(name_or_path: str | None = None, *, trust_remote_code: bool = 
     name = name_or_path or DEFAULT_MODEL
     p = Path(name).expanduser()
     if p.is_dir():
+        if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+            return str(merged_adapter(p, trust_remote_code=trust_remote_code))
         return str(p)
     from prefdata import artifacts
 
@@ -188,6 +190,44 @@ def resolve_model(name_or_path: str | None = None, *, trust_remote_code: bool = 
         return local
     raise PrefdataError(f"model '{name}' is not available locally and the hub cannot be reached; "
                         "give a local path, pre-download it into the HF cache, or run online")
+
+
+def merge_lora(adapter_dir: Path, base: str, out: Path, *, trust_remote_code: bool = False) -> None:
+    """Adapter + base -> a plain checkpoint in `out` (written to a temp folder, then renamed), so
+    every engine (vLLM included) loads it like any model and nothing applies adapters per request."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = resolve_model(base, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_dir)
+    AutoTokenizer.from_pretrained(str(tok_src), trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    for f in ("README.md", "prefdata-train.json", "training_curves.png"):  # the card travels with the weights
+        if (adapter_dir / f).is_file():
+            shutil.copy(adapter_dir / f, tmp / f)
+    os.replace(tmp, out)
+
+
+def merged_adapter(adapter_dir: Path, *, trust_remote_code: bool = False) -> Path:
+    """A LoRA adapter folder named as a model: merged into its base once, cached by the adapter's
+    content, so the next step can generate with it on any engine."""
+    from prefdata import artifacts
+
+    try:
+        base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError):
+        raise PrefdataError(f"{adapter_dir}/adapter_config.json: no readable base_model_name_or_path; "
+                            "cannot merge this LoRA adapter") from None
+    out = models_dir() / "merged" / artifacts.content_hash(adapter_dir)[:16]
+    if not (out / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        merge_lora(adapter_dir, base, out, trust_remote_code=trust_remote_code)
+    return out
 
 
 @app.command("prepare")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,37 @@ def test_versions_are_numbered_in_stamp_order_and_resolve(capsys):
     assert [t["ref"] for t in trained] == ["pol@v1", "pol@v2"]
     assert trained[0]["parents"] == ["data@v1"] and trained[0]["content_sha256"] == a.manifest["content_sha256"]
     assert trained[1]["path"] == b.ref and trained[1]["uses"] == "train_dpo"
+
+
+def test_a_lora_adapter_named_as_a_model_is_merged_once_on_load(tiny_model):
+    """An adapter folder (what `prefdata train dpo --lora` leaves) works as an engine model: merged into
+    its base once, cached by content; the merged weights give the adapted model's logits."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from prefdata.engines import ChatRequest, get_engine
+
+    adapter = store.home() / "my-adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft.save_pretrained(adapter)  # adapter_config.json names tiny_model as its base
+
+    merged = resolve_model(str(adapter))
+    assert merged != str(adapter) and (store.home() / "models" / "merged") in Path(merged).parents
+    mtime = (Path(merged) / "config.json").stat().st_mtime_ns
+    assert resolve_model(str(adapter)) == merged  # cached: not merged again
+    assert (Path(merged) / "config.json").stat().st_mtime_ns == mtime
+
+    ids = torch.tensor([[1, 5, 9, 3]])
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                    str(adapter)).eval()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    got = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want, other, have = ref(ids).logits, plain(ids).logits, got(ids).logits
+    assert torch.allclose(have, want, atol=1e-4) and not torch.allclose(have, other, atol=1e-3)
+
+    eng = get_engine({"model": str(adapter), "cache": False, "progress": False})
+    [s] = eng.score([ChatRequest(messages=[{"role": "user", "content": "hi"}])], ["hello"])
+    assert s < 0.0
