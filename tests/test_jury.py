@@ -1,0 +1,203 @@
+"""A jury of judges (prefdata/judges/jury.py) and its bias figures (prefdata/evals/judge.py), with
+scripted judges whose position bias, length bias, ties and self-preference are known, so every
+figure is checked against a hand count."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prefdata import store
+from prefdata.engines.scripted import ScriptedEngine
+from prefdata.evals.judge import evaluate, format_report
+from prefdata.judges.jury import JurorConfig, JuryConfig, jury_votes, load_jury, majority, run_jury
+from prefdata.schema import validate
+from prefdata.testing import run_cli
+
+# 8 pairs; the chosen answer is longer in pairs 0-4 (5 of 8), shorter in 5-7. The judge model "judge-m"
+# wrote the chosen answer of pairs 0-3 and the rejected answer of pairs 4-7.
+N = 8
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for i in range(N):
+        long, short = f"long answer number {i} " + "with many extra words " * 3, f"short {i}"
+        chosen, rejected = (long, short) if i < 5 else (short, long)
+        own_chosen = i < 4
+        rows.append({"id": f"q{i}", "prompt": f"question {i}?", "chosen": chosen, "rejected": rejected,
+                     "chosen_model": "judge-m" if own_chosen else "other", "rejected_model": "other" if own_chosen
+                     else "judge-m", "label_prob": 0.9})
+    return rows
+
+
+ROWS = _rows()
+CHOSEN = {r["chosen"] for r in ROWS}
+OWN = {r["chosen"] if r["chosen_model"] == "judge-m" else r["rejected"] for r in ROWS}
+
+
+def _shown(req) -> tuple[str, str]:
+    """(answer shown as A, answer shown as B), found by position in the judge's prompt."""
+    text = req.messages[-1]["content"]
+    answers = [a for r in ROWS for a in (r["chosen"], r["rejected"]) if a in text]
+    answers.sort(key=text.index)
+    return answers[0], answers[-1]
+
+
+def _judge(pick) -> ScriptedEngine:
+    """A scripted judge: `pick(a, b)` returns 'A', 'B', 'tie' or None (an unparseable ramble)."""
+    def answer(req, _):
+        p = pick(*_shown(req))
+        return "I cannot say." if p is None else f"Some reasoning.\nWinner: {p}"
+    return answer
+
+
+JUDGES = {
+    "always-a": lambda a, b: "A",  # pure position bias
+    "longer": lambda a, b: "A" if len(a) > len(b) else "B",  # pure length bias
+    "oracle": lambda a, b: "A" if a in CHOSEN else "B",  # agrees with the labels
+    "self": lambda a, b: "A" if a in OWN else "B",  # always prefers the answer it wrote
+    "tie-first-two": lambda a, b: "tie" if {"short 0", "short 1"} & {a, b} else ("A" if a in CHOSEN else "B"),
+    "mute": lambda a, b: None,
+}
+
+
+@pytest.fixture(autouse=True)
+def _eval_judge_mounted():
+    """`eval judge` on the real CLI, also before prefdata/cli.py mounts it (register is idempotent)."""
+    from prefdata import cli
+    from prefdata.evals.judge import register
+
+    cli._mount()
+    register(cli.app)
+
+
+def _engine_for(overrides: dict):
+    model = overrides["model"]
+    return ScriptedEngine(_judge(JUDGES[model]), model_id="judge-m" if model == "self" else model)
+
+
+def _table():
+    return validate(ROWS, "pair")
+
+
+def _prompts_xs_ys(table):
+    from prefdata.judges.jury import judge_inputs
+
+    return judge_inputs(table)
+
+
+def _report(*names: str) -> dict:
+    table = _table()
+    jury = JuryConfig(judges=[JurorConfig(engine={"model": n}) for n in names])
+    verdicts = run_jury(jury, _engine_for, *_prompts_xs_ys(table), progress=False)
+    return evaluate(verdicts, table)
+
+
+def test_position_biased_judge_is_never_consistent():
+    j = _report("always-a")["judges"][0]
+    assert j["position_consistency"] == 0.0 and j["first_position_rate"] == 1.0
+    assert j["tie_rate"] == 1.0 and j["ties"] == {"explicit": 0.0, "order_dependent": 1.0, "unparsed": 0.0}
+    assert j["accuracy"] is None and j["accuracy_tie_half"] == 0.5 and j["length"]["pairs"] == 0
+
+
+def test_length_biased_judge_against_the_base_rate():
+    j = _report("longer")["judges"][0]
+    assert j["position_consistency"] == 1.0 and j["first_position_rate"] == 0.5 and j["tie_rate"] == 0.0
+    # It picks the longer answer: right on the 5 pairs where the chosen is longer.
+    assert j["accuracy"] == pytest.approx(5 / 8)
+    assert j["length"] == {"pairs": 8, "longer_wins": 1.0, "base_rate": 0.625, "bias": 0.375}
+
+
+def test_oracle_judge_shows_the_base_rate_and_no_bias():
+    j = _report("oracle")["judges"][0]
+    assert j["accuracy"] == 1.0 and j["accuracy_tie_half"] == 1.0
+    assert j["length"] == {"pairs": 8, "longer_wins": 0.625, "base_rate": 0.625, "bias": 0.0}
+    assert j["self_preference"]["measured"] is False  # "oracle" wrote none of the answers
+
+
+def test_explicit_ties_and_unparseable_outputs():
+    j = _report("tie-first-two")["judges"][0]
+    # Pairs q0 and q1: 'tie' in both orders (consistent, and a tie); elsewhere the oracle.
+    assert j["tie_rate"] == 0.25 and j["ties"]["explicit"] == 0.25 and j["position_consistency"] == 1.0
+    assert j["accuracy"] == 1.0 and j["accuracy_tie_half"] == (6 + 2 * 0.5) / 8 and j["decided"] == 6
+    # Base rate on the 6 decided pairs (q2..q7): chosen longer on q2, q3, q4 = 3 of 6.
+    assert j["length"] == {"pairs": 6, "longer_wins": 0.5, "base_rate": 0.5, "bias": 0.0}
+    m = _report("mute")["judges"][0]
+    assert m["position_consistency"] is None and m["ties"]["unparsed"] == 1.0 and m["tie_rate"] == 1.0
+
+
+def test_self_preference_of_a_judge_that_wrote_half_the_answers():
+    j = _report("self")["judges"][0]
+    assert j["model"] == "judge-m"
+    # Its own answer is the chosen on q0-q3 and the rejected on q4-q7: it picks its own every time,
+    # the labels pick it half the time.
+    assert j["self_preference"] == {"measured": True, "pairs": 8, "picks_own": 1.0, "labels_pick_own": 0.5,
+                                    "excess": 0.5}
+    assert j["accuracy"] == 0.5
+
+
+def test_a_judge_that_wrote_both_answers_is_not_scored_for_self_preference():
+    table = validate([{k: v for k, v in r.items() if k not in ("chosen_model", "rejected_model")} for r in ROWS], "pair")
+    jury = JuryConfig(judges=[JurorConfig(engine={"model": "self"})])
+    v = run_jury(jury, _engine_for, *_prompts_xs_ys(table), progress=False)
+    sp = evaluate(v, table, generator="judge-m")["judges"][0]["self_preference"]
+    assert sp["measured"] is False and sp["judge_wrote_both"] == 8 and "cannot be told" in sp["note"]
+    sp = evaluate(v, table, generator=None)["judges"][0]["self_preference"]
+    assert sp == {"measured": False, "note": "the data does not record which model wrote the answers"}
+
+
+def test_jury_majority_and_votes_as_one_family():
+    r = _report("oracle", "longer", "always-a")
+    # oracle +1 everywhere; longer +1 on q0-q4, -1 on q5-q7; always-a 0: the jury decides q0-q4 only.
+    assert r["jury"]["tie_rate"] == pytest.approx(3 / 8) and r["jury"]["accuracy"] == 1.0
+    assert "jury (majority)" in format_report(r)
+    table = _table()
+    jury = JuryConfig(judges=[JurorConfig(engine={"model": n}) for n in ("oracle", "longer", "always-a")])
+    votes = jury_votes(table, jury, _engine_for, progress=False)
+    assert list(votes) == ["jury:0", "jury:1", "jury:2"]
+    np.testing.assert_array_equal(votes["jury:0"], np.ones(N))
+    np.testing.assert_array_equal(votes["jury:1"], [1, 1, 1, 1, 1, -1, -1, -1])
+    np.testing.assert_array_equal(votes["jury:2"], np.zeros(N))
+    from prefdata.curation.vote import family_of
+
+    assert {family_of(v) for v in votes} == {"jury"}  # one voter family, three members
+    v = run_jury(jury, _engine_for, *_prompts_xs_ys(table), progress=False)
+    assert majority(v) == [1.0] * 5 + [None] * 3
+
+
+def test_cli_eval_judge_prints_the_figures_and_json(tmp_path, capsys, monkeypatch):
+    import prefdata.evals.judge as ej
+
+    monkeypatch.setattr(ej, "make_engine", _engine_for)
+    store.commit("jt", _table(), kind="pair")
+    code, out, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", "longer",
+                             "--judge", "openai:oracle", "--json", "--out", tmp_path / "r.json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert [j["judge"] for j in r["judges"]] == ["longer", "oracle"]
+    assert r["judges"][0]["length"]["bias"] == 0.375 and r["judges"][1]["accuracy"] == 1.0
+    full = json.loads((tmp_path / "r.json").read_text())
+    assert len(full["rows"]) == N and full["rows"][0]["verdicts"][0]["first"] == "a"
+    code, out, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", "always-a")
+    assert code == 0, err
+    assert "| `always-a` | 0.0% | 100.0% | 100.0% | n/a |" in out
+
+
+def test_jury_yaml_and_its_errors(tmp_path, capsys, monkeypatch):
+    good = tmp_path / "jury.yaml"
+    good.write_text("judges:\n  - engine: {backend: openai, model: oracle}\n    name: big\n"
+                    "  - engine: {model: longer}\n    method: logprob\nseed: 3\n")
+    jury = load_jury([str(good), "vllm:x/y"])
+    assert [j.name for j in jury.judges] == ["big", None, None] and jury.seed == 3
+    assert jury.judges[1].method == "logprob" and jury.judges[2].engine == {"backend": "vllm", "model": "x/y"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("judges:\n  - engine: {model: oracle}\n    temprature: 0.5\n")
+    import prefdata.evals.judge as ej
+
+    monkeypatch.setattr(ej, "make_engine", _engine_for)
+    store.commit("jt", _table(), kind="pair")
+    code, _, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", bad)
+    assert code != 0 and str(bad) in err and "judges.0.temprature" in err and "Traceback" not in err
