@@ -58,7 +58,7 @@ def _check_new_version(old_ref: str):
     return s
 
 
-def test_argilla_round_trip(toy, tmp_path, capsys):
+def test_argilla_round_trip_then_train_on_the_reviewed_version(toy, tmp_path, capsys, tiny_model):
     out = tmp_path / "argilla"
     code, text, err = run_cli(capsys, "review", "export", "toy@v1", "--format", "argilla", "--out", out, "--budget", 5)
     assert code == 0, err
@@ -98,6 +98,12 @@ def test_argilla_round_trip(toy, tmp_path, capsys):
     assert code == 0, err
     s = _check_new_version("toy@v1")
     assert s["decisions_by_annotator"] == {"ann": 4}
+    # The reviewed version is an ordinary one: a trainer takes it (the tie p2 stays at 0.5).
+    code, _, err = run_cli(capsys, "train", "dpo", "--dataset", "toy@v2", "--model", tiny_model, "--output-dir",
+                           tmp_path / "dpo", "--set", "max_steps=1")
+    assert code == 0, err
+    info = json.loads((tmp_path / "dpo" / "prefdata-train.json").read_text())
+    assert info["result"]["ties"] == 1
 
 
 def test_labelstudio_round_trip_with_two_annotators_and_kappa(toy, tmp_path, capsys):
