@@ -53,6 +53,16 @@ PAIR = pa.schema([
     ("meta", pa.string()),
 ])
 
+# Scored candidates, kept beside the rows built from them (self_reward, rejection_sampling): completion
+# rows plus the reward evidence. Explicit types so an all-null column keeps its type. Committed as the
+# "completion" kind (the extra columns travel as extras).
+CANDIDATE = pa.schema(list(COMPLETION) + [
+    pa.field("judgements", pa.list_(pa.string())),  # raw judge texts (empty for a reward model)
+    pa.field("judge_scores", pa.list_(pa.float64())),  # parsed judge scores, null when unparseable
+    pa.field("score", pa.float64()),  # the candidate's reward, null when it could not be scored
+    pa.field("filtered", pa.string()),  # why it was kept out of selection (empty, repetitive), or null
+])
+
 UNPAIRED = pa.schema([
     ("id", pa.string()),
     ("prompt", MESSAGES),
