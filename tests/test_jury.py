@@ -201,3 +201,6 @@ def test_jury_yaml_and_its_errors(tmp_path, capsys, monkeypatch):
     store.commit("jt", _table(), kind="pair")
     code, _, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", bad)
     assert code != 0 and str(bad) in err and "judges.0.temprature" in err and "Traceback" not in err
+    bad.write_text("judges:\n  - engine: {model: oracle, backend: llamacpp}\n")
+    code, _, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", bad)
+    assert code != 0 and "judge 1 (oracle): engine key 'backend'" in err and "Traceback" not in err
