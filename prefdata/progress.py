@@ -1,8 +1,9 @@
 """Progress for long passes that reaches logs too.
 
 On a terminal: a rich bar with rate and ETA. Off a terminal (nohup, CI, a pipe): one plain line on
-stderr every `every` seconds with rows done, rate and ETA, so a log shows the pass is alive. A pass
-shorter than `every` prints nothing off a terminal; a longer one also prints a closing line.
+stderr every `every` seconds (default 30, or $PREFDATA_PROGRESS_EVERY) with rows done, rate and ETA,
+so a log shows the pass is alive. A pass shorter than `every` prints nothing off a terminal; a longer
+one also prints a closing line.
 
 Bars nest: a bar opened while another is live (a judge voter around the engine's scoring) becomes
 a second row of the same rich display, since rich allows only one live display at a time.
@@ -10,10 +11,13 @@ a second row of the same rich display, since rich allows only one live display a
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from contextlib import contextmanager
+
+from prefdata.errors import ConfigError
 
 # The rich Progress currently on screen and how many bars share it.
 _LIVE: dict = {"bar": None, "users": 0}
@@ -66,12 +70,26 @@ def _fmt_eta(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def default_every() -> float:
+    """Seconds between plain progress lines: $PREFDATA_PROGRESS_EVERY, else 30."""
+    raw = os.environ.get("PREFDATA_PROGRESS_EVERY", "30")
+    try:
+        every = float(raw)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:  # also catches NaN
+        raise ConfigError(f"PREFDATA_PROGRESS_EVERY must be a number of seconds >= 0, got '{raw}'")
+    return every
+
+
 @contextmanager
-def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = False, every: float = 30.0,
+def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = False, every: float | None = None,
                  stream=None):
     """Yields `advance(n=1, note=None)`; `note` is a short extra (e.g. "812 tok/s") shown beside the
-    count. Nothing is shown when disabled or when there is nothing to do."""
+    count; `advance(0, note)` only changes the note. Nothing is shown when disabled or when there is
+    nothing to do."""
     stream = stream or sys.stderr
+    every = default_every() if every is None else every
     if disable or total <= 0:
         yield lambda n=1, note=None: None
         return
@@ -89,7 +107,7 @@ def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = 
             done, now = state["done"], time.monotonic()
             # Periodic lines only; the closing line only for a pass that already spoke, so a short
             # pass (or each chunk of a nested one) leaves the log quiet.
-            if now - state["last"] >= every or (done >= total and state["printed"]):
+            if now - state["last"] >= every or (n and done >= total and state["printed"]):
                 state["last"], state["printed"] = now, True
                 rate = done / max(now - start, 1e-9)
                 eta = (total - done) / rate if rate > 0 else float("inf")

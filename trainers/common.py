@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.models import DEFAULT_MODEL
 from trainers.card import write_model_card  # noqa: F401  (re-export)
 from trainers.plots import plot_curves  # noqa: F401  (re-export)
+
+TRACKERS = ("tensorboard", "trackio", "wandb")  # report_to values; each needs its own package installed
 
 
 class BaseTrainConfig(BaseModel):
@@ -53,6 +54,24 @@ class BaseTrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Log loss/metrics every n steps (the curves' resolution).")
     seed: int = Field(0, description="Seed for init of new heads/adapters and data order.")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only).")
+    # exclude=True: where a run is logged does not change what it trains (a step's fingerprint skips it).
+    report_to: str | list[str] = Field("none", exclude=True,
+                                       description="Experiment trackers that get the curves and the run config "
+                                                   f"(the dataset ref is the run name): none, or one or a list of "
+                                                   f"{', '.join(TRACKERS)}. The tracker's own env vars "
+                                                   "(WANDB_PROJECT, TRACKIO_PROJECT...) apply; logs go under "
+                                                   "output_dir/runs for tensorboard.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, v):
+        names = [v] if isinstance(v, str) else list(v)
+        bad = [n for n in names if n not in ("none", *TRACKERS)]
+        if bad:
+            raise ValueError(f"unknown tracker {', '.join(map(repr, bad))} (known: none, {', '.join(TRACKERS)})")
+        if "none" in names and len(names) > 1:
+            raise ValueError("'none' cannot be combined with a tracker")
+        return v
 
 
 def load_config(cls, config_file: str | None, overrides: list[str] | None = None, **given):
@@ -287,9 +306,38 @@ def model_fingerprint(path: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def report_to(cfg) -> list[str]:
+    """The trackers as TrainingArguments takes them; a missing package is one clear error before training."""
+    import importlib.util
+
+    names = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to)
+    names = [n for n in names if n != "none"]
+    package = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
+    missing = [n for n in names if importlib.util.find_spec(package[n]) is None]
+    if missing:
+        raise ConfigError(f"report_to: {', '.join(missing)} is not installed; "
+                          f"pip install {' '.join(package[n] for n in missing)} (or report_to: none)")
+    return names
+
+
+def run_name(ref_or_path: str) -> str:
+    """The run's name in a tracker: the exact dataset version (name@vN) or the file, so runs on different
+    data never share a name. A ref that does not resolve is kept as given (loading it fails clearly)."""
+    if not ref_or_path or Path(ref_or_path).is_file():
+        return str(Path(ref_or_path).resolve()) if ref_or_path else "prefdata"
+    from prefdata import store
+
+    try:
+        return store.resolve(ref_or_path).ref
+    except PrefdataError:
+        return ref_or_path
+
+
 def training_args_common(cfg) -> dict:
     """TrainingArguments shared by every trainer. CPU-safe: use_cpu without CUDA, no bf16 and no
-    gradient checkpointing there; on a GPU only the device changes (plus the two opt-ins)."""
+    gradient checkpointing there; on a GPU only the device changes (plus the two opt-ins).
+    HF's own progress output (tqdm, or raw `{'loss': ...}` dicts) is off: `guard_finite` puts
+    prefdata's progress display (`TrainProgress`) in its place."""
     import torch
 
     gpu = torch.cuda.is_available()
@@ -298,9 +346,10 @@ def training_args_common(cfg) -> dict:
     return dict(output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
                 max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=cfg.logging_steps,
-                save_strategy="no", report_to=[], seed=cfg.seed, use_cpu=use_cpu, bf16=bool(cfg.bf16 and on_gpu),
+                save_strategy="no", report_to=report_to(cfg), run_name=run_name(cfg.dataset), seed=cfg.seed,
+                use_cpu=use_cpu, bf16=bool(cfg.bf16 and on_gpu),
                 fp16=False, gradient_checkpointing=bool(cfg.gradient_checkpointing and on_gpu),
-                dataloader_num_workers=0, disable_tqdm=not os.isatty(2),
+                dataloader_num_workers=0, disable_tqdm=True,
                 # HF's filter logs a NaN step as the running mean, so a NaN run reads as train_loss 0.0.
                 logging_nan_inf_filter=False)
 
@@ -321,6 +370,91 @@ def default_output_dir(kind: str, prov: dict) -> str:
     return str(home() / "models" / "trained" / f"{kind}-{name}")
 
 
+# ----------------------------------------------------------------------------- progress
+
+# Logged metric -> short name shown beside the step count. TRL logs DPO/ORPO/KTO implicit-reward
+# accuracy and margin as rewards/*, the reward trainer as accuracy/margin.
+PROGRESS_METRICS = {"loss": "loss", "rewards/accuracies": "acc", "accuracy": "acc",
+                    "rewards/margins": "margin", "margin": "margin"}
+
+
+def progress_note(logs: dict) -> str | None:
+    """'loss 0.6931, acc 0.500, margin 0.0123' from a training log, or None for other logs (eval, summary)."""
+    if "loss" not in logs:
+        return None
+    parts, seen = [], set()
+    for key, short in PROGRESS_METRICS.items():
+        v = logs.get(key)
+        if isinstance(v, (int, float)) and short not in seen:
+            seen.add(short)
+            parts.append(f"{short} {v:.4f}" if short == "loss" else f"{short} {v:.3f}" if short == "acc"
+                         else f"{short} {v:.4g}")
+    return ", ".join(parts)
+
+
+def make_progress_callback(label: str):
+    """A TrainerCallback that drives `prefdata.progress`: a rich bar with loss, reward accuracy and margin
+    on a terminal, one plain line every N seconds off one (steps done, rate, ETA and the same numbers)."""
+    from transformers import TrainerCallback
+
+    from prefdata.progress import progress_bar
+
+    class TrainProgress(TrainerCallback):
+        def __init__(self):
+            self.bar, self.advance, self.done, self.note = None, None, 0, None
+
+        def on_train_begin(self, args, state, control, **_):
+            self.close()
+            self.done, self.note = 0, None
+            self.bar = progress_bar(label, state.max_steps, unit="steps")
+            self.advance = self.bar.__enter__()
+
+        def on_step_end(self, args, state, control, **_):
+            # A step that logs advances in on_log, which comes next, so its line carries its own loss.
+            if self.advance is not None and not control.should_log:
+                self.advance(state.global_step - self.done, self.note)
+                self.done = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **_):
+            note = progress_note(logs or {})
+            if self.advance is None or note is None:
+                return
+            self.note = note
+            self.advance(state.global_step - self.done, note)
+            self.done = state.global_step
+
+        def on_train_end(self, args, state, control, **_):
+            self.close()
+
+        def close(self):
+            if self.bar is not None:
+                bar, self.bar, self.advance = self.bar, None, None
+                bar.__exit__(None, None, None)
+
+    return TrainProgress()
+
+
+def watch_progress(trainer):
+    """Replace HF's printing of raw log dicts (PrinterCallback) and its tqdm bar with `TrainProgress`;
+    the bar is closed even when train() raises."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    cb = make_progress_callback(f"training on {trainer.args.run_name}")
+    trainer.add_callback(cb)
+    train = trainer.train
+
+    def train_and_close(*args, **kwargs):
+        try:
+            return train(*args, **kwargs)
+        finally:
+            cb.close()
+
+    trainer.train = train_and_close
+    return cb
+
+
 # ----------------------------------------------------------------------------- non-finite guard
 
 
@@ -331,7 +465,10 @@ class TrainingFailed(PrefdataError):
 def guard_finite(trainer):
     """Stop `trainer` at the first non-finite loss or gradient. Returns the guard; `raise_if_failed`
     after `train()` turns a stop into a failed card and a one-line error. Checks the loss each
-    micro-step and the gradients before each optimizer step, so weights are never updated with NaN."""
+    micro-step and the gradients before each optimizer step, so weights are never updated with NaN.
+
+    Every trainer calls this right before `train()`, so it also puts prefdata's progress display in
+    place of HF's raw log printing (`watch_progress`)."""
     import torch
     from transformers import TrainerCallback
 
@@ -377,6 +514,10 @@ def guard_finite(trainer):
         return loss
 
     trainer.training_step = checked_step
+    from transformers import Trainer
+
+    if isinstance(trainer, Trainer):  # not a stand-in built to test the guard alone
+        watch_progress(trainer)
     return guard
 
 
