@@ -64,3 +64,25 @@ def test_eval_noise_step_reports_injected_flip_recovery(tiny_model, tmp_path, ca
     assert "ROC-AUC" in (Path(r["card_path"])).read_text()
     code, _, err = cli(capsys, "run", p)  # the same inputs: found by fingerprint, not rerun
     assert code == 0 and "already done" in err
+
+
+def test_eval_ranking_step_against_a_dpo_policy_and_its_swap(tiny_model, tmp_path, capsys):
+    """`eval_ranking` with `model: step:dpo`: on the same pairs swapped, each accuracy is one minus the
+    other (no ties with float log-probs), and the reference's likelihood accuracy is the tiny base's."""
+    store.commit("rk-pairs", pairs(10), kind="pair")
+    store.commit("rk-swapped", pairs(10, swap=True), kind="pair")
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"engine": {"backend": "transformers", "model": tiny_model}, "steps": [
+        {"name": "dpo", "uses": "train_dpo", "input": "rk-pairs@v1", "output": "rk-dpo",
+         "config": {"max_steps": 1, "max_length": 64, "learning_rate": 1.0e-3, "eval_fraction": 0}},
+        {"name": "rank", "uses": "eval_ranking", "input": "rk-pairs@v1", "output": "rk-rank",
+         "config": {"model": "step:dpo", "n_bootstrap": 50}},
+        {"name": "rank_swapped", "uses": "eval_ranking", "input": "rk-swapped@v1", "output": "rk-rank-sw",
+         "config": {"model": "step:dpo", "n_bootstrap": 50}}]}))
+    code, out, err = cli(capsys, "run", p)
+    assert code == 0, err
+    a, b = report(out, "rank")["metrics"], report(out, "rank_swapped")["metrics"]
+    assert a["pairs"] == b["pairs"] == 10
+    for k in ("implicit_reward_accuracy", "policy_likelihood_accuracy", "reference_likelihood_accuracy"):
+        assert abs(a[k] + b[k] - 1.0) < 1e-9, k
+    assert "Ranking accuracy" in Path(report(out, "rank")["card_path"]).read_text()

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-STEPS = ("pairs", "clean", "dpo", "answer", "rm", "eval")
+STEPS = ("pairs", "clean", "dpo", "policy", "answer", "rm", "eval")
 
 
 def results(out: str) -> dict[str, str]:
@@ -32,6 +32,7 @@ def tiny_sets(model: str) -> list[str]:
     # Tiny counts and the tiny model everywhere the file names the embedded one.
     return ["--set", f"engine.model={model}", "--set", "steps.pairs.limit=8", "--set", "steps.answer.limit=6",
             "--set", "steps.pairs.config.max_tokens=8", "--set", "steps.answer.config.max_tokens=8",
+            "--set", "steps.policy.config.max_tokens=8",
             "--set", f"steps.clean.config.voters=[{{type: heads, backbone: {model}, k: 2, folds: 2}}]",
             "--set", "steps.dpo.config.max_steps=1", "--set", "steps.rm.config.max_steps=1",
             "--set", "steps.dpo.config.max_length=128", "--set", "steps.rm.config.max_length=128"]
@@ -69,11 +70,19 @@ def test_flywheel_runs_end_to_end_links_models_and_resumes(tiny_model, capsys):
     assert ev["metrics"]["pairs"] == 6 and 0.0 <= ev["metrics"]["pairwise_accuracy"] <= 1.0
     assert "pairwise accuracy" in (Path(refs["eval"]) / "README.md").read_text()
 
+    # `eval_policy` with `model: step:dpo`: the trained policy against the base, both orders judged.
+    pol = json.loads((Path(refs["policy"]) / "step.json").read_text())
+    m = pol["metrics"]
+    assert m["prompts"] == 6 and m["wins"] + m["ties"] + m["losses"] == 6 and 0.0 <= m["win_rate"] <= 1.0
+    assert str(dpo_model) in pol["lineage"]["step"]["config"]["model"]
+    assert len((Path(refs["policy"]) / "answers.jsonl").read_text().splitlines()) == 6
+    assert "win rate" in (Path(refs["policy"]) / "README.md").read_text()
+
     # Rerun: every step is found by its fingerprint; nothing is trained or committed again.
     mtime = (dpo_model / "model.safetensors").stat().st_mtime_ns
     code, out2, err2 = cli(capsys, "run", REPO / "pipelines" / "flywheel.yaml", *sets)
     assert code == 0, err2
-    assert err2.count("skipped") == 6 and results(out2) == refs
+    assert err2.count("skipped") == 7 and results(out2) == refs
     assert (dpo_model / "model.safetensors").stat().st_mtime_ns == mtime
     assert len(store.list_versions("flywheel-answers")) == 1
 
@@ -90,7 +99,7 @@ def test_a_killed_training_is_redone_not_trusted(tiny_model, capsys):
     assert code == 0, err2
     assert "rm: already done" not in err2.replace("\n", " ") and (rm_dir / "step.json").is_file()
     assert (rm_dir / "model" / "model.safetensors").stat().st_size > 1000
-    assert err2.count("skipped") == 5  # everything else was reused
+    assert err2.count("skipped") == 6  # everything else was reused
 
 
 def test_train_step_config_is_the_trainers_own_and_checked(tiny_model, tmp_path, capsys):
