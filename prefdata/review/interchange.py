@@ -140,7 +140,7 @@ def _argilla_settings(ref: str) -> dict:
         "fields": [text("prompt", "Conversation"), text("response1", "Response 1"), text("response2", "Response 2")],
         "questions": [{"name": QUESTION, "title": "Which response is better?", "description": None, "required": True,
                        "settings": {"type": "label_selection", "visible_options": None,
-                                    "options": [{"value": v, "text": t, "description": None}
+                                    "options": [{"value": v, "text": t}
                                                 for v, t in ARGILLA_LABELS.items()]}}],
         "metadata": [{"name": "queue_rank", "title": "queue rank", "visible_for_annotators": False,
                       "settings": {"type": "integer", "min": None, "max": None}}],
