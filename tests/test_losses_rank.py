@@ -47,7 +47,7 @@ def test_simpo_equals_trl_cpo_simpo():
 
 
 def test_simpo_soft_label_half_is_symmetric_and_zero_is_the_swap():
-    kw = dict(beta=2.0, gamma=0.5, chosen_len=t(2.0), rejected_len=t(2.0))
+    kw = {"beta": 2.0, "gamma": 0.5, "chosen_len": t(2.0), "rejected_len": t(2.0)}
     d = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     losses.simpo(None, chosen_logps=d, rejected_logps=torch.zeros(1, dtype=torch.float64), label_prob=t(0.5),
                  **kw).sum().backward()

@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
+from test_losses_rank import trl_cpo_loss
+from test_trainers_dpo import nudge, one_batch, ours, toy
 
 from prefdata import store
 from prefdata.schema import validate
 from prefdata.testing import run_cli
-from test_losses_rank import trl_cpo_loss
-from test_trainers_dpo import nudge, one_batch, ours, toy
 
 
 def test_hinge_equals_trl_dpo_hinge_on_the_same_batch(tiny_model, tmp_path):
@@ -71,7 +71,7 @@ def test_simpo_trains_from_the_cli_and_writes_its_card(tiny_model, tmp_path, cap
              "label_prob": 0.5 if i == 0 else 0.9} for i in range(6)]  # one tie: kept at 0.5
     v = store.commit("simpo-toy", validate(rows, "pair"))
     out = tmp_path / "simpo"
-    code, stdout, err = run_cli(capsys, "train", "dpo", "--dataset", v.ref, "--model", tiny_model, "--output-dir", out,
+    code, _, err = run_cli(capsys, "train", "dpo", "--dataset", v.ref, "--model", tiny_model, "--output-dir", out,
                                 "--set", "loss=simpo", "--set", "max_steps=2", "--set", "learning_rate=5e-3")
     assert code == 0, err
     info = json.loads((out / "prefdata-train.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from trainers.plots import plot_curves
+from trainers.plots import curve_series, plot_curves
 
 
 def _versions() -> dict[str, str]:
@@ -62,12 +62,15 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
               "## Result", "", "```json", json.dumps(result, indent=2, default=str), "```", ""]
     held = (extra or {}).get("eval")
     if isinstance(held, dict):
-        lines += [f"## Held-out evaluation ({held.get('pairs', '?')} pairs)", "", "| metric | value |", "|---|---|",
-                  *[f"| {k} | {v:.4f} |" for k, v in held.items() if k != "pairs" and isinstance(v, float)], ""]
+        # Pair trainers hold out pairs; the ranking trainers hold out prompts with all their candidates.
+        count = f"{held['groups']} prompts" if "groups" in held else f"{held.get('pairs', '?')} pairs"
+        lines += [f"## Held-out evaluation ({count})", "", "| metric | value |", "|---|---|",
+                  *[f"| {k} | {v:.4f} |" for k, v in held.items() if k not in ("pairs", "groups")
+                    and isinstance(v, float)], ""]
     if png:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     (out / "README.md").write_text("\n".join(lines))
     (out / "prefdata-train.json").write_text(json.dumps(
         {"kind": kind, **status, "config": cfg_dict, **prov, "adapter": adapter, "result": result,
-         "versions": _versions()}, indent=2, default=str))
+         "versions": _versions(), "curves": curve_series(log_history)}, indent=2, default=str))
     return out / "README.md"

@@ -15,7 +15,7 @@ import importlib
 import typer
 
 KINDS = {"sft": "SFTTrainConfig", "dpo": "DPOTrainConfig", "kto": "KTOTrainConfig", "orpo": "ORPOTrainConfig",
-         "reward": "RewardTrainConfig"}
+         "reward": "RewardTrainConfig", "rrhf": "RRHFTrainConfig", "pro": "PROTrainConfig"}
 
 
 def _config_cls(kind: str):
@@ -44,7 +44,7 @@ def _command(kind: str):
     return cmd
 
 
-def fields(kind: str = typer.Argument(..., help="sft | dpo | kto | orpo | reward")):
+def fields(kind: str = typer.Argument(..., help="sft | dpo | kto | orpo | reward | rrhf | pro")):
     """List a trainer's config fields: its YAML keys and --set overrides, with ranges and sources."""
     from prefdata.errors import PrefdataError
     from trainers.common import config_help

@@ -1,4 +1,5 @@
-"""Training as pipeline steps: `uses: train_sft | train_dpo | train_kto | train_orpo | train_reward`.
+"""Training as pipeline steps: `uses: train_sft | train_dpo | train_kto | train_orpo | train_reward |
+train_rrhf | train_pro`.
 
     - name: dpo
       uses: train_dpo
@@ -25,7 +26,7 @@ from pathlib import Path
 from prefdata.errors import ConfigError
 from prefdata.steps import StepResult, register_step
 
-KINDS = ("sft", "dpo", "kto", "orpo", "reward")
+KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro")
 
 
 def trainer(kind: str):
@@ -39,6 +40,10 @@ def trainer(kind: str):
         from trainers import kto as mod
     elif kind == "orpo":
         from trainers import orpo as mod
+    elif kind == "rrhf":
+        from trainers import rrhf as mod
+    elif kind == "pro":
+        from trainers import pro as mod
     else:
         from trainers import reward as mod
     return mod
@@ -101,7 +106,9 @@ def _declare(kind: str) -> None:
 
     run.__qualname__ = run.__name__ = f"train_{kind}"
     run.__doc__ = f"Train with trainers.{kind} on the step's input; the model is `step:<name>` later."
-    register_step(f"train_{kind}", lambda: trainer(kind).Config, run, input="pair", output="model")
+    # The ranking trainers read a candidates table (or the pair version that names one); the rest read pairs.
+    reads = "completion" if kind in ("rrhf", "pro") else "pair"
+    register_step(f"train_{kind}", lambda: trainer(kind).Config, run, input=reads, output="model")
 
 
 for _kind in KINDS:
