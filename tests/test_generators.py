@@ -380,4 +380,4 @@ def test_rlcd_rescore_logprob_agrees_swaps_or_ties():
     assert report["rescore"] == {"agree": 1, "judge prefers the negative output": 1, "tie": 1}
     res = rlcd.run_step(cfg, prompts(3), Ctx(eng))
     assert "| tie | 1 |" in dict(res.card_sections)["RLCD-Rescore"]
-    assert res.lineage["templates"]["pairwise_judge"] == "pairwise-judge-1+logprob"
+    assert res.lineage["templates"]["pairwise_judge"] == "pairwise-judge-2+logprob"

@@ -1,4 +1,5 @@
-"""Judges with a scripted engine: strict score parsing, repeated judgements, position swapping."""
+"""Judges with a scripted engine: strict score parsing, repeated judgements, position swapping, and
+the one pairwise judge shared by RLCD-Rescore, BPO evaluation, eval policy and the judge voter."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def test_logprob_method_scores_the_letters_after_a_forced_prefix():
     judge = PairwiseJudge(method="logprob")
     v, ab, _ = judge.judge(Scripted(lp=lp), [Q, Q], ["good", "bad"], ["bad", "good"])
     assert v == [1.0, 0.0] and ab[0].startswith("Winner: A (logp A=-1.000")
-    assert judge.template_version == "pairwise-judge-1+logprob"
+    assert judge.template_version == "pairwise-judge-2+logprob"
     # A judge that always prefers the first slot flips with the order: a tie.
     v, _, _ = judge.judge(Scripted(lp=lambda r, c: 0.0 if c == " A" else -1.0), [Q], ["good"], ["bad"])
     assert v == [None]
@@ -152,3 +153,137 @@ def test_logprob_method_scores_the_letters_after_a_forced_prefix():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError):
         PairwiseJudge(method="vibes").judge(Scripted(lambda r, s: ""), [Q], ["x"], ["y"])
+
+
+# ----------------------------------------------------------------------------- one pairwise judge
+
+MULTI = [{"role": "system", "content": "You are terse."},
+         {"role": "user", "content": "My cat is called Miso."},
+         {"role": "assistant", "content": "Nice name."},
+         {"role": "user", "content": "What is my cat called?"}]
+
+
+@pytest.mark.parametrize("method", ["generate", "logprob"])
+def test_multi_turn_context_reaches_the_judge(method):
+    eng = Scripted(lambda r, s: "Winner: A", lp=lambda r, c: -1.0)
+    PairwiseJudge(method=method).judge(eng, [MULTI], ["Miso."], ["I do not know."])
+    for req in eng.requests:
+        text = req.messages[0]["content"]
+        # Every earlier turn, in order and with its role: the question alone cannot be judged.
+        assert text.index("System: You are terse.") < text.index("User: My cat is called Miso.") \
+            < text.index("Assistant: Nice name.") < text.index("User: What is my cat called?") < text.index("Reply A:")
+
+
+def test_both_orders_go_to_the_engine_in_one_call():
+    calls = []
+
+    class Counting(Scripted):
+        def generate(self, requests, params):
+            calls.append(("generate", len(requests)))
+            return super().generate(requests, params)
+
+        def score(self, requests, completions):
+            calls.append(("score", len(requests)))
+            return super().score(requests, completions)
+
+    eng = Counting(lambda r, s: "Winner: A", lp=lambda r, c: -1.0)
+    PairwiseJudge().judge(eng, [Q] * 3, ["a", "b", "c"], ["x", "y", "z"])
+    PairwiseJudge(method="logprob").judge(eng, [Q] * 3, ["a", "b", "c"], ["x", "y", "z"])
+    assert calls == [("generate", 6), ("score", 12)]  # 2n requests; logprob scores " A" and " B" of each
+
+
+def test_compare_gives_verdicts_per_order_and_the_mean_logit():
+    # log p(" A") - log p(" B"): +3 when x is shown as A, and -1 when x is shown as B (the judge
+    # likes slot A by +1 and x by +2): the mean logit of x over y is (3 + 1) / 2 = 2, the bias cancels.
+    def lp(req, c):
+        a, _ = _shown(req)
+        logit = 3.0 if a == "x" else -1.0
+        return logit if c == " A" else 0.0
+
+    cmp = PairwiseJudge(method="logprob").compare(Scripted(lp=lp), [Q], ["x"], ["y"])
+    assert cmp.first == ["a"] and cmp.second == ["b"] and cmp.verdicts == [1.0]
+    assert cmp.logit.tolist() == [[3.0, -1.0]] and cmp.score.tolist() == [2.0]
+    gen = PairwiseJudge().compare(Scripted(lambda r, s: "Winner: tie" if _shown(r)[0] == "x" else "nope"), [Q], ["x"], ["y"])
+    assert gen.first == ["tie"] and gen.second == [None] and gen.verdicts == [None]
+    with pytest.raises(ValueError, match="logprob"):
+        _ = gen.score
+
+
+def test_every_user_of_the_pairwise_judge_sends_the_one_template(monkeypatch):
+    """RLCD-Rescore, BPO evaluation, eval policy and the judge voter: the same body, the same
+    version (generate or +logprob), and the whole conversation."""
+    import pyarrow as pa
+
+    from prefdata.evals.policy import PolicyEvalConfig, run_policy_eval
+    from prefdata.generators import bpo, rlcd
+    from prefdata.rewards.voters import judge_votes
+    from prefdata.schema import validate
+
+    judged = []
+
+    class Recording(Scripted):
+        def generate(self, requests, params):
+            judged.extend(r for r in requests if "Reply A:" in r.messages[0]["content"])
+            return super().generate(requests, params)
+
+        def score(self, requests, completions):
+            judged.extend(requests)
+            return super().score(requests, completions)
+
+    def answer(req, s):
+        return "Winner: A" if "Reply A:" in req.messages[0]["content"] else "Sure, here is one reply."
+
+    def used(method):
+        version = PairwiseJudge(method=method).template_version
+        assert judged and all(r.template_version == version for r in judged), {r.template_version for r in judged}
+        body = (pw_tpl.LOGPROB_PROMPT if method == "logprob" else pw_tpl.PROMPT).split("{conversation}")[0]
+        assert all(r.messages[0]["content"].startswith(body) and "Assistant: Nice name." in r.messages[0]["content"]
+                   for r in judged)
+        judged.clear()
+
+    eng = Recording(answer, lp=lambda r, c: -1.0)
+    for method in ("generate", "logprob"):
+        rlcd.rescore([{"prompt": MULTI, "chosen": [{"role": "assistant", "content": "Miso."}],
+                       "rejected": [{"role": "assistant", "content": "No idea."}], "meta": {}}], eng, seed=0,
+                     method=method)
+        used(method)
+        rows = pa.Table.from_pylist([{"id": "p0", "prompt": MULTI, "optimized_prompt": "Name my cat."}])
+        bpo.evaluate(rows, eng, eng, bpo.EvaluateConfig(judge_method=method))
+        used(method)
+        run_policy_eval(eng, eng, eng, [MULTI], PolicyEvalConfig(judge_method=method, n_bootstrap=0))
+        used(method)
+    judge_votes(validate([{"prompt": MULTI, "chosen": "Miso.", "rejected": "No idea."}], "pair"), eng)
+    used("logprob")
+
+
+def test_new_template_requests_never_hit_old_cache_entries(tmp_path):
+    """The template changed (version and text), so a cache filled by the old judge gives no hits."""
+    from prefdata.engines import CachedEngine
+    from prefdata.engines.cache import RequestCache
+
+    class Backend:
+        name, model_id = "scripted", "m"
+
+        def __init__(self):
+            self.scored = 0
+
+        def score(self, requests, completions):
+            self.scored += len(requests)
+            return [-1.0] * len(requests)
+
+    backend = Backend()
+    eng = CachedEngine(backend, RequestCache(tmp_path / "requests.sqlite"))
+    # What pairwise-judge-1 sent: the last user turn only, under its own version.
+    old_body = "Compare two assistant replies to the same user request. Judge which one is more helpful, honest " \
+               "and harmless; ignore length and order.\n\nUser request:\n{question}\n\nReply A:\n{a}\n\nReply B:\n{b}\n\n" \
+               'Answer with the letter of the better reply after "Winner:".'
+    old = [ChatRequest(messages=[{"role": "user", "content": old_body.format(question=Q[0]["content"], a=a, b=b)}],
+                       assistant_prefix="Winner:", template_version="pairwise-judge-1+logprob")
+           for a, b in (("x", "y"), ("y", "x"))]
+    eng.score([r for r in old for _ in (0, 1)], [" A", " B"] * 2)
+    assert backend.scored == 4
+    PairwiseJudge(method="logprob").judge(eng, [Q], ["x"], ["y"])
+    assert backend.scored == 8  # every new request was scored afresh
+    PairwiseJudge(method="logprob").judge(eng, [Q], ["x"], ["y"])
+    assert backend.scored == 8  # and is cached under its own key
+    assert pw_tpl.TEMPLATE_VERSION != "pairwise-judge-1"

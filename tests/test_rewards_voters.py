@@ -57,6 +57,7 @@ class BiasedJudge:
     def score(self, requests, completions):
         out = []
         for req, letter in zip(requests, completions):
+            letter = letter.strip()  # the judge scores " A" / " B" after its "Winner:" prefix
             text = req.messages[-1]["content"]
             a = text.split("Reply A:\n")[1].split("\n\nReply B:")[0]
             b = text.split("Reply B:\n")[1].split("\n\nAnswer")[0]

@@ -3,8 +3,9 @@
 - `heads`: K cross-fitted Bradley-Terry heads on a frozen backbone (one backbone pass for all K);
 - `reward_model`: any HF sequence-classification model with a single output;
 - `finetuned_rm`: a reward model LoRA-fine-tuned on the other folds (cross-fitted), see `finetuned.py`;
-- `judge`: an LLM judge through any engine, shown both orders (A/B then B/A), scored by the
-  log-probability of answering "A" versus "B", so position bias cancels out.
+- `judge`: the pairwise judge (`prefdata.judges.pairwise`) through any engine that scores, shown both
+  orders (A/B then B/A), scored by the log-probability of answering "A" versus "B", so position bias
+  cancels out.
 Voters of different kinds mix freely in one vote; `curation.vote` standardises them.
 """
 
@@ -157,39 +158,14 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
         return {f"rm:{spec.model}": rewards(texts("chosen"), advance) - rewards(texts("rejected"), advance)}
 
 
-JUDGE_TEMPLATE_VERSION = "pairwise-logit-judge-1"
-JUDGE_PROMPT = ("Two assistant replies to the same conversation follow. Decide which reply is more helpful, "
-                "honest and harmless.\n\nConversation:\n{conversation}\n\nReply A:\n{a}\n\nReply B:\n{b}\n\n"
-                "Answer with a single letter, A or B.")
-
-
 def judge_votes(table: pa.Table, engine, name: str = "judge") -> dict[str, np.ndarray]:
-    """Position-swapped pairwise judge: d = mean of logit(A over B) across both orders (chosen as A,
-    then chosen as B), on the engine's log-likelihoods of the answers "A" and "B"."""
-    from prefdata.engines.base import ChatRequest
-    from prefdata.rewards.features import render
+    """The position-swapped pairwise judge (`prefdata.judges.pairwise`, its logprob method): d = mean
+    over both orders (chosen as A, then chosen as B) of logit(chosen over rejected), read off the
+    engine's log-likelihoods of " A" and " B" after "Winner:". The judge sees the whole conversation."""
+    from prefdata.judges.pairwise import PairwiseJudge
 
     prompts = table.column("prompt").to_pylist()
     chosen = [c[-1]["content"] for c in table.column("chosen").to_pylist()]
     rejected = [r[-1]["content"] for r in table.column("rejected").to_pylist()]
-    reqs = []
-    for p, c, r in zip(prompts, chosen, rejected):
-        conv = render(p, [])
-        for a, b in ((c, r), (r, c)):
-            reqs.append(ChatRequest(messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=conv, a=a, b=b)}],
-                                    template_version=JUDGE_TEMPLATE_VERSION))
-    from prefdata.progress import progress_bar
-
-    # Scored in chunks so the bar moves (Engine.score takes no callback); results are cached per
-    # request, so chunking changes no cache key. Each chunk is whole pairs (both orders).
-    step = 2 * 128
-    la, lb = [], []
-    with progress_bar(f"{name} voter", total=len(reqs) // 2, unit="pairs") as advance:
-        for s in range(0, len(reqs), step):
-            chunk = reqs[s:s + step]
-            la += engine.score(chunk, ["A"] * len(chunk))
-            lb += engine.score(chunk, ["B"] * len(chunk))
-            advance(len(chunk) // 2)
-    la, lb = np.asarray(la), np.asarray(lb)
-    logit = (la - lb).reshape(-1, 2)  # (n, 2): [chosen shown as A, chosen shown as B]
-    return {f"{name}:{engine.model_id}": 0.5 * (logit[:, 0] - logit[:, 1])}
+    cmp = PairwiseJudge(method="logprob").compare(engine, prompts, chosen, rejected, progress=f"{name} voter")
+    return {f"{name}:{engine.model_id}": cmp.score}
