@@ -166,6 +166,11 @@ def test_jury_majority_and_votes_as_one_family():
     assert {family_of(v) for v in votes} == {"jury"}  # one voter family, three members
     v = run_jury(jury, _engine_for, *_prompts_xs_ys(table), progress=False)
     assert majority(v) == [1.0] * 5 + [None] * 3
+    made = []
+    same = JuryConfig(judges=[JurorConfig(engine={"model": "oracle"}), JurorConfig(engine={"model": "oracle"},
+                                                                                    name="again")])
+    v = run_jury(same, lambda o: made.append(o) or _engine_for(o), *_prompts_xs_ys(table), progress=False)
+    assert len(made) == 1 and [j.name for j in v] == ["oracle", "again"]  # one engine for both jurors
 
 
 def test_cli_eval_judge_prints_the_figures_and_json(tmp_path, capsys, monkeypatch):

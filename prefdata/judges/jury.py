@@ -18,6 +18,7 @@ As a voter family (`jury_votes`) the jurors are members of one family, `jury:0`,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -117,10 +118,14 @@ def run_jury(jury: JuryConfig, engine_for, prompts: list[list[dict]], xs: list[s
     """Every juror on every pair; `engine_for(engine_overrides: dict)` gives each juror its engine."""
     from prefdata.progress import progress_bar
 
+    engines: dict[str, object] = {}  # two jurors on one engine (say generate and logprob) load it once
     out = []
     with progress_bar("jury", total=len(jury.judges), unit="judges", disable=not progress) as advance:
         for juror in jury.judges:
-            out.append(run_juror(engine_for(juror.engine), juror, prompts, xs, ys, seed=jury.seed))
+            key = json.dumps(juror.engine, sort_keys=True, default=str)
+            if key not in engines:
+                engines[key] = engine_for(juror.engine)
+            out.append(run_juror(engines[key], juror, prompts, xs, ys, seed=jury.seed))
             advance(1)
     return out
 
