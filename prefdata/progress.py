@@ -107,7 +107,8 @@ def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = 
             done, now = state["done"], time.monotonic()
             # Periodic lines only; the closing line only for a pass that already spoke, so a short
             # pass (or each chunk of a nested one) leaves the log quiet.
-            if now - state["last"] >= every or (n and done >= total and state["printed"]):
+            # advance(0, note) changes only the note: a line then would repeat the last count.
+            if n and (now - state["last"] >= every or (done >= total and state["printed"])):
                 state["last"], state["printed"] = now, True
                 rate = done / max(now - start, 1e-9)
                 eta = (total - done) / rate if rate > 0 else float("inf")

@@ -172,6 +172,24 @@ def test_progress_off_a_terminal_prints_periodic_lines(monkeypatch):
                      "judge: 5/5 pairs (1.0/s, 7 tok/s, eta 0s)"]
 
 
+def test_progress_interval_from_the_environment(monkeypatch):
+    from prefdata import progress
+    from prefdata.errors import ConfigError
+
+    monkeypatch.setattr(progress.time, "monotonic", iter(float(t) for t in range(100)).__next__)
+    monkeypatch.setenv("PREFDATA_PROGRESS_EVERY", "0")
+    log = Log()
+    with progress.progress_bar("fit", 2, unit="steps", stream=log) as advance:
+        advance(0, note="loss 1")  # only the note changes: no line repeating 0/2
+        advance(1, note="loss 0.5")
+        advance(1)
+    assert [ln.split(" (")[0] for ln in log.getvalue().splitlines()] == ["fit: 1/2 steps", "fit: 2/2 steps"]
+    monkeypatch.setenv("PREFDATA_PROGRESS_EVERY", "soon")
+    with pytest.raises(ConfigError, match="PREFDATA_PROGRESS_EVERY must be a number of seconds >= 0, got 'soon'"):
+        with progress.progress_bar("fit", 2):
+            pass
+
+
 def test_progress_short_pass_stays_quiet_and_bars_nest_on_a_terminal():
     from prefdata.progress import progress_bar
 
