@@ -17,6 +17,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prefdata
-from prefdata import artifacts, interrupts, step_health
+from prefdata import artifacts, interrupts, progress, step_health
 from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_yaml  # noqa: F401  (re-exports)
 from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError, PrefdataError
@@ -35,6 +36,7 @@ from prefdata.step_health import Counts, Tally
 from prefdata.steps import StepResult, StepType, register_step  # noqa: F401  (re-exported for step authors)
 
 _fmt_validation = fmt_validation
+DEFAULT_SHARD_ROWS = 2048  # a few engine batches' worth: keeps the engine busy, memory a few MiB
 
 def step_types() -> dict[str, StepType]:
     """Every declared step type (loading the built-in ones on first call)."""
@@ -61,6 +63,8 @@ class StepSpec(BaseModel):
                                     "the step may commit with (recorded in lineage and the card); above it the run "
                                     "fails and a rerun retries the failures.")
     dedup: bool = Field(False, description="Drop rows that repeat an earlier row's id or content before commit.")
+    shard_rows: int | None = Field(None, ge=1, le=10_000_000, description="Rows per shard for a streaming step "
+                                   "(default: the pipeline's shard_rows). Changes memory, never the output.")
 
 
 class RepeatSpec(BaseModel):
@@ -84,6 +88,9 @@ class PipelineSpec(BaseModel):
     on_error: str = Field("raise", pattern="^(raise|quarantine)$",
                           description="Bad input rows: fail (raise) or set them aside with a reason.")
     repeat: RepeatSpec | None = Field(None, description="Run the steps T times, carrying models between iterations.")
+    shard_rows: int = Field(DEFAULT_SHARD_ROWS, ge=1, le=10_000_000, description="Rows per shard: a streaming "
+                            "(row-wise) step reads, generates and writes this many rows at a time, so peak memory "
+                            "stays flat as the input grows. The version and its content hash do not depend on it.")
     steps: list[StepSpec] = Field(min_length=1, description="At least one step.")
 
 
@@ -250,12 +257,18 @@ def read_input(source: str, step_outputs: dict[str, Any], on_error: str, quarant
     return table, str(Path(source).resolve())
 
 
+DIGEST_ROWS = 65536  # the input is hashed in slices this long: one Parquet image of the whole table is not kept
+
+
 def _table_digest(table: pa.Table) -> str:
     import pyarrow.parquet as pq
 
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    h = hashlib.sha256()
+    for start in range(0, max(table.num_rows, 1), DIGEST_ROWS):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.slice(start, DIGEST_ROWS), sink)
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
 
 
 def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_digest: str, seed: int) -> str:
@@ -402,70 +415,99 @@ class _Run:
         if done is not None:  # committed with failed requests: ask for those again
             console.print(f"[yellow]↻[/] {step.name}: {done.ref} had {step_health.recorded_failures(done)} failed "
                           "requests; retrying them (the rest comes from the request cache)")
-        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(source_ref)}")
+        shard_rows = (step.shard_rows or spec.shard_rows) if stype.streaming else max(len(table), 1)
+        n_shards = max(1, -(-len(table) // shard_rows))
+        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(source_ref)}"
+                      + (f" in {n_shards} shards of {shard_rows}" if n_shards > 1 else ""))
         t0 = time.time()
         stats_before = {k: dict(e.stats) for k, e in engines.items()}
-        result = stype.run(step_cfg, table, ctx)
-        elapsed = time.time() - t0
-        usage = engine_usage(engines, stats_before)
-        tables, n_dups = _dedup(result.tables) if step.dedup else (result.tables, 0)
-        rows = sum(len(t) for t in tables.values())
-        if usage.get("requests"):
-            console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
-        # Fails the run (nothing committed) when everything failed, too much failed, or nothing is left.
-        step_health.verdict(step.name, ctx.counts, rows, len(table), step.max_failure_rate,
-                            (result.report or {}).get("drop_reasons"))
-        if done is not None and not step_health.improved(ctx.counts, rows, done):
-            console.print(f"[yellow]✓[/] {step.name}: still {ctx.counts.failed} failed requests, no better than "
-                          f"{done.ref}; kept it")
-            return done
-        card_sections = list(result.card_sections or [])
-        if usage.get("requests"):
-            card_sections.append(("Engine usage", usage_markdown(usage)))
-        if ctx.counts.failed:
-            card_sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
-        if step.dedup:
-            card_sections.append(("Deduplication", f"`dedup: true` dropped {n_dups:,} rows repeating an earlier "
-                                                    "row's id or content."))
-        if ctx.warnings:
-            card_sections.append(("Warnings", "\n".join(f"- {w}" for w in ctx.warnings)))
-        engine_lineage = {}
-        if engine_cfg is not None:
-            eng = ctx.engine()
-            engine_lineage = {"engine": eng.name, "model": eng.model_id}
-        lineage = {
-            "parents": parents,
-            "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
-                     "limit": step.limit, "pipeline": str(path), "max_failure_rate": step.max_failure_rate,
-                     "dedup": step.dedup},
-            "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
-            **engine_lineage,
-            "seeds": {"pipeline": seed},
-            "fingerprint": fp,
-            "report": {**(result.report or {}), **({"deduplicated": n_dups} if step.dedup else {})},
-            "elapsed_s": round(elapsed, 2),
-            "engine_usage": usage,
-            "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
-            "warnings": list(ctx.warnings),
-            **loop,
-            **result.lineage,
-        }
-        # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
-        lineage, card_sections = redact_obj(lineage), redact_obj(card_sections)
-        # A signal inside is held until the block ends: a step's versions are written whole or not at all.
-        with interrupts.deferred():
-            side_refs = {}
-            for side_name, (side_kind, side_table) in result.side_tables.items():
-                v = _commit(store, f"{step.output}-{side_name}", side_table, kind=side_kind,
-                            lineage=redact_obj({"parents": [source_ref],
-                                                "step": {"name": step.name, "uses": step.uses,
-                                                         "config": step_cfg.model_dump(mode="json")},
-                                                "fingerprint": fp, **loop, **engine_lineage}),
-                            command=command)
-                side_refs[side_name] = v.ref
-            lineage["side_tables"] = side_refs
-            version = _commit(store, step.output, tables, kind=result.kind, lineage=lineage, command=command,
-                              card_sections=card_sections, figures=result.figures)
+        with _Sink(store, step.output) as sink:
+            first, report, n_dups = None, {}, 0
+            dedupers: dict[str, store.Deduper] = {}
+            bar = (progress.progress_bar(f"{step.name} shards", len(table)) if n_shards > 1
+                   else nullcontext(lambda n=1, note=None: None))
+            with bar as advance:
+                for k in range(n_shards):
+                    part = table.slice(k * shard_rows, shard_rows) if n_shards > 1 else table
+                    result = stype.run(step_cfg, part, ctx)
+                    if first is None:
+                        first = result
+                    else:
+                        _close_figures(result.figures)
+                    report = _merge_reports(report, result.report or {}) if k else dict(result.report or {})
+                    for split, t in result.tables.items():
+                        if step.dedup:
+                            t, n = dedupers.setdefault(split, store.Deduper()).filter(t)
+                            n_dups += n
+                        sink.write(split, t)
+                    for side_name, (side_kind, side_table) in result.side_tables.items():
+                        sink.write(split="train", table=side_table, side=(side_name, side_kind))
+                    advance(len(part))
+            elapsed = time.time() - t0
+            usage = engine_usage(engines, stats_before)
+            rows = sink.rows
+            if usage.get("requests"):
+                console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+            # Fails the run (nothing committed) when everything failed, too much failed, or nothing is left.
+            step_health.verdict(step.name, ctx.counts, rows, len(table), step.max_failure_rate,
+                                report.get("drop_reasons"))
+            if done is not None and not step_health.improved(ctx.counts, rows, done):
+                console.print(f"[yellow]✓[/] {step.name}: still {ctx.counts.failed} failed requests, no better "
+                              f"than {done.ref}; kept it")
+                return done
+            card_sections = list(first.card_sections or [])
+            if n_shards > 1:
+                # The step drew its sections and plots from the shard it saw; the store's own
+                # statistics (rows, lengths, duplicates, score plots) cover every row.
+                card_sections = [(f"{title} (first shard)", text) for title, text in card_sections]
+                card_sections.append(("Streaming", streaming_markdown(n_shards, shard_rows, len(table), report)))
+            if usage.get("requests"):
+                card_sections.append(("Engine usage", usage_markdown(usage)))
+            if ctx.counts.failed:
+                card_sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
+            if step.dedup:
+                card_sections.append(("Deduplication", f"`dedup: true` dropped {n_dups:,} rows repeating an earlier "
+                                                        "row's id or content."))
+            if ctx.warnings:
+                card_sections.append(("Warnings", "\n".join(f"- {w}" for w in ctx.warnings)))
+            engine_lineage = {}
+            if engine_cfg is not None:
+                eng = ctx.engine()
+                engine_lineage = {"engine": eng.name, "model": eng.model_id}
+            lineage = {
+                "parents": parents,
+                "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
+                         "limit": step.limit, "pipeline": str(path), "max_failure_rate": step.max_failure_rate,
+                         "dedup": step.dedup},
+                "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
+                **engine_lineage,
+                "seeds": {"pipeline": seed},
+                "fingerprint": fp,
+                "report": {**report, **({"deduplicated": n_dups} if step.dedup else {}),
+                           **({"shards": n_shards, "shard_rows": shard_rows} if n_shards > 1 else {})},
+                "elapsed_s": round(elapsed, 2),
+                "engine_usage": usage,
+                "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
+                "warnings": list(ctx.warnings),
+                **loop,
+                **first.lineage,
+            }
+            # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
+            lineage, card_sections = redact_obj(lineage), redact_obj(card_sections)
+            # A signal inside is held until the block ends: a step's versions are written whole or not at all.
+            with interrupts.deferred():
+                side_refs = {}
+                for side_name, (side_kind, writer) in sink.sides.items():
+                    v = sink.commit(writer, kind=side_kind,
+                                    lineage=redact_obj({"parents": [source_ref],
+                                                        "step": {"name": step.name, "uses": step.uses,
+                                                                 "config": step_cfg.model_dump(mode="json")},
+                                                        "fingerprint": fp, **loop, **engine_lineage}),
+                                    command=command)
+                    side_refs[side_name] = v.ref
+                lineage["side_tables"] = side_refs
+                version = sink.commit(sink.main, kind=first.kind, lineage=lineage, command=command,
+                                      card_sections=card_sections, figures=first.figures)
         failed = f", {ctx.counts.failed} failed requests (rerun to retry)" if ctx.counts.failed else ""
         console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s{failed}")
         return version
@@ -503,25 +545,97 @@ class _Run:
         return out
 
 
-def _dedup(tables: dict[str, pa.Table]) -> tuple[dict[str, pa.Table], int]:
-    """`dedup: true`: drop rows repeating an earlier row's id or content, per split."""
-    from prefdata import store
+class _Sink:
+    """Where a step's shards go: one VersionWriter for its output and one per side table, all
+    dropped unless committed. An OSError that names no file (a full disk) is given the dataset's
+    folder, so its one-line message says where."""
 
-    out, dropped = {}, 0
-    for split, t in tables.items():
-        out[split], n = store.dedup(t)
-        dropped += n
-    return out, dropped
+    def __init__(self, store, name: str):
+        self.store, self.name = store, name
+        self.sides: dict[str, tuple[str, Any]] = {}
+        with self._named(name):
+            self.main = store.VersionWriter(name)
+
+    @contextmanager
+    def _named(self, name: str):
+        try:
+            yield
+        except OSError as e:
+            if e.filename is None:
+                e.filename = str(self.store.home() / "datasets" / name)
+            raise
+
+    def write(self, split: str, table: pa.Table, side: tuple[str, str] | None = None) -> None:
+        if side is None:
+            with self._named(self.name):
+                self.main.write(split, table)
+            return
+        side_name, kind = side
+        full = f"{self.name}-{side_name}"
+        with self._named(full):
+            if side_name not in self.sides:
+                self.sides[side_name] = (kind, self.store.VersionWriter(full))
+            self.sides[side_name][1].write(split, table)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.main.rows.values())
+
+    def commit(self, writer, **kwargs):
+        with self._named(writer.name):
+            return writer.commit(**kwargs)
+
+    def __enter__(self) -> "_Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.main.abort()
+        for _, w in self.sides.values():
+            w.abort()
 
 
-def _commit(store, name: str, *args, **kwargs):
-    """store.commit, with the dataset's folder named in an OSError that names no file (a full disk)."""
-    try:
-        return store.commit(name, *args, **kwargs)
-    except OSError as e:
-        if e.filename is None:
-            e.filename = str(store.home() / "datasets" / name)
-        raise
+def _merge_reports(a: dict, b: dict) -> dict:
+    """Two shards' reports as one: counts add up, nested counts merge; any other value that differs
+    between shards (a rate, a mean) has no whole-step value here and is left out."""
+    out = dict(a)
+    for k, v in b.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, int) and not isinstance(v, bool) and isinstance(out[k], int):
+            out[k] += v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _merge_reports(out[k], v)
+        elif out[k] != v:
+            del out[k]
+    return out
+
+
+def _close_figures(figures: dict) -> None:
+    if figures:
+        import matplotlib.pyplot as plt
+
+        for fig in figures.values():
+            plt.close(fig)
+
+
+def streaming_markdown(n_shards: int, shard_rows: int, input_rows: int, report: dict) -> str:
+    """The card's note on a step streamed in shards, with its counts summed over every shard."""
+    flat = []
+
+    def walk(d: dict, prefix: str = "") -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, int) and not isinstance(v, bool):
+                flat.append((f"{prefix}{k}", v))
+
+    walk(report)
+    lines = [f"{input_rows:,} input rows ran in {n_shards} shards of up to {shard_rows:,} rows (`shard_rows`). "
+             "Sections marked *first shard* were written by the step from its first shard alone; the row counts, "
+             "lengths, duplicates and score plots of this card, and the counts below, cover every shard."]
+    if flat:
+        lines += ["", "| count (all shards) | value |", "|---|---|", *[f"| {k} | {v:,} |" for k, v in flat]]
+    return "\n".join(lines)
 
 
 def engine_usage(engines: dict, before: dict) -> dict[str, int]:

@@ -192,14 +192,14 @@ def test_a_signal_exits_with_its_code_and_one_line(tmp_path, capsys, survive_sig
 def test_a_signal_during_a_commit_waits_for_it(tmp_path, capsys, monkeypatch, survive_sigterm):
     from prefdata import store
 
-    real = store.commit
+    real = store.VersionWriter.commit  # the pipeline streams its steps' shards into a VersionWriter
 
     def commit(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         return real(*a, **k)
 
-    monkeypatch.setattr(store, "commit", commit)
+    monkeypatch.setattr(store.VersionWriter, "commit", commit)
     got, _, err = cli(capsys, "run", _plain_pipeline(tmp_path, _interrupting_step(signal.SIGTERM, "commit")))
     assert got == 143 and "Traceback" not in err, err
     assert len(manifests()) == 1  # written whole

@@ -31,27 +31,58 @@ def _yaml_header(splits: dict[str, pa.Table], manifest: dict) -> str:
     return yaml.safe_dump(header, sort_keys=False).strip()
 
 
-def length_stats(table: pa.Table) -> dict[str, dict[str, float]]:
-    """Word counts of the text in each message column: min/mean/median/p95/max (vectorised)."""
+SCORE_COLS = ("chosen_score", "rejected_score", "strength_mean")
+WORDS = "words:"  # summary column prefix: the word count of a message column
+
+
+def summarize(table: pa.Table) -> pa.Table:
+    """What the card needs of a table, a few numbers a row: source, scores and the word count of each
+    message column. A split streamed in shards keeps only these, so its card still covers every row."""
     import polars as pl
 
-    cols = [c for c in MESSAGE_COLS if c in table.column_names]
+    cols = {}
+    if "source" in table.column_names:
+        cols["source"] = table.column("source")
+    for c in SCORE_COLS:
+        if c in table.column_names:
+            cols[c] = table.column(c)
+    msg = [c for c in MESSAGE_COLS if c in table.column_names]
+    if msg:
+        df = pl.from_arrow(table.select(msg))
+        if isinstance(df, pl.Series):
+            df = df.to_frame()
+        for c in msg:
+            if df.schema[c] == pl.String:
+                words = df[c].str.split(" ").list.len()
+            elif isinstance(df.schema[c], pl.List):
+                words = df[c].list.eval(pl.element().struct.field("content").str.split(" ").list.len()).list.sum()
+            else:
+                continue
+            cols[WORDS + c] = words.cast(pl.Int64).to_arrow()
+    return pa.table(cols) if cols else pa.table({"_rows": pa.nulls(table.num_rows, pa.int8())})
+
+
+def length_stats(table: pa.Table) -> dict[str, dict[str, float]]:
+    """Word counts of the text in each message column: min/mean/median/p95/max (vectorised). Takes a
+    data table or its `summarize` table."""
+    import polars as pl
+
+    if not any(c.startswith(WORDS) for c in table.column_names):
+        table = summarize(table)
+    cols = [c for c in table.column_names if c.startswith(WORDS)]
     if not cols or table.num_rows == 0:
         return {}
     df = pl.from_arrow(table.select(cols))
     out = {}
     for c in cols:
-        if df.schema[c] == pl.String:
-            words = df[c].str.split(" ").list.len()
-        else:
-            words = (df[c].list.eval(pl.element().struct.field("content").str.split(" ").list.len()).list.sum())
-        out[c] = {"min": words.min(), "mean": round(words.mean(), 1), "median": words.median(),
-                  "p95": words.quantile(0.95), "max": words.max()}
+        words = df[c]
+        out[c[len(WORDS):]] = {"min": words.min(), "mean": round(words.mean(), 1), "median": words.median(),
+                               "p95": words.quantile(0.95), "max": words.max()}
     return out
 
 
 def _histograms(splits: dict[str, pa.Table], dest: Path) -> dict[str, str]:
-    """Score and strength histograms, drawn whenever those columns hold values."""
+    """Score and strength histograms, drawn whenever those columns hold values (splits: summaries)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,6 +127,7 @@ def _duplicates_line(dups: dict[str, dict[str, int]]) -> str:
 
 def render_card(name: str, version: str, manifest: dict, splits: dict[str, pa.Table], images: dict[str, str],
                 sections: list[tuple[str, str]], dest: Path) -> str:
+    """`splits`: each split's data table or its `summarize` table (what a streamed commit keeps)."""
     lineage = manifest.get("lineage") or {}
     auto = _histograms(splits, dest)
     images.update({k: v for k, v in auto.items() if k not in images})

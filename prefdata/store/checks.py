@@ -7,9 +7,11 @@ Python loop). A NaN margin that slips in trains a NaN model much later, far from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,13 +48,14 @@ def _reason(v: float, lo, hi) -> str:
     return f"must be within [{lo}, {hi}], got {v}"
 
 
-def check_values(table: pa.Table, where: str) -> None:
-    """Raise DataError naming the 1-based row and field of the first bad number (nulls are fine)."""
+def check_values(table: pa.Table, where: str, offset: int = 0) -> None:
+    """Raise DataError naming the 1-based row and field of the first bad number (nulls are fine);
+    `offset` is the rows before this table when it is one shard of a longer split."""
     for col, (lo, hi) in NUMERIC_RULES.items():
         if col in table.column_names and _is_number(table.schema.field(col).type):
             hit = _first_bad(table.column(col), lo, hi)
             if hit:
-                raise DataError(_reason(hit[1], lo, hi), file=where, row=hit[0] + 1, field=col)
+                raise DataError(_reason(hit[1], lo, hi), file=where, row=offset + hit[0] + 1, field=col)
     for col in LIST_RULES:
         if col in table.column_names and pa.types.is_list(table.schema.field(col).type) \
                 and _is_number(table.schema.field(col).type.value_type):
@@ -60,7 +63,7 @@ def check_values(table: pa.Table, where: str) -> None:
             hit = _first_bad(pa.chunked_array([pc.list_flatten(arr)]), None, None)
             if hit:
                 row = pc.list_parent_indices(arr)[hit[0]].as_py()
-                raise DataError(_reason(hit[1], None, None), file=where, row=row + 1, field=col)
+                raise DataError(_reason(hit[1], None, None), file=where, row=offset + row + 1, field=col)
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -78,37 +81,75 @@ def _content_keys(table: pa.Table) -> list[str] | None:
     return [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str) for r in data]
 
 
-def _dup_mask(table: pa.Table, *, dropping: bool) -> tuple[list[bool], int, int]:
-    """(is a repeat of an earlier row, #repeated ids, #repeated contents). When `dropping`, only
-    kept rows count as earlier ones: a row whose only twin was itself dropped stays."""
+def _hash64(values: list) -> np.ndarray:
+    """64-bit digests (0 stands for null); a collision among a million rows has odds near 1e-8."""
+    out = np.zeros(len(values), dtype=np.uint64)
+    for j, v in enumerate(values):
+        if v is not None:
+            out[j] = int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little") | 1
+    return out
+
+
+def row_keys(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(id digests, content digests) per row, 0 where a row has no id or no content columns."""
     n = table.num_rows
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * n
-    keys = _content_keys(table) or [None] * n
-    seen_ids, seen_keys = set(), set()
-    mask, dup_ids, dup_rows = [], 0, 0
-    for i, k in zip(ids, keys):
-        di = i is not None and i in seen_ids
-        dk = k is not None and k in seen_keys
-        dup_ids += di
-        dup_rows += dk
-        mask.append(di or dk)
-        if not (dropping and (di or dk)):
-            seen_ids.add(i)
-            seen_keys.add(k)
-    return mask, dup_ids, dup_rows
+    ids = _hash64(table.column("id").to_pylist()) if "id" in table.column_names else np.zeros(n, np.uint64)
+    keys = _content_keys(table)
+    return ids, (_hash64(keys) if keys is not None else np.zeros(n, np.uint64))
+
+
+class Deduper:
+    """Keeps the first of each id and of each content across the tables it is given in order, so a
+    split deduplicated shard by shard equals the split deduplicated whole. Only kept rows count as
+    earlier ones: a row whose only twin was itself dropped stays."""
+
+    def __init__(self):
+        self._ids: set[int] = set()
+        self._keys: set[int] = set()
+
+    def filter(self, table: pa.Table) -> tuple[pa.Table, int]:
+        ids, keys = row_keys(table)
+        keep = np.ones(table.num_rows, dtype=bool)
+        for j, (i, k) in enumerate(zip(ids.tolist(), keys.tolist())):
+            if (i and i in self._ids) or (k and k in self._keys):
+                keep[j] = False
+                continue
+            self._ids.add(i)
+            self._keys.add(k)
+        dropped = int((~keep).sum())
+        return (table.filter(pa.array(keep)) if dropped else table), dropped
+
+
+class DuplicateCounter:
+    """`duplicate_counts` over a split given in shards: digests are kept (16 bytes a row), the
+    counting is one vectorised pass at the end."""
+
+    def __init__(self):
+        self._ids: list[np.ndarray] = []
+        self._keys: list[np.ndarray] = []
+
+    def add(self, table: pa.Table) -> None:
+        ids, keys = row_keys(table)
+        self._ids.append(ids)
+        self._keys.append(keys)
+
+    def counts(self) -> dict[str, int]:
+        def repeats(parts: list[np.ndarray]) -> int:
+            a = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+            a = a[a != 0]
+            return int(a.size - np.unique(a).size)
+
+        return {"ids": repeats(self._ids), "rows": repeats(self._keys)}
 
 
 def duplicate_counts(table: pa.Table) -> dict[str, int]:
     """Rows repeating an earlier row's id, and rows repeating its content (prompt, chosen, rejected
     or completion); the card shows both."""
-    _, dup_ids, dup_rows = _dup_mask(table, dropping=False)
-    return {"ids": dup_ids, "rows": dup_rows}
+    c = DuplicateCounter()
+    c.add(table)
+    return c.counts()
 
 
 def dedup(table: pa.Table) -> tuple[pa.Table, int]:
     """Keep the first of each id and of each content; return (table, rows dropped)."""
-    mask, _, _ = _dup_mask(table, dropping=True)
-    dropped = sum(mask)
-    if not dropped:
-        return table, 0
-    return table.filter(pa.array([not m for m in mask])), dropped
+    return Deduper().filter(table)

@@ -1,7 +1,10 @@
 """The versioned dataset store: immutable, content-addressed versions with lineage.
 
-    $PREFDATA_HOME/datasets/<name>/<vN>/{data/<split>-00000-of-00001.parquet, README.md, manifest.json,
+    $PREFDATA_HOME/datasets/<name>/<vN>/{data/<split>-00000-of-0000N.parquet, README.md, manifest.json,
                                           manifest.sha256, *.png}
+
+Data files hold FILE_ROWS rows each in row groups of ROW_GROUP_ROWS, whether the split was committed
+whole or streamed in shards (`VersionWriter`), so the content hash depends on the rows alone.
 
 A version is built in a hidden temp dir (`.tmp-<pid>-<uuid>`) beside its final place and renamed in
 one step, so a reader never sees half a version and a killed commit leaves nothing visible; the next
@@ -352,11 +355,224 @@ def content_hash(split_files: dict[str, list[str]], file_hashes: dict[str, str])
     return h.hexdigest()
 
 
+ROW_GROUP_ROWS = 8192  # rows per Parquet row group; FILE_ROWS per data file (a multiple of it)
+FILE_ROWS = 32 * ROW_GROUP_ROWS
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns and types: a shard whose optional column was all null
+    (type null) is cast to the type the other shards gave it."""
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+class VersionWriter:
+    """A version written shard by shard: `write(split, table)` spools each shard to disk beside the
+    version's temp dir, `commit(...)` lays the rows out in data files of FILE_ROWS rows with row
+    groups of ROW_GROUP_ROWS, then names, cards and renames the version as `commit()` does. The
+    layout depends on the rows only, never on how they were sharded, so the content hash of a split
+    written in shards of 3 equals the one written whole. Memory holds one row group, not the split.
+
+        with store.VersionWriter("pairs") as w:
+            for shard in shards: w.write("train", shard)
+            version = w.commit(kind="pair", lineage=...)
+
+    Leaving the block without commit (an error, a kill) leaves nothing visible; a dead writer's temp
+    dir is swept by the next commit.
+    """
+
+    def __init__(self, name: str):
+        check_name(name)
+        self.name = name
+        self.dest_dir = datasets_dir() / name
+        try:
+            self.dest_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dest_dir / f".probe-{uuid.uuid4().hex}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise PrefdataError(f"store directory is not writable: {self.dest_dir} ({e.strerror or e})") from None
+        _sweep_stale(self.dest_dir)
+        self.tmp = self.dest_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        (self.tmp / "spool").mkdir(parents=True)
+        (self.tmp / ".owner").write_text(json.dumps({"pid": os.getpid(), "host": _HOST}))
+        self._parts: dict[str, list[Path]] = {}
+        self._schema: dict[str, pa.Schema] = {}
+        self._rows: dict[str, int] = {}
+        self._dups: dict = {}
+        self._summary: dict[str, list[pa.Table]] = {}
+        self._done = False
+
+    def __enter__(self) -> "VersionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop everything written so far (a no-op after commit)."""
+        if not self._done:
+            self._done = True
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return dict(self._rows)
+
+    def write(self, split: str, table: pa.Table) -> None:
+        from prefdata.store.card import summarize
+        from prefdata.store.checks import DuplicateCounter, check_values
+
+        if not re.match(r"^[A-Za-z0-9_]+$", split):
+            raise PrefdataError(f"invalid split name '{split}'")
+        if not isinstance(table, pa.Table):
+            raise PrefdataError(f"split '{split}' must be a pyarrow Table, got {type(table).__name__}")
+        check_values(table, f"{self.name}[{split}]", offset=self._rows.get(split, 0))
+        parts = self._parts.setdefault(split, [])
+        part = self.tmp / "spool" / f"{split}-{len(parts):06d}.parquet"
+        pq.write_table(table, part)
+        parts.append(part)
+        try:
+            self._schema[split] = (pa.unify_schemas([self._schema[split], table.schema], promote_options="permissive")
+                                   if split in self._schema else table.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise PrefdataError(f"{self.name}[{split}]: rows from row {self._rows[split] + 1} on have columns "
+                                f"whose types differ from the rows before ({e})") from None
+        self._rows[split] = self._rows.get(split, 0) + table.num_rows
+        self._dups.setdefault(split, DuplicateCounter()).add(table)
+        self._summary.setdefault(split, []).append(summarize(table))
+
+    def _lay_out(self, split: str) -> tuple[list[str], dict[str, str]]:
+        """Rewrite a split's spooled shards as its data files; returns (relative paths, sha256 each)."""
+        schema, rows = self._schema[split], self._rows[split]
+        n_files = max(1, -(-rows // FILE_ROWS))
+        rels = [f"data/{split}-{k:05d}-of-{n_files:05d}.parquet" for k in range(n_files)]
+        (self.tmp / "data").mkdir(exist_ok=True)
+        state = {"file": 0, "in_file": 0, "writer": None}
+
+        def emit(t: pa.Table) -> None:
+            if state["writer"] is None:
+                state["writer"] = pq.ParquetWriter(self.tmp / rels[state["file"]], schema)
+            # One chunk per column, so page boundaries depend on the values only.
+            state["writer"].write_table(t.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+            state["in_file"] += t.num_rows
+            if state["in_file"] >= FILE_ROWS:
+                state["writer"].close()
+                state.update(file=state["file"] + 1, in_file=0, writer=None)
+
+        buf: list[pa.Table] = []
+        buffered = 0
+        for part in self._parts[split]:
+            t = _conform(pq.read_table(part), schema)
+            part.unlink()
+            buf.append(t)
+            buffered += t.num_rows
+            while buffered >= ROW_GROUP_ROWS:
+                cat = pa.concat_tables(buf)
+                emit(cat.slice(0, ROW_GROUP_ROWS))
+                buf, buffered = [cat.slice(ROW_GROUP_ROWS)], buffered - ROW_GROUP_ROWS
+        if buffered or state["writer"] is None and state["file"] == 0:
+            emit(pa.concat_tables(buf) if buf else schema.empty_table())
+        if state["writer"] is not None:
+            state["writer"].close()
+        return rels, {r: sha256_file(self.tmp / r) for r in rels}
+
+    def commit(self, *, kind: str = "pair", lineage: dict | None = None, command: str | None = None,
+               card_sections: list[tuple[str, str]] | None = None, figures: dict | None = None) -> Version:
+        """Write the version and return it; identical content returns the existing version."""
+        from prefdata.store.card import render_card
+
+        if self._done:
+            raise PrefdataError(f"version writer for '{self.name}' is already closed")
+        if not self._parts:
+            raise PrefdataError(f"nothing to commit for '{self.name}': no splits")
+        lineage = dict(lineage or {})
+        dest_dir, tmp = self.dest_dir, self.tmp
+        try:
+            split_files: dict[str, list[str]] = {}
+            hashes: dict[str, str] = {}
+            for s in self._parts:
+                split_files[s], h = self._lay_out(s)
+                hashes.update(h)
+            shutil.rmtree(tmp / "spool", ignore_errors=True)
+            chash = content_hash(split_files, hashes)
+            for v in list_versions(self.name):
+                if v.sha == chash:
+                    self.abort()
+                    return v
+            images = {}
+            for fig_name, fig in (figures or {}).items():
+                fn = f"{fig_name}.png"
+                fig.savefig(tmp / fn, dpi=110)
+                images[fig_name] = fn
+                try:
+                    import matplotlib.pyplot as plt
+
+                    plt.close(fig)
+                except Exception:
+                    pass
+            summaries = {s: pa.concat_tables(p, promote_options="permissive") for s, p in self._summary.items()}
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "name": self.name,
+                "kind": kind,
+                "content_hash": chash,
+                "splits": {s: {"rows": self._rows[s], "files": split_files[s]} for s in split_files},
+                "duplicates": {s: self._dups[s].counts() for s in split_files},
+                "columns": {s: [f"{f.name}: {f.type}" for f in self._schema[s]] for s in split_files},
+                "parents": list(lineage.get("parents", [])),
+                # Whoever commits (pipeline, import, trainers, curation), no credential is kept.
+                "lineage": redact_obj(lineage),
+                "command": redact(command),
+                "prefdata_version": prefdata.__version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            with _lock(dest_dir):
+                for v in list_versions(self.name):
+                    if v.sha == chash:
+                        self.abort()
+                        return v
+                # Numbered past every vN directory, corrupt ones included, so a new version never
+                # lands on (or is refused by) a damaged one.
+                nums = _version_numbers(dest_dir)
+                number = nums[-1] + 1 if nums else 1
+                manifest["version"] = f"v{number}"
+                card = render_card(self.name, f"v{number}", manifest, summaries, images, card_sections or [], tmp)
+                (tmp / "README.md").write_text(card, encoding="utf-8")
+                manifest["files"] = {**hashes, "README.md": sha256_file(tmp / "README.md"),
+                                     **{fn: sha256_file(tmp / fn) for fn in images.values()}}
+                blob = json.dumps(manifest, indent=2, default=str).encode("utf-8")
+                (tmp / "manifest.json").write_bytes(blob)
+                (tmp / MANIFEST_SUM).write_text(hashlib.sha256(blob).hexdigest() + "\n", encoding="ascii")
+                (tmp / ".owner").unlink()
+                for f in tmp.rglob("*"):
+                    if f.is_file():
+                        with open(f, "rb") as fh:
+                            os.fsync(fh.fileno())
+                if os.environ.get("PREFDATA_TEST_COMMIT_PAUSE"):
+                    # Test hook: a window in which the commit can be killed before the rename.
+                    time.sleep(float(os.environ["PREFDATA_TEST_COMMIT_PAUSE"]))
+                final = dest_dir / f"v{number}"
+                os.rename(tmp, final)
+                self._done = True
+                _fsync_dir(dest_dir)
+            return _read_version(final)
+        except BaseException:
+            self.abort()
+            raise
+
+
 def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, command: str | None = None,
            card_sections: list[tuple[str, str]] | None = None, figures: dict | None = None) -> Version:
-    """Write a new immutable version and return it; identical content returns the existing version."""
-    from prefdata.store.card import render_card
-
+    """Write a new immutable version and return it; identical content returns the existing version.
+    `data`: a table (the train split) or {split: table}; for data that does not fit in memory, write
+    it in shards with `VersionWriter` (same layout, same content hash)."""
     check_name(name)
     splits: dict[str, pa.Table] = data if isinstance(data, dict) else {"train": data}
     if not splits:
@@ -366,93 +582,7 @@ def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, 
             raise PrefdataError(f"invalid split name '{s}'")
         if not isinstance(t, pa.Table):
             raise PrefdataError(f"split '{s}' must be a pyarrow Table, got {type(t).__name__}")
-    lineage = dict(lineage or {})
-    dest_dir = datasets_dir() / name
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        probe = dest_dir / f".probe-{uuid.uuid4().hex}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise PrefdataError(f"store directory is not writable: {dest_dir} ({e.strerror or e})") from None
-
-    from prefdata.store.checks import check_values, duplicate_counts
-
-    for s, t in splits.items():
-        check_values(t, f"{name}[{s}]")
-    _sweep_stale(dest_dir)
-    tmp = dest_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        (tmp / "data").mkdir(parents=True)
-        (tmp / ".owner").write_text(json.dumps({"pid": os.getpid(), "host": _HOST}))
-        split_files: dict[str, list[str]] = {}
-        hashes: dict[str, str] = {}
+    with VersionWriter(name) as w:
         for s, t in splits.items():
-            rel = f"data/{s}-00000-of-00001.parquet"
-            pq.write_table(t, tmp / rel)
-            split_files[s] = [rel]
-            hashes[rel] = sha256_file(tmp / rel)
-        chash = content_hash(split_files, hashes)
-        for v in list_versions(name):
-            if v.sha == chash:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return v
-
-        images = {}
-        for fig_name, fig in (figures or {}).items():
-            fn = f"{fig_name}.png"
-            fig.savefig(tmp / fn, dpi=110)
-            images[fig_name] = fn
-            try:
-                import matplotlib.pyplot as plt
-
-                plt.close(fig)
-            except Exception:
-                pass
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": name,
-            "kind": kind,
-            "content_hash": chash,
-            "splits": {s: {"rows": splits[s].num_rows, "files": split_files[s]} for s in splits},
-            "duplicates": {s: duplicate_counts(splits[s]) for s in splits},
-            "columns": {s: [f"{f.name}: {f.type}" for f in splits[s].schema] for s in splits},
-            "parents": list(lineage.get("parents", [])),
-            # Whoever commits (pipeline, import, trainers, curation), no credential is kept.
-            "lineage": redact_obj(lineage),
-            "command": redact(command),
-            "prefdata_version": prefdata.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        with _lock(dest_dir):
-            for v in list_versions(name):
-                if v.sha == chash:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return v
-            # Numbered past every vN directory, corrupt ones included, so a new version never
-            # lands on (or is refused by) a damaged one.
-            nums = _version_numbers(dest_dir)
-            number = nums[-1] + 1 if nums else 1
-            manifest["version"] = f"v{number}"
-            card = render_card(name, f"v{number}", manifest, splits, images, card_sections or [], tmp)
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-            manifest["files"] = {**hashes, "README.md": sha256_file(tmp / "README.md"),
-                                 **{fn: sha256_file(tmp / fn) for fn in images.values()}}
-            blob = json.dumps(manifest, indent=2, default=str).encode("utf-8")
-            (tmp / "manifest.json").write_bytes(blob)
-            (tmp / MANIFEST_SUM).write_text(hashlib.sha256(blob).hexdigest() + "\n", encoding="ascii")
-            (tmp / ".owner").unlink()
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            if os.environ.get("PREFDATA_TEST_COMMIT_PAUSE"):
-                # Test hook: a window in which the commit can be killed before the rename.
-                time.sleep(float(os.environ["PREFDATA_TEST_COMMIT_PAUSE"]))
-            final = dest_dir / f"v{number}"
-            os.rename(tmp, final)
-            _fsync_dir(dest_dir)
-        return _read_version(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            w.write(s, t)
+        return w.commit(kind=kind, lineage=lineage, command=command, card_sections=card_sections, figures=figures)
