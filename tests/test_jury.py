@@ -164,6 +164,10 @@ def test_jury_majority_and_votes_as_one_family():
     from prefdata.curation.vote import family_of
 
     assert {family_of(v) for v in votes} == {"jury"}  # one voter family, three members
+    from prefdata.curation.vote import combine
+
+    post = combine(table.column("id").to_pylist(), votes, ell=None, length_control=False)
+    assert post.families == ["jury"] and post.raw.shape == (N, 1)
     v = run_jury(jury, _engine_for, *_prompts_xs_ys(table), progress=False)
     assert majority(v) == [1.0] * 5 + [None] * 3
     made = []
