@@ -37,7 +37,7 @@ def stream_keys(seeds: list[int]) -> np.ndarray:
 
 def uniforms(keys: np.ndarray, step: int) -> torch.Tensor:
     """One uniform in [0, 1) per row for decode step `step`: (b,) float64, 53 random bits each."""
-    z = _mix64(keys + np.uint64(step + 1) * _GAMMA)
+    z = _mix64(keys + np.full(keys.shape, step + 1, dtype=np.uint64) * _GAMMA)  # arrays wrap without warnings
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53)
 
 

@@ -42,6 +42,7 @@ def _model_fingerprint(path: str, name: str) -> str:
 
 class TransformersEngine:
     name = "transformers"
+    SCORE_CHUNK_ELEMENTS = 1 << 23  # logits per LM-head chunk in score(): 32 MiB of float32 at most
 
     def __init__(self, cfg):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -194,37 +195,79 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
-        """Sum log p(completion tokens | chat prompt), batched by length."""
+        """Sum log p(completion tokens | chat prompt), batched by length.
+
+        The input that scores a completion is prompt + completion[:-1] (the last token is only a
+        target), so pairs that share it share one forward: a judge's "A" and "B" after one prompt."""
         from prefdata.progress import progress_bar
 
-        pairs = []
-        for r, c in zip(requests, completions):
-            p = self._encode(r)
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}  # input ids -> [(pair, targets)]
+        for i, (r, c) in enumerate(zip(requests, completions)):
             comp = self.tokenizer(c, add_special_tokens=False)["input_ids"]
-            pairs.append((p, comp))
-        scores = [0.0] * len(pairs)
-        with progress_bar("score", len(pairs), disable=not self.cfg.progress) as advance:
-            for batch in self._batches([len(p) + len(c) for p, c in pairs], 0):
-                self._score_batch(pairs, batch, scores)
-                advance(len(batch))
+            if comp:  # an empty completion scores 0
+                groups.setdefault(tuple(self._encode(r) + comp[:-1]), []).append((i, comp))
+        inputs = list(groups)
+        scores = [0.0] * len(requests)
+        with progress_bar("score", len(requests), disable=not self.cfg.progress) as advance:
+            advance(len(requests) - sum(len(g) for g in groups.values()))
+            for batch in self._batches([len(x) for x in inputs], 0):
+                self._score_batch([inputs[j] for j in batch], [groups[inputs[j]] for j in batch], scores)
+                advance(sum(len(groups[inputs[j]]) for j in batch))
         return scores
 
-    def _score_batch(self, pairs: list[tuple[list[int], list[int]]], batch: list[int], scores: list[float]) -> None:
-        """Fill scores[i] for the rows of one length-sorted batch."""
-        seqs = [pairs[i][0] + pairs[i][1] for i in batch]
+    def _score_batch(self, seqs: list[tuple[int, ...]], members: list[list[tuple[int, list[int]]]],
+                     scores: list[float]) -> None:
+        """Fill scores[i] for every pair of one length-sorted batch of distinct inputs.
+
+        Only the positions that predict a completion token go through the LM head, in chunks of at
+        most SCORE_CHUNK_ELEMENTS logits, and each takes a logsumexp and a gather: memory stays
+        bounded by the chunk, never (b, t, vocab)."""
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for k, s in enumerate(seqs):
             ids[k, width - len(s):] = torch.tensor(s)
             mask[k, width - len(s):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, position_ids=positions)
-                                 .logits.float(), dim=-1)  # (b, t, vocab)
-        for k, i in enumerate(batch):
-            n_comp = len(pairs[i][1])
-            if n_comp == 0:
-                continue
-            tgt = ids[k, width - n_comp:]  # completion tokens
-            pred = logp[k, width - n_comp - 1: width - 1]  # the positions that predict them
-            scores[i] = float(pred.gather(-1, tgt.unsqueeze(-1)).sum())
+        # Rows of the flattened (b * width) hidden states each pair needs: its completion is predicted
+        # by the last len(targets) positions of its (right-aligned) input.
+        at: dict[int, int] = {}  # flat hidden row -> index into the selected rows
+        sel, tgt, owner = [], [], []  # per target token: selected row, token id, pair
+        for k, group in enumerate(members):
+            for i, comp in group:
+                for j, t in enumerate(comp):
+                    flat = k * width + width - len(comp) + j
+                    sel.append(at.setdefault(flat, len(at)))
+                    tgt.append(t)
+                    owner.append(i)
+        rows = torch.tensor(list(at))  # (n,)
+        hidden = self._hidden(ids, mask, positions)  # (b, width, h), or None: no separable LM head
+        if hidden is None:  # this model's own head, on every position
+            logits_all = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            picked, head = logits_all.reshape(-1, logits_all.shape[-1])[rows], None  # (n, vocab)
+        else:
+            picked, head = hidden.reshape(-1, hidden.shape[-1])[rows], self.model.get_output_embeddings()  # (n, h)
+        lse = torch.empty(len(rows), dtype=torch.float64)
+        gathered = torch.empty(len(sel), dtype=torch.float64)
+        sel_t, tgt_t = torch.tensor(sel), torch.tensor(tgt)
+        step = max(1, self.SCORE_CHUNK_ELEMENTS // self.model.config.get_text_config().vocab_size)
+        for lo in range(0, len(rows), step):
+            chunk = picked[lo:lo + step]
+            logits = (chunk if head is None else head(chunk)).float()  # (chunk, vocab)
+            lse[lo:lo + step] = torch.logsumexp(logits, dim=-1).double()
+            here = (sel_t >= lo) & (sel_t < lo + step)
+            gathered[here] = logits[sel_t[here] - lo, tgt_t[here]].double()
+        lp = gathered - lse[sel_t]  # (tokens,) log p(target | prefix)
+        total = torch.zeros(len(scores), dtype=torch.float64).index_add_(0, torch.tensor(owner), lp)
+        for i in set(owner):
+            scores[i] = float(total[i])
+
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """Final hidden states (b, t, h) when the model's logits are exactly its output embedding of
+        them (Llama-like heads); None for heads that also scale or soft-cap, which then run whole."""
+        cfg = self.model.config.get_text_config()
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        if (decoder is None or decoder is self.model or self.model.get_output_embeddings() is None
+                or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)):
+            return None
+        return decoder(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
