@@ -158,7 +158,7 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'label_smoothing'"):
         load_config(DPOTrainConfig, None, ["label_smoothing=0.7"])
     with pytest.raises(ConfigError, match=r"key 'loss'"):
-        load_config(DPOTrainConfig, None, ["loss=hinge"])
+        load_config(DPOTrainConfig, None, ["loss=hing"])  # hinge is a loss now; a typo is not
     with pytest.raises(ConfigError, match=r"key 'eval_fraction'"):
         load_config(RewardTrainConfig, None, ["eval_fraction=0.9"])
     cfg = load_config(DPOTrainConfig, None, ["beta=0.5"], dataset="x@v1")

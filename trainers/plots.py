@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 # Per-step keys worth a panel, in display order; a trainer shows only those it logs.
-CURVE_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "margin", "kl",
-              "mean_token_accuracy", "eval_loss", "eval_accuracy")
+CURVE_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "margin", "kl", "rank_accuracy",
+              "sft_nll", "mean_token_accuracy", "eval_loss", "eval_accuracy")
 
 
 def curve_series(log_history: list[dict], keys=CURVE_KEYS) -> dict[str, list[tuple[int, float]]]:
