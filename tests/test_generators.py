@@ -119,10 +119,10 @@ def test_self_reward_empty_input_and_step_card():
     assert len(pairs) == 0 and cands.schema == self_reward.CANDIDATES
     res = self_reward.run_step(self_reward.SelfRewardConfig(), prompts(3), Ctx(Scripted(_self_reward_engine)))
     titles = [t for t, _ in res.card_sections]
-    assert {"Judge statistics", "Drop reasons", "Examples", "Rows per source"} <= set(titles)
+    assert {"Judge statistics", "Drop reasons", "Examples"} <= set(titles) and "Rows per source" not in titles
     stats = dict(res.card_sections)["Judge statistics"]
     assert "unparseable rate" in stats and "exact agreement" in stats and "distribution" in stats
-    assert set(res.figures) == {"scores", "lengths"} and res.side_tables["candidates"][0] == "completion"
+    assert set(res.figures) == {"judge_scores", "lengths"} and res.side_tables["candidates"][0] == "completion"
     assert res.lineage["templates"]["rubric_judge"] == "rubric-judge-1"
 
 
@@ -221,7 +221,7 @@ def test_conditional_step_card():
     res = conditional.run_step(conditional.ConditionalConfig(), prompts(3), Ctx(Scripted(_editor)))
     sections = dict(res.card_sections)
     assert "directions:" in sections["Directions and aspects"] and "unparseable" in sections["Drop reasons"]
-    assert "conditional/conditional-edit-1" in sections["Rows per source"] and "lengths" in res.figures
+    assert "Rows per source" not in sections and "lengths" in res.figures
     assert res.lineage["templates"] == {"conditional": "conditional-edit-1", "aspect_guidelines": "aspects-1"}
 
 
@@ -381,3 +381,45 @@ def test_rlcd_rescore_logprob_agrees_swaps_or_ties():
     res = rlcd.run_step(cfg, prompts(3), Ctx(eng))
     assert "| tie | 1 |" in dict(res.card_sections)["RLCD-Rescore"]
     assert res.lineage["templates"]["pairwise_judge"] == "pairwise-judge-2+logprob"
+
+
+# ----------------------------------------------------------------------------- the generator skeleton
+
+
+def test_every_generator_config_extends_the_shared_sampling_fields():
+    from prefdata.engines.base import SamplingParams
+    from prefdata.generators.common import SamplingConfig
+
+    for cfg in (rlcd.RLCDConfig, conditional.ConditionalConfig, self_reward.SelfRewardConfig, bpo.ConstructConfig,
+                bpo.RewriteConfig, bpo.EvaluateConfig):
+        assert issubclass(cfg, SamplingConfig) and {"temperature", "top_p", "max_tokens"} <= set(cfg.model_fields)
+        with pytest.raises(Exception):
+            cfg(temperature=3.0)  # the shared range holds in every generator
+    # The same SamplingParams (and so the same cache keys) as each generator built by hand before.
+    stop = ("\nHuman:", "\nUser:", "\n\nHuman")
+    assert rlcd.RLCDConfig().sampling(3, stop=stop) == SamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=128,
+                                                                      stop=stop, seed=3)
+    assert self_reward.SelfRewardConfig().sampling(0, n=4) == SamplingParams(n=4, temperature=0.7, top_p=0.9,
+                                                                             max_tokens=128, seed=0)
+    assert bpo.EvaluateConfig().sampling(1) == SamplingParams(temperature=0.0, top_p=1.0, max_tokens=128, seed=1)
+    assert bpo.RewriteConfig().sampling(0) == SamplingParams(temperature=0.6, top_p=0.9, max_tokens=192, seed=0)
+
+
+def test_committed_generator_cards_list_sources_once_and_keep_both_score_plots():
+    """The store card shows rows per source itself; a generator section repeated it. self_reward's
+    candidate-score plot was saved as scores.png, which the card's pair-score histogram overwrote."""
+    from prefdata import store
+
+    res = self_reward.run_step(self_reward.SelfRewardConfig(), prompts(3), Ctx(Scripted(_self_reward_engine)))
+    v = store.commit("sr-card", res.tables, card_sections=res.card_sections, figures=res.figures,
+                     lineage={"templates": res.lineage["templates"]})
+    card = (v.path / "README.md").read_text()
+    assert card.count("| source | rows |") == 1 and "Rows per source" not in card
+    assert "![judge_scores](judge_scores.png)" in card and "![scores](scores.png)" in card
+    assert (v.path / "judge_scores.png").read_bytes() != (v.path / "scores.png").read_bytes()
+    for step_result in (rlcd.run_step(rlcd.RLCDConfig(), prompts(2), Ctx(Scripted(_rlcd_engine))),
+                        conditional.run_step(conditional.ConditionalConfig(), prompts(3), Ctx(Scripted(_editor))),
+                        bpo._step_construct(bpo.ConstructConfig(), GRAVITY, Ctx(Scripted(_bpo_engine)))):
+        titles = [t for t, _ in step_result.card_sections]
+        assert "Rows per source" not in titles and titles[-1] == "Examples"
+        assert not any("| source | rows |" in text for _, text in step_result.card_sections)

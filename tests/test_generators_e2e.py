@@ -45,6 +45,7 @@ def test_pipeline_on_embedded_model(embedded_model, name):
         assert man["lineage"]["model"].startswith(embedded_model)
         card = v.card_path.read_text()
         assert f"# {v.ref}" in card and "## Lineage" in card and SECTIONS[uses] in card, card
+        assert card.count("| source | rows |") <= 1, card  # the store card's Sources table, never repeated
         table = store.load_table(v.ref)
         if man["kind"] == "pair":
             core = ("id", "prompt", "chosen", "rejected", "source", "margin", "label_prob", "flipped", "meta")
@@ -59,7 +60,11 @@ def test_pipeline_on_embedded_model(embedded_model, name):
         cands = store.load_table("self-reward-pairs-candidates@latest")
         assert cands.num_rows == 6 and {"judgements", "judge_scores", "score"} <= set(cands.column_names)
         assert all(len(j) == 2 for j in cands.column("judgements").to_pylist())
-        assert (outputs["self_reward"].path / "scores.png").is_file()
+        # The candidates' rubric scores and the card's pair-score histogram: two plots, both shown.
+        sr = outputs["self_reward"]
+        assert (sr.path / "judge_scores.png").is_file() and "judge_scores.png" in sr.card_path.read_text()
+        if len(store.load_table(sr.ref)):
+            assert (sr.path / "scores.png").is_file() and "scores.png" in sr.card_path.read_text()
     if name == "bpo.yaml":
         assert {"prompt", "optimized_prompt"} <= set(store.load_table(outputs["rewrite"].ref).column_names)
         assert {"answer_original", "answer_optimized", "optimized_wins"} <= set(

@@ -17,11 +17,11 @@ from collections import Counter
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from prefdata.engines import EngineOverrides
-from prefdata.engines.base import ChatRequest, Engine, SamplingParams
-from prefdata.generators.common import clean_output, drop_reasons_markdown, sample_with_retries
+from prefdata.engines.base import ChatRequest, Engine
+from prefdata.generators.common import SamplingConfig, clean_output, generator_card, sample_with_retries
 from prefdata.judges.pairwise import PairwiseJudge
 from prefdata.judges.pointwise import last_user_text
 from prefdata.prompts import bpo as tpl
@@ -60,14 +60,11 @@ def length_filter(original: str, optimized: str) -> str | None:
     return None
 
 
-class ConstructConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ConstructConfig(SamplingConfig):
     format: Literal["tagged", "two_step"] = Field(
         "tagged", description="tagged: one call answering in <comparison>/<optimized> tags, as in BPO (Cheng et al. "
         "2023, arXiv 2311.04155, Sec. 3.1); two_step: the comparison and the instruction are asked for separately, "
         "for engines that cannot keep a tagged format.")
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature, in [0, 2].")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling, in (0, 1].")
     max_tokens: int = Field(256, ge=16, le=4096, description="New tokens per call; the tagged answer needs room "
                             "for both parts.")
     max_retries: int = Field(2, ge=0, le=10, description="Re-sample an unparseable or degenerate answer this many "
@@ -98,7 +95,7 @@ def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = 
             ok[text] = (comp, opt)
         return why
 
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    params = cfg.sampling(seed)
     if cfg.format == "two_step":
         texts, reasons = _two_step(rows, engine, params, cfg.max_retries, ok)
     else:
@@ -151,8 +148,7 @@ def _two_step(rows, engine, params, max_retries, ok):
     return texts, reasons
 
 
-class RewriteConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RewriteConfig(SamplingConfig):
     rewriter_model: str | None = Field(None, description="A trained rewriter: any causal LM (local dir or hub id), "
                                        "run by the transformers engine under the BPO instruction template "
                                        "(`prefdata train sft --set target=optimized_prompt` trains one). Default: "
@@ -176,8 +172,7 @@ def rewrite(prompts: pa.Table, engine: Engine, config: RewriteConfig | None = No
     rows = prompts.select(["id", "prompt"]).to_pylist()
     reqs = [ChatRequest(messages=[{"role": "user", "content": REWRITER_INSTRUCTION.format(prompt=last_user_text(r["prompt"]))}],
                         template_version=REWRITER_TEMPLATE_VERSION, request_id=r["id"]) for r in rows]
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
-    texts, reasons, _ = sample_with_retries(engine, reqs, params, cfg.max_retries)
+    texts, reasons, _ = sample_with_retries(engine, reqs, cfg.sampling(seed), cfg.max_retries)
     out, dropped = [], Counter()
     for r, t, why in zip(rows, texts, reasons):
         # The same length-ratio filter as construction: a rewrite that lost or swamped the request is
@@ -194,8 +189,7 @@ def rewrite(prompts: pa.Table, engine: Engine, config: RewriteConfig | None = No
     return pa.Table.from_pylist(out, schema=REWRITE_ROWS)
 
 
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvaluateConfig(SamplingConfig):
     target_engine: EngineOverrides | None = Field(None, description="Engine overrides for the target model that answers both "
                                        "prompts (BPO is black-box: the target never changes); default: the pipeline's.")
     judge_engine: EngineOverrides | None = Field(None, description="Engine overrides for the pairwise judge; default: the pipeline's.")
@@ -203,7 +197,10 @@ class EvaluateConfig(BaseModel):
         "generate", description="generate: the judge writes 'Winner: A|B|tie' (any engine); logprob: ' A' vs ' B' "
         "log-likelihood after 'Winner:' (transformers/vllm). Both orders are always judged.")
     max_tokens: int = Field(128, ge=8, le=4096, description="New tokens per answer.")
-    temperature: float = Field(0.0, ge=0, le=2, description="Answer temperature; greedy (0) isolates the prompt's effect.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Answer temperature, in [0, 2]; greedy (0) isolates the "
+                               "prompt's effect.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Answer nucleus sampling, in (0, 1]; only matters when "
+                         "temperature > 0.")
     judge_max_tokens: int = Field(128, ge=4, le=4096, description="New tokens per judgement (generate method).")
 
 
@@ -213,7 +210,7 @@ def evaluate(rows: pa.Table, target: Engine, judge_engine: Engine, config: Evalu
     answers. Returns the per-prompt table and {win, tie, loss, n} for the optimized prompt."""
     cfg = config or EvaluateConfig()
     data = rows.select(["id", "prompt", "optimized_prompt"]).to_pylist()
-    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
+    params = cfg.sampling(seed)
     orig = target.generate([ChatRequest(messages=r["prompt"], request_id=r["id"]) for r in data], params)
     opt = target.generate([ChatRequest(messages=[{"role": "user", "content": r["optimized_prompt"]}], request_id=r["id"])
                            for r in data], params)
@@ -259,20 +256,18 @@ def _ratio_figure(table: pa.Table, title: str):
 
 @step("bpo_construct", config=ConstructConfig, input="pair", output="bpo")
 def _step_construct(cfg: ConstructConfig, table: pa.Table, ctx):
-    from prefdata.generators.common import source_counts_markdown
     from prefdata.schema import conform
 
     report: dict = {}
     out = construct(conform(table, "pair"), ctx.engine(), cfg, seed=ctx.seed, report=report)
-    return StepResult(tables={"train": out}, kind="bpo", report=report,
-                      card_sections=[("BPO construction", f"{report['rows']} optimized instructions from "
-                                      f"{report['input_examples']} preference pairs ({cfg.format} prompts; Cheng et "
-                                      "al. 2023, arXiv 2311.04155). Filters: orig/opt > 2 or opt/orig > 6 words, "
-                                      "leftover markers. Rows: (prompt, optimized_prompt, comparison, raw)."),
-                                     ("Rows per source pair set", source_counts_markdown(out)),
-                                     ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
-                                     ("Examples", _bpo_examples(out))],
-                      figures={"length_ratio": _ratio_figure(out, "BPO construction: length ratio")} if len(out) else {},
+    sections, figures = generator_card(
+        ("BPO construction", f"{report['rows']} optimized instructions from {report['input_examples']} preference "
+         f"pairs ({cfg.format} prompts; Cheng et al. 2023, arXiv 2311.04155). Filters: orig/opt > 2 or opt/orig > 6 "
+         "words, leftover markers. Rows: (prompt, optimized_prompt, comparison, raw); the source column keeps "
+         "the pair set each came from."), out, report, examples=_bpo_examples(out))
+    if len(out):
+        figures["length_ratio"] = _ratio_figure(out, "BPO construction: length ratio")
+    return StepResult(tables={"train": out}, kind="bpo", report=report, card_sections=sections, figures=figures,
                       lineage={"templates": {"bpo_construct": TEMPLATE_VERSION + ("+two-step" if cfg.format == "two_step" else "")}})
 
 
@@ -284,13 +279,13 @@ def _step_rewrite(cfg: RewriteConfig, table: pa.Table, ctx):
     # whatever backend the rest of the pipeline uses.
     engine = ctx.engine({"backend": "transformers", "model": cfg.rewriter_model}) if cfg.rewriter_model else ctx.engine()
     out = rewrite(table, engine, cfg, seed=ctx.seed, report=report)
-    return StepResult(tables={"train": out}, kind="bpo", report=report,
-                      card_sections=[("BPO rewriting", f"{report['rows']} of {report['input_examples']} prompts rewritten "
-                                      f"by {'`' + engine.model_id + '` (trained rewriter)' if cfg.rewriter_model else 'the zero-shot template on `' + engine.model_id + '`'} "
-                                      f"at T {cfg.temperature}, top-p {cfg.top_p}."),
-                                     ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
-                                     ("Examples", _bpo_examples(out))],
-                      figures={"length_ratio": _ratio_figure(out, "BPO rewrite: length ratio")} if len(out) else {},
+    sections, figures = generator_card(
+        ("BPO rewriting", f"{report['rows']} of {report['input_examples']} prompts rewritten by "
+         f"{'`' + engine.model_id + '` (trained rewriter)' if cfg.rewriter_model else 'the zero-shot template on `' + engine.model_id + '`'} "
+         f"at T {cfg.temperature}, top-p {cfg.top_p}."), out, report, examples=_bpo_examples(out))
+    if len(out):
+        figures["length_ratio"] = _ratio_figure(out, "BPO rewrite: length ratio")
+    return StepResult(tables={"train": out}, kind="bpo", report=report, card_sections=sections, figures=figures,
                       lineage={"templates": {"bpo_rewriter": REWRITER_TEMPLATE_VERSION},
                                "rewriter_model": engine.model_id})
 
@@ -307,7 +302,7 @@ def _step_evaluate(cfg: EvaluateConfig, table: pa.Table, ctx):
     ex = "\n\n".join(f"- **original:** {last_user_text(r['prompt'])[:150]}\n  **optimized:** {r['optimized_prompt'][:150]}\n"
                       f"  **verdict:** {'optimized wins' if r['optimized_wins'] == 1.0 else 'original wins' if r['optimized_wins'] == 0.0 else 'tie'}"
                       for r in out.slice(0, 3).to_pylist()) or "(no rows)"
-    return StepResult(tables={"train": out}, kind="bpo_eval", report=stats,
-                      card_sections=[("BPO evaluation (pairwise, position-swapped)", md), ("Examples", ex)],
+    sections, _ = generator_card(("BPO evaluation (pairwise, position-swapped)", md), out, stats, examples=ex)
+    return StepResult(tables={"train": out}, kind="bpo_eval", report=stats, card_sections=sections,
                       lineage={"templates": {"pairwise_judge": PairwiseJudge(method=cfg.judge_method).template_version},
                                "target": target.model_id, "judge": judge.model_id})

@@ -1,4 +1,15 @@
-"""Small pieces every generator shares: output filters, retried sampling, pair rows, card bits."""
+"""The generator skeleton: what every generator shares.
+
+- `SamplingConfig`: the sampling fields (temperature, top_p, max_tokens) every generator's Config
+  extends, and `sampling()` turning them into the engine's SamplingParams with the pipeline's seed;
+- `sample_with_retries` with its output filters (`clean_output`, `degenerate_reason`);
+- `pair_table`: PAIR rows from dicts;
+- `generator_card`: the card sections and figures of a generator step, in one order.
+
+A new generator is one module (a Config extending SamplingConfig, `generate`, and an `@step`
+function returning `generator_card(...)`), one YAML in pipelines/ and one test; see
+docs/CONTRIBUTING.md.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +19,29 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
 from prefdata.schema import PAIR, content_id
+
+
+class SamplingConfig(BaseModel):
+    """The sampling fields of every generator's Config; a generator whose paper samples otherwise
+    redeclares the field with the paper's default and says so in its description. The seed is the
+    pipeline's (`seed:`, moved by `repeat` per iteration), never a step field, so one pipeline seed
+    reproduces every step."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature, in [0, 2]; 0 is greedy.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling (Holtzman et al. 2020, arXiv 1904.09751): "
+                         "the smallest token set with this much probability, in (0, 1]; 1 turns it off.")
+    max_tokens: int = Field(128, ge=1, le=4096, description="New tokens per output, in [1, 4096]; an output cut "
+                            "here ends with finish_reason 'length'.")
+
+    def sampling(self, seed: int, **extra) -> SamplingParams:
+        """These fields as engine SamplingParams; `extra` sets the rest (n, stop)."""
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=seed,
+                              **extra)
 
 # A new turn by the user means the model started writing the other side of the dialogue.
 TURN_MARKERS = re.compile(r"\n\s*(Human|User|USER|H)\s*:|<\|im_start\|>\s*user", re.MULTILINE)
@@ -153,8 +184,27 @@ def length_figure(table: pa.Table, title: str):
     return fig
 
 
+def generator_card(summary: tuple[str, str], table: pa.Table, report: dict, *,
+                   sections: list[tuple[str, str]] = (), examples: str | None = None,
+                   lengths_title: str | None = None) -> tuple[list[tuple[str, str]], dict]:
+    """(card sections, figures) of a generator step, in one order: what was made (`summary`, a
+    (title, text) pair), the generator's own `sections`, drop reasons (when the report has them),
+    examples (pairs by default, or the given markdown); figures: the chosen-vs-rejected length
+    histogram, keyed "lengths", when `lengths_title` is given and there are rows.
+
+    Rows per split and per source are not here: the store card shows them for every version."""
+    out = [summary, *sections]
+    if "drop_reasons" in report:
+        out.append(("Drop reasons", drop_reasons_markdown(report["drop_reasons"])))
+    out.append(("Examples", examples if examples is not None else examples_markdown(table)))
+    figures = {"lengths": length_figure(table, lengths_title)} if lengths_title and len(table) else {}
+    return out, figures
+
+
 def source_counts_markdown(table: pa.Table, column: str = "source") -> str:
-    """Rows per source: the first line of every card, so mixed datasets show what they are made of."""
+    """Rows per source as a markdown table. Not a generator card section: the store card's own
+    "Sources" table shows this for every version (a generator section repeated it on every card);
+    kept for callers that print it elsewhere."""
     if column not in table.column_names or not len(table):
         return "(no rows)"
     counts: dict[str, int] = {}

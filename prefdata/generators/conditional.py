@@ -14,19 +14,17 @@ from collections import Counter
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
+    SamplingConfig,
     assistant,
     clean_output,
     degenerate_reason,
-    drop_reasons_markdown,
-    examples_markdown,
-    length_figure,
+    generator_card,
     pair_table,
     sample_with_retries,
-    source_counts_markdown,
 )
 from prefdata.judges.pointwise import last_user_text
 from prefdata.prompts import conditional as tpl
@@ -42,8 +40,7 @@ _RESPONSE = re.compile(r"<response>(.*?)</response>", re.DOTALL | re.IGNORECASE)
 _SPLIT = re.compile(r",|;|\band\b")
 
 
-class ConditionalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ConditionalConfig(SamplingConfig):
     guideline: str = Field("chat", description="Aspect guideline: 'chat' (helpfulness, relevance, completeness, "
                            "honesty, harmlessness) or 'summarization' (coherence, accuracy, coverage), as in RMBoost "
                            "(arXiv 2407.16008, Sec. 3), or a key of `guidelines`.")
@@ -54,8 +51,6 @@ class ConditionalConfig(BaseModel):
     aspect_choice: Literal["model", "seeded"] = Field(
         "model", description="model: the editor picks 1-3 aspects and names them in <aspects> tags (RMBoost); "
         "seeded: 1-3 aspects are drawn per example and named in the prompt, for engines that cannot keep tags.")
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for y1 and the edit, in [0, 2].")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling, in (0, 1].")
     max_tokens: int = Field(160, ge=8, le=4096, description="New tokens for y1 and for the edit (tags included).")
     max_retries: int = Field(2, ge=0, le=10, description="Re-sample a degenerate y1 or an unparseable edit this many "
                              "times, then drop the example with the reason.")
@@ -112,7 +107,7 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
     aspects = guides[cfg.guideline]
     g_version = guideline_version(cfg)
     rows = prompts.select(["id", "prompt"]).to_pylist()
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    params = cfg.sampling(seed)  # for y1 and for the edit
     y1s, why1, _ = sample_with_retries(engine, [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION)
                                                 for r in rows], params, cfg.max_retries)
     dropped, todo = Counter(), []
@@ -168,24 +163,19 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
 def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
     import json
 
-
     report: dict = {}
     pairs = generate(table, ctx.engine(), cfg, seed=ctx.seed, report=report)
     metas = [json.loads(m) for m in pairs.column("meta").to_pylist()]
     dirs = Counter(m["direction"] for m in metas)
     asp = Counter(a for m in metas for a in m["aspects"])
-    sections = [
+    sections, figures = generator_card(
         ("Preference-conditional synthesis", f"{report['pairs']} pairs from {report['input_examples']} prompts. "
          "y2 edits y1 towards a seeded direction on named aspects; labels by construction (RMBoost, arXiv 2407.16008)."),
-        ("Directions and aspects", f"guideline `{cfg.guideline}` ({guideline_version(cfg)}), aspects named by "
-         f"{'the seed' if cfg.aspect_choice == 'seeded' else 'the editor'}\n\n"
-         "directions: " + ", ".join(f"{k}: {v}" for k, v in sorted(dirs.items())) +
-         "\n\naspects edited: " + ", ".join(f"{k}: {v}" for k, v in asp.most_common())),
-        ("Rows per source", source_counts_markdown(pairs)),
-        ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
-        ("Examples", examples_markdown(pairs)),
-    ]
-    figures = {"lengths": length_figure(pairs, "Conditional: chosen vs rejected length")} if len(pairs) else {}
+        pairs, report, lengths_title="Conditional: chosen vs rejected length",
+        sections=[("Directions and aspects", f"guideline `{cfg.guideline}` ({guideline_version(cfg)}), aspects named by "
+                   f"{'the seed' if cfg.aspect_choice == 'seeded' else 'the editor'}\n\n"
+                   "directions: " + ", ".join(f"{k}: {v}" for k, v in sorted(dirs.items())) +
+                   "\n\naspects edited: " + ", ".join(f"{k}: {v}" for k, v in asp.most_common()))])
     return StepResult(tables={"train": pairs}, card_sections=sections, figures=figures, report=report,
                       lineage={"templates": {"conditional": TEMPLATE_VERSION, "aspect_guidelines": guideline_version(cfg)},
                                "guideline": cfg.guideline})

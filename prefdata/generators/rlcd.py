@@ -16,33 +16,27 @@ from collections import Counter
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from prefdata.engines.base import ChatRequest, Engine, SamplingParams
-from prefdata.generators.common import (
-    assistant,
-    drop_reasons_markdown,
-    examples_markdown,
-    length_figure,
-    pair_table,
-    sample_with_retries,
-    source_counts_markdown,
-)
+from prefdata.engines.base import ChatRequest, Engine
+from prefdata.generators.common import SamplingConfig, assistant, generator_card, pair_table, sample_with_retries
 from prefdata.prompts import rlcd as tpl
 from prefdata.steps import StepResult, step
 
 NAME = "rlcd"
 
 
-class RLCDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RLCDConfig(SamplingConfig):
     principle_set: str = Field("harmless", description="Descriptor set: 'harmless' (16 pairs) or 'helpful', "
                                "or a set from `principles_file`.")
     principles_file: str | None = Field(None, description="YAML with `version` and `sets:` of [positive, negative] "
                                         "pairs, to use your own descriptors.")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="The paper samples at T=1.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(128, ge=1, le=4096, description="The paper used 300; smaller is faster on CPU.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature, in [0, 2]; the paper "
+                               "samples at T=1 (arXiv 2307.12950).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling, in (0, 1]; the paper samples the full "
+                         "distribution (1).")
+    max_tokens: int = Field(128, ge=1, le=4096, description="New tokens per output, in [1, 4096]; the paper used "
+                            "300, smaller is faster on CPU.")
     category_sets: dict[str, str] = Field(default_factory=dict, description="Per-example set by the prompt's "
                                           "meta.category, e.g. {harmlessness: harmless, helpfulness: helpful}; "
                                           "other examples use `principle_set`.")
@@ -97,8 +91,7 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
             msgs, prefix = tpl.build_messages(prompt, desc, opp)
             requests.append(ChatRequest(messages=msgs, assistant_prefix=prefix, template_version=template_version,
                                         request_id=r["id"]))
-    params = SamplingParams(n=1, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-                            stop=("\nHuman:", "\nUser:", "\n\nHuman"), seed=seed)
+    params = config.sampling(seed, stop=("\nHuman:", "\nUser:", "\n\nHuman"))
     texts, reasons, attempts = sample_with_retries(engine, requests, params, config.max_retries)
 
     out, dropped = [], Counter()
@@ -179,27 +172,23 @@ def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
     principles = "\n".join(f"| {name} | {i} | {p} | {n} | {used.get((name, i), 0)} |"
                            for name in sorted({cfg.principle_set, *cfg.category_sets.values()})
                            for i, (p, n) in enumerate(sets[name]))
-    sections = [
-        ("RLCD generation", f"{report['pairs']} pairs from {report['input_examples']} prompts "
-                            f"({report['dropped']} dropped). Chosen = continuation under the positive "
-                            f"descriptor, rejected = under the negative one (Yang et al. 2023, arXiv 2307.12950)."),
-        ("Rows per source", source_counts_markdown(pairs)),
-        ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
-        (f"Descriptor pairs ({version})",
-         "| set | index | positive | negative | pairs |\n|---|---|---|---|---|\n" + principles),
-        ("Examples", examples_markdown(pairs)),
-    ]
+    sections = [(f"Descriptor pairs ({version})",
+                 "| set | index | positive | negative | pairs |\n|---|---|---|---|---|\n" + principles)]
     templates = {"rlcd_prompt": tpl.TEMPLATE_VERSION, "rlcd_principles": version}
     if cfg.rescore:
         from prefdata.judges.pairwise import PairwiseJudge
 
         templates["pairwise_judge"] = PairwiseJudge(method=cfg.rescore_method).template_version
-        sections.insert(3, ("RLCD-Rescore", "A position-swapped pairwise judge re-labelled every pair "
+        sections.insert(0, ("RLCD-Rescore", "A position-swapped pairwise judge re-labelled every pair "
                             f"({cfg.rescore_method}); a verdict that flips with the order is a tie with "
                             "label_prob 0.5, never a guess: soft losses keep it at 0.5, hard losses drop it."
                             "\n\n| verdict | pairs |\n|---|---|\n" +
                             "\n".join(f"| {k} | {v} |" for k, v in sorted(report.get("rescore", {}).items()))))
-    figures = {"lengths": length_figure(pairs, "RLCD: chosen vs rejected length")} if len(pairs) else {}
+    sections, figures = generator_card(
+        ("RLCD generation", f"{report['pairs']} pairs from {report['input_examples']} prompts "
+                            f"({report['dropped']} dropped). Chosen = continuation under the positive "
+                            f"descriptor, rejected = under the negative one (Yang et al. 2023, arXiv 2307.12950)."),
+        pairs, report, sections=sections, lengths_title="RLCD: chosen vs rejected length")
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures,
                       lineage={"templates": templates,
                                "seeds": {"pipeline": ctx.seed}},

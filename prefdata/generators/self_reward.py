@@ -17,20 +17,18 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from prefdata.engines import EngineOverrides
-from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
+    SamplingConfig,
     assistant,
     clean_output,
     degenerate_reason,
-    drop_reasons_markdown,
-    examples_markdown,
+    generator_card,
     histogram_figure,
-    length_figure,
     pair_table,
-    source_counts_markdown,
 )
 from prefdata.judges import pointwise
 from prefdata.schema import COMPLETION, content_id
@@ -47,13 +45,11 @@ CANDIDATES = pa.schema(list(COMPLETION) + [
 ])
 
 
-class SelfRewardConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SelfRewardConfig(SamplingConfig):
     n_candidates: int = Field(4, ge=2, le=64, description="Candidates per prompt, in [2, 64] (Yuan et al. 2024, "
                               "arXiv 2401.10020: N=4).")
     temperature: float = Field(0.7, ge=0, le=2, description="Candidate sampling temperature, in [0, 2] (the paper: 0.7).")
     top_p: float = Field(0.9, gt=0, le=1, description="Candidate nucleus sampling, in (0, 1] (the paper: 0.9).")
-    max_tokens: int = Field(128, ge=1, le=4096, description="New tokens per candidate.")
     judgements: int = Field(3, ge=1, le=16, description="Judgements per candidate, in [1, 16] (the paper: 3); the "
                             "score is the mean of the parseable ones.")
     judge_temperature: float = Field(0.7, ge=0, le=2, description="Judge sampling temperature; > 0 so repeated "
@@ -72,8 +68,7 @@ def generate(prompts: pa.Table, engine: Engine, config: SelfRewardConfig | None 
     judge_engine = judge_engine or engine
     rows = prompts.select(["id", "prompt"]).to_pylist()
     reqs = [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION, request_id=r["id"]) for r in rows]
-    outs = engine.generate(reqs, SamplingParams(n=cfg.n_candidates, temperature=cfg.temperature, top_p=cfg.top_p,
-                                                max_tokens=cfg.max_tokens, seed=seed))
+    outs = engine.generate(reqs, cfg.sampling(seed, n=cfg.n_candidates))
     texts = [[clean_output(c.text) for c in cs] for cs in outs]
     flat_prompts = [r["prompt"] for r, ts in zip(rows, texts) for _ in ts]
     flat_texts = [t for ts in texts for t in ts]
@@ -148,26 +143,24 @@ def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
     single = [s for ss in cands.column("judge_scores").to_pylist() for s in ss if s is not None]
     dist = Counter(round(s) for s in single)
     agree = report["judge_agreement"]
-    sections = [
+    stats = ("Judge statistics", "\n".join([
+        "| | |", "|---|---|", f"| judgements | {report['judgements']} |",
+        f"| unparseable rate | {report['unparseable_rate']:.1%} |",
+        f"| tie rate (prompts whose best and worst tie) | {report['tie_rate']:.1%} |",
+        f"| exact agreement between repeated judgements | {_fmt(agree['exact_agreement'])} |",
+        f"| mean std of repeated judgements | {_fmt(agree['mean_within_std'])} |",
+        "| judgement score distribution | " + (", ".join(f"{k}: {v}" for k, v in sorted(dist.items())) or "-") + " |"]))
+    sections, figures = generator_card(
         ("Self-rewarding generation", f"{report['pairs']} pairs from {report['input_examples']} prompts; "
          f"{report['candidates']} candidates judged {cfg.judgements}x each by `{judge.model_id}` with an additive "
          f"5-point rubric (Yuan et al. 2024, arXiv 2401.10020). Chosen = best, rejected = worst, margin = score gap. "
          f"All candidates with raw judgements are in the `candidates` side table."),
-        ("Rows per source", source_counts_markdown(pairs)),
-        ("Judge statistics", "\n".join([
-            "| | |", "|---|---|", f"| judgements | {report['judgements']} |",
-            f"| unparseable rate | {report['unparseable_rate']:.1%} |",
-            f"| tie rate (prompts whose best and worst tie) | {report['tie_rate']:.1%} |",
-            f"| exact agreement between repeated judgements | {_fmt(agree['exact_agreement'])} |",
-            f"| mean std of repeated judgements | {_fmt(agree['mean_within_std'])} |",
-            "| judgement score distribution | " + (", ".join(f"{k}: {v}" for k, v in sorted(dist.items())) or "-") + " |"])),
-        ("Drop reasons", drop_reasons_markdown(report["drop_reasons"])),
-        ("Examples", examples_markdown(pairs)),
-    ]
-    figures = {"scores": histogram_figure({"candidate score (mean)": scores, "single judgement": single},
-                                          "Self-reward: rubric scores", "score (0-5)", bins=[x / 4 for x in range(21)])}
-    if len(pairs):
-        figures["lengths"] = length_figure(pairs, "Self-reward: chosen vs rejected length")
+        pairs, report, sections=[stats], lengths_title="Self-reward: chosen vs rejected length")
+    # Every candidate's scores, not only the paired ones: named apart from the store card's own
+    # "scores" plot (chosen_score vs rejected_score of the pairs), which it would otherwise overwrite.
+    figures["judge_scores"] = histogram_figure({"candidate score (mean)": scores, "single judgement": single},
+                                               "Self-reward: rubric scores of every candidate", "score (0-5)",
+                                               bins=[x / 4 for x in range(21)])
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures, report=report,
                       lineage={"templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION
                                              + ("+score-first" if cfg.judge_score_first else "")},
