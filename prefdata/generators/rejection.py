@@ -33,18 +33,17 @@ from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
+    SamplingConfig,
     assistant,
     clean_output,
     degenerate_reason,
-    drop_reasons_markdown,
-    examples_markdown,
+    generator_card,
     histogram_figure,
     pair_table,
-    source_counts_markdown,
 )
 from prefdata.rewards import score as scoring
 from prefdata.rewards.score import JudgeScorer, ScorerSpec
@@ -64,8 +63,7 @@ CANDIDATES = pa.schema(list(CANDIDATE) + [
 ])
 
 
-class RejectionSamplingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RejectionSamplingConfig(SamplingConfig):
     mode: Literal["best_of_n", "rso"] = Field("best_of_n", description="best_of_n: RAFT, keep by rank (Dong et "
                                               "al. 2023, arXiv 2304.06767). rso: keep with probability exp((r - "
                                               "r_max)/beta) (Liu et al. 2023, arXiv 2309.06657, Algorithm 1).")
@@ -85,8 +83,8 @@ class RejectionSamplingConfig(BaseModel):
                                     "(the paper: 8 of 64); default one sweep, each candidate accepted independently.")
     temperature: float = Field(1.0, ge=0, le=2, description="Candidate sampling temperature, in [0, 2]; both "
                                "papers sample the policy as it is (1.0). 0 gives N identical candidates.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Candidate nucleus sampling, in (0, 1].")
-    max_tokens: int = Field(128, ge=1, le=4096, description="New tokens per candidate.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Candidate nucleus sampling, in (0, 1]; 1 (off) samples the "
+                         "policy itself, which RSO's acceptance rule assumes.")
     reward: ScorerSpec = Field(default_factory=JudgeScorer, description="The reward source: {type: reward_model, "
                                "model: PATH | step:<train_reward step>} or {type: judge, method: generate|logprob, "
                                "engine: {...}} (default: the pipeline's model judges its own candidates).")
@@ -193,7 +191,7 @@ def generate(prompts: pa.Table, engine: Engine, config: RejectionSamplingConfig 
     engine_for = engine_for or (lambda _overrides: engine)
     rows = prompts.select(["id", "prompt"]).to_pylist()
     n = cfg.n_candidates
-    params = SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    params = cfg.sampling(seed, n=n)
     out: list[dict] = []
     seen: set[str] = set()
     cands: list[dict] = []
@@ -393,20 +391,20 @@ def card_sections(res: RejectionResult, cfg: RejectionSamplingConfig) -> list[tu
             + (f"; threshold {cfg.threshold:g}" if cfg.threshold is not None else "") + ")."
             + (f" {rep['trimmed_beyond_target']} rows past the target were left out to keep the count exact."
                if rep["trimmed_beyond_target"] else ""))
-    sections = [
-        ("Rejection sampling", f"{rep['rows']} {what} from {rep['input_examples']} prompts; {cfg.n_candidates} "
-         f"candidates per prompt and round scored by `{res.scorer}`. {how}. All {rep['candidates']} candidates, with "
-         f"score, acceptance probability and use, are in the `candidates` side table."),
-        ("Rounds and acceptance", stop + "\n\n" + rounds_markdown(res.rounds)),
-        ("Rows per source", source_counts_markdown(res.rows)),
-        ("Drop reasons", drop_reasons_markdown(rep["drop_reasons"])),
-    ]
-    if res.kind == "pair":
-        sections.append(("Examples", examples_markdown(res.rows)))
+    summary = ("Rejection sampling", f"{rep['rows']} {what} from {rep['input_examples']} prompts; "
+               f"{cfg.n_candidates} candidates per prompt and round scored by `{res.scorer}`. {how}. All "
+               f"{rep['candidates']} candidates, with score, acceptance probability and use, are in the "
+               "`candidates` side table.")
+    examples = None if res.kind == "pair" else "\n".join(
+        f"- ({r['score']:.3g}) {r['completion'][-1]['content'][:300]}" for r in res.rows.slice(0, 3).to_pylist()) \
+        or "(no rows)"
+    sections, _ = generator_card(summary, res.rows, rep, examples=examples,
+                                 sections=[("Rounds and acceptance", stop + "\n\n" + rounds_markdown(res.rounds))])
     return sections
 
 
-@step(NAME, config=RejectionSamplingConfig, input="prompt", output="pair")
+# Whole input, never sharded: the target count and the budgets are over all prompts together.
+@step(NAME, config=RejectionSamplingConfig, input="prompt", output="pair", streaming=False)
 def run_step(cfg: RejectionSamplingConfig, table: pa.Table, ctx):
     """Best-of-N (RAFT) or RSO rejection sampling, with a target count and budgets."""
     engine = ctx.engine()
@@ -414,7 +412,8 @@ def run_step(cfg: RejectionSamplingConfig, table: pa.Table, ctx):
     scores = [s for s in res.candidates.column("score").to_pylist() if s is not None]
     kept = [s for s, u in zip(res.candidates.column("score").to_pylist(),
                               res.candidates.column("selected").to_pylist()) if u and s is not None]
-    figures = {"scores": histogram_figure({"all candidates": scores, "used in a row": kept},
+    # Not "scores": the store card draws its own plot under that name (chosen vs rejected scores).
+    figures = {"candidate_rewards": histogram_figure({"all candidates": scores, "used in a row": kept},
                                           "Rejection sampling: candidate rewards", "reward")} if scores else {}
     templates = {"rejection_sampling": TEMPLATE_VERSION}
     if res.report.get("judge_template"):

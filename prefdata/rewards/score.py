@@ -5,7 +5,8 @@ r(answer) for each candidate on its own. Each reward source the voters accept ha
 
 - `reward_model`: any 1-output sequence-classification checkpoint (an HF reward model, or one trained
   by `prefdata train reward` / a `train_reward` step, named `step:<train step>` in a pipeline);
-  the same spec as the voter (`voters.RewardModelVoter`);
+  the same spec as the voter (`voters.RewardModelVoter`). A model trained with `whiten: true` has its
+  rewards whitened with the mean and std saved beside it (`trainers.reward_norm`);
 - `judge`: the additive 5-point rubric judge (`judges.pointwise`, Yuan et al. 2024), either parsed
   from k generated judgements (mean of the parseable ones; null when none) or, with
   `method: logprob`, the expected score under the judge's next-token distribution over "0".."5"
@@ -101,7 +102,11 @@ def reward_model_scores(prompts: list[Messages], answers: list[str], spec: Rewar
                           return_tensors="pt").to(device)
                 out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
                 adv(len(idx))
-    return out
+    from trainers.reward_norm import apply_reward_norm  # torch-free; a no-op without reward_norm.json
+
+    # A model trained with whiten=true is read on its training scale (mean 0, std 1), so a
+    # threshold or an RSO beta means the same whatever the head's offset and scale.
+    return apply_reward_norm(path, out)
 
 
 def judge_scores(prompts: list[Messages], answers: list[str], spec: JudgeScorer, engine: Engine,
