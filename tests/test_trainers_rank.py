@@ -165,3 +165,4 @@ def test_ranking_steps_are_registered():
     types = step_types()
     assert types["train_rrhf"].config.__name__ == "RRHFTrainConfig" and types["train_rrhf"].output == "model"
     assert types["train_pro"].config.__name__ == "PROTrainConfig"
+    assert types["train_armo"].config.__name__ == "ArmoTrainConfig"

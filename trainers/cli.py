@@ -15,7 +15,8 @@ import importlib
 import typer
 
 KINDS = {"sft": "SFTTrainConfig", "dpo": "DPOTrainConfig", "kto": "KTOTrainConfig", "orpo": "ORPOTrainConfig",
-         "reward": "RewardTrainConfig", "rrhf": "RRHFTrainConfig", "pro": "PROTrainConfig"}
+         "reward": "RewardTrainConfig", "rrhf": "RRHFTrainConfig", "pro": "PROTrainConfig",
+         "armo": "ArmoTrainConfig"}
 
 
 def _config_cls(kind: str):
@@ -44,7 +45,7 @@ def _command(kind: str):
     return cmd
 
 
-def fields(kind: str = typer.Argument(..., help="sft | dpo | kto | orpo | reward | rrhf | pro")):
+def fields(kind: str = typer.Argument(..., help="sft | dpo | kto | orpo | reward | rrhf | pro | armo")):
     """List a trainer's config fields: its YAML keys and --set overrides, with ranges and sources."""
     from prefdata.errors import PrefdataError
     from trainers.common import config_help

@@ -69,7 +69,7 @@ def groups_from_candidates(ds, max_candidates: int) -> tuple[list[dict], dict]:
     common.require_columns(ds, ["prompt", "completion", "score"], "ranking over candidates")
     key = "prompt_id" if "prompt_id" in ds.column_names else None
     cols = ["score"] + (["filtered"] if "filtered" in ds.column_names else []) + ([key] if key else [])
-    df = pl.from_arrow(ds.select_columns(cols).data.table).with_row_index("row")
+    df = pl.from_arrow(ds.select_columns(cols).flatten_indices().data.table).with_row_index("row")
     if key is None:  # no id: the prompt's text identifies it
         texts = ["\x1f".join(m["content"] for m in p) if isinstance(p, list) else str(p) for p in ds["prompt"]]
         df = df.with_columns(pl.Series("prompt_key", texts))

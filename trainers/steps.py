@@ -1,5 +1,5 @@
 """Training as pipeline steps: `uses: train_sft | train_dpo | train_kto | train_orpo | train_reward |
-train_rrhf | train_pro`.
+train_rrhf | train_pro | train_armo`.
 
     - name: dpo
       uses: train_dpo
@@ -26,7 +26,7 @@ from pathlib import Path
 from prefdata.errors import ConfigError
 from prefdata.steps import StepResult, register_step
 
-KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro")
+KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro", "armo")
 
 
 def trainer(kind: str):
@@ -44,6 +44,8 @@ def trainer(kind: str):
         from trainers import rrhf as mod
     elif kind == "pro":
         from trainers import pro as mod
+    elif kind == "armo":
+        from trainers import armo as mod
     else:
         from trainers import reward as mod
     return mod
@@ -82,7 +84,8 @@ def _train(kind: str, cfg, table, ctx) -> StepResult:
                           f"not '{ctx.step.input}'")
     base = cfg.model if "model" in given else ctx.engine_config().model
     out = Path(ctx.artifact_dir)
-    adapter = cfg.lora and kind != "reward"  # the reward trainer merges its own adapter
+    # The reward trainer merges its own adapter; armo has none (frozen backbone, heads only).
+    adapter = bool(getattr(cfg, "lora", False)) and kind != "reward"
     train_dir = out / ("adapter" if adapter else "model")
     run_cfg = cfg.model_copy(update={"dataset": ctx.input_ref, "model": base, "output_dir": str(train_dir)})
     card = trainer(kind).train(run_cfg)
