@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from prefdata import eval_steps  # noqa: F401  (eval_noise, eval_rm_accuracy)
 from prefdata.curation import step as curation_step
-from prefdata.generators import bpo, conditional, rejection, rlcd, self_reward  # noqa: F401
+from prefdata.generators import bpo, conditional, medical, rejection, rlcd, self_reward  # noqa: F401
 from prefdata.steps import StepType, registered
 from trainers import steps as train_steps  # noqa: F401  (train_sft, train_dpo, ...)
 
