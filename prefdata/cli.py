@@ -14,7 +14,9 @@ import typer
 
 from prefdata.entry import run_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# add_completion: `prefdata --install-completion` sets up <TAB> for the current shell; dataset refs and
+# step names come from prefdata.completion.
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Synthesize, judge, clean and version preference data, and train on it.")
 
 _DEBUG = {"on": False}
@@ -52,6 +54,9 @@ def _mount() -> None:
     register_evals(app)  # after curation: it adds `policy` and `ranking` to curation's `eval` group
     from prefdata.review.cli import register as register_review
     register_review(app)
+    from prefdata.doctor import doctor
+
+    app.command("doctor")(doctor)
     _MOUNTED["done"] = True
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 import yaml
 
+from prefdata.store.complete import complete_ref
+
 
 def _config(model, config: Path | None, **fixed):
     """A config model from an optional YAML file plus the CLI's own flags, or one ConfigError line."""
@@ -47,7 +49,8 @@ def register(app: typer.Typer) -> None:
     ev = typer.Typer(no_args_is_help=True)
 
     @ev.command("noise")
-    def noise_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs (HH transcripts ok)."),
+    def noise_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs (HH transcripts ok).",
+                                           autocompletion=complete_ref),
                   inject: float = typer.Option(0.2, help="Fraction of train labels to flip on purpose."),
                   seed: int = typer.Option(0),
                   config: Path = typer.Option(None, "--config", help="YAML of NoiseEvalConfig (clean: voters, policy)."),
@@ -62,7 +65,8 @@ def register(app: typer.Typer) -> None:
         _emit(report, format_report(report), out, as_json)
 
     @ev.command("agreement")
-    def agreement_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs."),
+    def agreement_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs.",
+                                                  autocompletion=complete_ref),
                       agreement_column: str = typer.Option(..., "--agreement-column",
                                                            help="Column counting the annotators who gave the label."),
                       seed: int = typer.Option(0),
@@ -78,8 +82,10 @@ def register(app: typer.Typer) -> None:
         _emit(report, format_agreement(report), out, as_json)
 
     @ev.command("gold")
-    def gold_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs."),
-                 gold: str = typer.Option(..., "--gold", help="Store ref or file of verified pairs (chosen = truly better)."),
+    def gold_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs.",
+                                             autocompletion=complete_ref),
+                 gold: str = typer.Option(..., "--gold", help="Store ref or file of verified pairs (chosen = truly better).",
+                                       autocompletion=complete_ref),
                  seed: int = typer.Option(0),
                  config: Path = typer.Option(None, "--config", help="YAML of HumanEvalConfig (clean: voters, policy)."),
                  out: Path = typer.Option(None, "--out", help="Also write the report as JSON here."),

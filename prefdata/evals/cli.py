@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from prefdata.store.complete import complete_ref
+
 
 def _engine(model: str, backend: str):
     from prefdata.engines import EngineConfig, get_engine
@@ -23,7 +25,8 @@ def _emit(report: dict, text: str, out: Path | None, as_json: bool) -> None:
 
 def policy_cmd(model: str = typer.Option(..., "--model", help="The policy to evaluate (hub id or path)."),
                baseline: str = typer.Option(..., "--baseline", help="The model it is compared with."),
-               prompts: str = typer.Option(..., "--prompts", help="Store ref, file (prompts or pairs) or builtin:<set>."),
+               prompts: str = typer.Option(..., "--prompts", help="Store ref, file (prompts or pairs) or builtin:<set>.",
+                                            autocompletion=complete_ref),
                judge: str = typer.Option(..., "--judge", help="Judge model (hub id or path)."),
                judge_method: str = typer.Option("generate", help="generate | logprob"),
                backend: str = typer.Option("transformers", help="Engine backend for all three models."),
@@ -44,7 +47,8 @@ def policy_cmd(model: str = typer.Option(..., "--model", help="The policy to eva
 
 def ranking_cmd(model: str = typer.Option(..., "--model", help="The trained policy (hub id or path)."),
                 ref: str = typer.Option(..., "--ref", help="Its reference model (the DPO starting point)."),
-                dataset: str = typer.Option(..., "--dataset", help="Held-out pairs: store ref or file."),
+                dataset: str = typer.Option(..., "--dataset", help="Held-out pairs: store ref or file.",
+                                            autocompletion=complete_ref),
                 backend: str = typer.Option("transformers", help="Engine backend for both models."),
                 limit: int = typer.Option(None, help="First n pairs only."),
                 seed: int = typer.Option(0),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from prefdata.store.complete import complete_ref
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -16,6 +18,8 @@ def _warn(msg: str) -> None:
 
 _JSON = typer.Option(False, "--json", help="Print one JSON document (schema in docs/CLI_JSON.md).")
 _WIDE = typer.Option(False, "--wide", help="On a terminal, lay the table out at full width (no folding).")
+_REF = typer.Argument(..., help="A version: name@vN, name@latest, name or name@sha:<prefix>.",
+                      autocompletion=complete_ref)
 # Each --json document names its schema; the number changes only when a key is removed or retyped.
 SCHEMA = "prefdata.datasets.{}/1"
 
@@ -35,7 +39,7 @@ def _version_json(v) -> dict:
 
 
 @app.command("list")
-def list_cmd(name: str = typer.Argument(None, help="Only this dataset's versions."),
+def list_cmd(name: str = typer.Argument(None, help="Only this dataset's versions.", autocompletion=complete_ref),
              as_json: bool = _JSON, wide: bool = _WIDE):
     """Every committed version, oldest first; a corrupt one is marked and the listing goes on."""
     from prefdata.store import scan
@@ -58,7 +62,7 @@ _NO_VERIFY = typer.Option(False, "--no-verify", help="Skip recomputing checksums
 
 
 @app.command("show")
-def show_cmd(ref: str, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
+def show_cmd(ref: str = _REF, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
     """A version's manifest summary and card path, its checksums verified first."""
     from prefdata.store import resolve, verify
     from prefdata.tables import print_json
@@ -98,7 +102,7 @@ def show_cmd(ref: str, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
 
 
 @app.command("log")
-def log_cmd(ref: str, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
+def log_cmd(ref: str = _REF, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
     """Ancestry down to the prompt sets, each version's checksums verified."""
     from prefdata.errors import PrefdataError
     from prefdata.store import Corrupt, CorruptVersion, log, verify
@@ -148,7 +152,8 @@ def log_cmd(ref: str, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON):
 
 
 @app.command("verify")
-def verify_cmd(ref: str = typer.Argument(None, help="A version ref, or with --all a dataset name."),
+def verify_cmd(ref: str = typer.Argument(None, help="A version ref, or with --all a dataset name.",
+                                        autocompletion=complete_ref),
                all_: bool = typer.Option(False, "--all", help="Every version (of REF's name, if given).")):
     """Recompute every checksum and row count; exit 1 if any version is corrupt."""
     from prefdata.errors import PrefdataError
@@ -185,7 +190,7 @@ _DIFF_LISTS = ("columns_added", "columns_removed", "columns_retyped", "columns_c
 
 
 @app.command("diff")
-def diff_cmd(a: str, b: str, split: str = "train", as_json: bool = _JSON):
+def diff_cmd(a: str = _REF, b: str = _REF, split: str = "train", as_json: bool = _JSON):
     """Rows added/removed (by id), schema and lineage differences."""
     from prefdata.store import diff
     from prefdata.tables import print_json
@@ -205,7 +210,7 @@ def diff_cmd(a: str, b: str, split: str = "train", as_json: bool = _JSON):
 
 
 @app.command("export")
-def export_cmd(ref: str,
+def export_cmd(ref: str = _REF,
                format: str = typer.Option("conversational", "--format",
                                           help="standard | conversational (TRL), jsonl | parquet (full schema)"),
                out: Path = typer.Option(..., "--out", help="Output file (.jsonl or .parquet)."),
