@@ -274,8 +274,10 @@ def test_config_errors_name_the_field():
         R.RejectionSamplingConfig(top_k=5, n_candidates=4)
     with pytest.raises(ValidationError, match="pairing"):
         R.RejectionSamplingConfig(output="sft", pairing="tournament")
-    with pytest.raises(ValidationError, match="heads"):
+    with pytest.raises(ValidationError, match="'heads' voter trains on the labelled pairs"):
         R.RejectionSamplingConfig(reward={"type": "heads"})
+    with pytest.raises(ValidationError, match="Input tag 'rm'"):
+        R.RejectionSamplingConfig(reward={"type": "rm"})
 
 
 # ----------------------------------------------------------------------------- end to end

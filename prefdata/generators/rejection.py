@@ -33,7 +33,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
@@ -100,6 +100,15 @@ class RejectionSamplingConfig(SamplingConfig):
     max_tokens_total: int | None = Field(None, ge=1, description="Generated-tokens budget for candidates; a round "
                                          "runs only for the prompts whose worst case (n_candidates x max_tokens) "
                                          "still fits, so it is never exceeded.")
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _pairwise_only(cls, v):
+        if isinstance(v, dict) and v.get("type") in ("heads", "finetuned_rm"):
+            raise ValueError(f"a '{v['type']}' voter trains on the labelled pairs it votes on, and candidates have "
+                             "no labels; train a reward model first (a train_reward step) and score with "
+                             "{type: reward_model, model: step:<that step>}")
+        return v
 
     @model_validator(mode="after")
     def _check(self):
