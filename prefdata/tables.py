@@ -9,8 +9,10 @@ lays the table out at its natural width, however wide the terminal is.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 # Columns whose values are copied: never cut, never broken at a hyphen.
 COPYABLE = frozenset({"ref", "path", "name", "parents", "card"})
@@ -53,6 +55,36 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence], *, wide: bool 
     console.print(t)
 
 
+def jsonable(obj):
+    """`obj` with every non-finite float as None: NaN and inf are not JSON, and `jq` refuses them
+    (a report over zero rows has NaN rates)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def dumps(obj) -> str:
+    """The one JSON rendering of the CLI: indented, UTF-8, non-finite numbers as null, non-JSON values
+    (paths, datetimes) as strings."""
+    return json.dumps(jsonable(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+
+
 def print_json(obj, file=None) -> None:
-    """One JSON document on stdout; non-JSON values (paths, datetimes) as strings."""
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str), file=file or sys.stdout)
+    """One JSON document on stdout (see `dumps`)."""
+    print(dumps(obj), file=file or sys.stdout)
+
+
+def emit_report(schema: str, report: dict, text: str, out=None, as_json: bool = False) -> None:
+    """An eval command's result: the text report, or with --json one document whose first key is
+    `schema`; --out also writes that document to a file."""
+    doc = {"schema": schema, **report}
+    if as_json:
+        print_json(doc)
+    else:
+        print(text)
+    if out:
+        Path(out).write_text(dumps(doc) + "\n", encoding="utf-8")

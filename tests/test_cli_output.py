@@ -150,6 +150,46 @@ def test_models_list_json_and_tsv(capsys):
     assert out[1].split("\t") == ["org/" + "m" * 60, str(d), "pypi:x/y.whl"]
 
 
+EVAL_ARGS = {  # module, its run and format functions (stubbed: models are slow), the command's required flags
+    "noise": ("prefdata.curation.noise", "run_noise_eval", "format_report", ["--dataset", "D"]),
+    "agreement": ("prefdata.curation.human", "run_agreement", "format_agreement",
+                  ["--dataset", "D", "--agreement-column", "a"]),
+    "gold": ("prefdata.curation.human", "run_gold", "format_gold", ["--dataset", "D", "--gold", "D"]),
+    "policy": ("prefdata.evals.policy", "run_policy_eval", "format_report",
+               ["--model", "m", "--baseline", "b", "--prompts", "D", "--judge", "j"]),
+    "ranking": ("prefdata.evals.ranking", "run_ranking_eval", "format_report",
+                ["--model", "m", "--ref", "r", "--dataset", "D"]),
+}
+
+
+@pytest.mark.parametrize("command", list(EVAL_ARGS))
+def test_eval_json_names_its_schema_and_is_strict_json(capsys, monkeypatch, tmp_path, command):
+    import importlib
+
+    from prefdata.curation import cli as curation_cli
+    from prefdata.evals import cli as evals_cli, policy
+
+    module, fn, fmt, args = EVAL_ARGS[command]
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "a": 3}\n')
+    report = {"pairs": 0, "win_rate": float("nan"), "ci95": [float("-inf"), 1.0], "by": {"x": float("nan")}}
+    monkeypatch.setattr(importlib.import_module(module), fn, lambda *a, **k: dict(report))
+    monkeypatch.setattr(importlib.import_module(module), fmt, lambda r: "text report")
+    monkeypatch.setattr(evals_cli, "_engine", lambda *a: None)
+    monkeypatch.setattr(policy, "read_prompts", lambda src: [])
+    monkeypatch.setattr(curation_cli, "_config", lambda model, config, **fixed: None)
+    out = tmp_path / "r.json"
+    argv = ["eval", command, *[str(data) if a == "D" else a for a in args], "--json", "--out", str(out)]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    doc = json.loads(stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert doc == {"schema": f"prefdata.eval.{command}/1", "pairs": 0, "win_rate": None, "ci95": [None, 1.0],
+                   "by": {"x": None}}  # NaN/inf become null: jq and strict parsers refuse them
+    assert list(doc)[0] == "schema" and json.loads(out.read_text()) == doc
+    code, stdout, _ = run(capsys, *argv[:-3])
+    assert code == 0 and stdout == "text report\n"
+
+
 # ----------------------------------------------------------------------------- progress in logs
 
 class Log(io.StringIO):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -39,10 +38,10 @@ def _read(dataset: str, tag: str):
     return io.read(dataset, "pair", on_error="quarantine", quarantine_path=quarantine_path(tag))
 
 
-def _emit(report: dict, text: str, out: Path | None, as_json: bool) -> None:
-    typer.echo(json.dumps(report, indent=2) if as_json else text)
-    if out:
-        out.write_text(json.dumps(report, indent=2))
+def _emit(command: str, report: dict, text: str, out: Path | None, as_json: bool) -> None:
+    from prefdata.tables import emit_report
+
+    emit_report(f"prefdata.eval.{command}/1", report, text, out, as_json)
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = _config(NoiseEvalConfig, config, inject=inject, seed=seed)
         report = run_noise_eval(_read(dataset, "eval-noise"), cfg)
-        _emit(report, format_report(report), out, as_json)
+        _emit("noise", report, format_report(report), out, as_json)
 
     @ev.command("agreement")
     def agreement_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs.",
@@ -79,7 +78,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = _config(HumanEvalConfig, config, seed=seed)
         report = run_agreement(_read(dataset, "eval-agreement"), agreement_column, cfg)
-        _emit(report, format_agreement(report), out, as_json)
+        _emit("agreement", report, format_agreement(report), out, as_json)
 
     @ev.command("gold")
     def gold_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs.",
@@ -96,6 +95,6 @@ def register(app: typer.Typer) -> None:
 
         cfg = _config(HumanEvalConfig, config, seed=seed)
         report = run_gold(_read(dataset, "eval-gold"), io.read(gold, "pair"), cfg)
-        _emit(report, format_gold(report), out, as_json)
+        _emit("gold", report, format_gold(report), out, as_json)
 
     app.add_typer(ev, name="eval", help="Measure curation quality.")

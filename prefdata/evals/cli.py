@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -17,10 +16,10 @@ def _engine(model: str, backend: str):
     return get_engine(EngineConfig(backend=backend, model=model))
 
 
-def _emit(report: dict, text: str, out: Path | None, as_json: bool) -> None:
-    typer.echo(json.dumps(report, indent=2, default=str) if as_json else text)
-    if out:
-        out.write_text(json.dumps(report, indent=2, default=str))
+def _emit(command: str, report: dict, text: str, out: Path | None, as_json: bool) -> None:
+    from prefdata.tables import emit_report
+
+    emit_report(f"prefdata.eval.{command}/1", report, text, out, as_json)
 
 
 def policy_cmd(model: str = typer.Option(..., "--model", help="The policy to evaluate (hub id or path)."),
@@ -42,7 +41,7 @@ def policy_cmd(model: str = typer.Option(..., "--model", help="The policy to eva
     cfg = PolicyEvalConfig(judge_method=judge_method, max_tokens=max_tokens, limit=limit, seed=seed)
     rows = read_prompts(prompts)
     report = run_policy_eval(_engine(model, backend), _engine(baseline, backend), _engine(judge, backend), rows, cfg)
-    _emit(report, format_report(report), out, as_json)
+    _emit("policy", report, format_report(report), out, as_json)
 
 
 def ranking_cmd(model: str = typer.Option(..., "--model", help="The trained policy (hub id or path)."),
@@ -62,7 +61,7 @@ def ranking_cmd(model: str = typer.Option(..., "--model", help="The trained poli
     cfg = RankingEvalConfig(limit=limit, seed=seed)
     rows = io.read(dataset, "pair").select(["prompt", "chosen", "rejected"]).to_pylist()
     report = run_ranking_eval(_engine(model, backend), _engine(ref, backend), rows, cfg)
-    _emit(report, format_report(report), out, as_json)
+    _emit("ranking", report, format_report(report), out, as_json)
 
 
 def register(app: typer.Typer) -> None:
