@@ -24,6 +24,10 @@ import shutil
 from pathlib import Path
 
 from prefdata.errors import ConfigError
+
+# `holdout` and `eval_compare` (pipelines/compare_losses.yaml) declare themselves on import; listed
+# here until prefdata.catalog imports prefdata.evals.compare beside prefdata.eval_steps.
+from prefdata.evals import compare as _compare  # noqa: F401
 from prefdata.steps import StepResult, register_step
 
 KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro", "armo")

@@ -1,0 +1,144 @@
+"""Comparing preference losses on one dataset version, in the spirit of HF's "Preference Tuning LLMs
+with Direct Preference Optimization Methods" study (DPO vs IPO vs KTO, same data, same budget).
+
+Two pipeline steps (`pipelines/compare_losses.yaml` wires them):
+- `holdout`: the input pairs cut into a train part and a held-out part, by a seeded hash of each
+  pair's prompt, so every pair of one prompt falls on the same side and reruns cut the same way.
+  `part: train` or `part: heldout` picks the side a step commits.
+- `eval_compare`: on held-out pairs, the ranking accuracy (Chen et al. 2024, `prefdata.evals.ranking`)
+  of every trained policy named in `models`, against the reference, with bootstrap intervals; the
+  training card's loss, steps and final training loss beside them; one table and one PNG plot.
+  Implicit-reward accuracy (policy vs reference log-ratio) is DPO's own criterion; reference-free
+  losses (SimPO, ORPO) never optimise it, so the likelihood accuracy is shown for all of them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.evals import ranking as R
+from prefdata.steps import StepResult, step
+
+
+class HoldoutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(0.25, gt=0, lt=1, description="Share of prompts held out, in (0, 1).")
+    part: Literal["train", "heldout"] = Field(description="Which side this step commits.")
+    seed: int = Field(0, description="Seed of the hash that assigns prompts to a side.")
+
+
+def holdout_mask(table: pa.Table, fraction: float, seed: int) -> np.ndarray:
+    """(n,) True where the pair's prompt is held out: sha256(seed, prompt text) below `fraction`."""
+    prompts = table.column("prompt").to_pylist()
+    texts = [json.dumps(p, sort_keys=True, default=str) for p in prompts]
+    u = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{t}".encode()).digest()[:8], "big") / 2**64 for t in texts])
+    return u < fraction
+
+
+@step("holdout", config=HoldoutConfig, input="pair", output="pair")
+def holdout(cfg: HoldoutConfig, table, ctx) -> StepResult:
+    """The train or held-out side of the input pairs, cut by prompt."""
+    held = holdout_mask(table, cfg.fraction, cfg.seed)
+    keep = held if cfg.part == "heldout" else ~held
+    out = table.filter(pa.array(keep))
+    md = (f"{cfg.part} side of `{ctx.input_ref}`: {out.num_rows} of {table.num_rows} pairs (prompts hashed with seed "
+          f"{cfg.seed}; {cfg.fraction:.0%} of prompts held out).")
+    return StepResult(tables={"train": out}, kind="pair", card_sections=[("Hold-out split", md)],
+                      report={"kept": out.num_rows, "of": table.num_rows})
+
+
+class CompareConfig(R.RankingEvalConfig):
+    models: dict[str, str] = Field(description="label -> trained policy (step:<train step>, a path or name@vN), "
+                                   "e.g. {dpo: step:dpo, simpo: step:simpo}.")
+    reference: str | None = Field(None, description="The reference model; default: the pipeline's engine model "
+                                  "(the base every train step started from).")
+
+
+def train_card(model_dir: str) -> dict:
+    """The training facts a comparison needs from a model folder's prefdata-train.json (empty if none)."""
+    p = Path(model_dir) / "prefdata-train.json"
+    if not p.is_file():
+        return {}
+    info = json.loads(p.read_text())
+    cfg, res = info.get("config", {}), info.get("result", {})
+    loss = cfg.get("loss")
+    return {"trainer": info.get("kind"), "loss": loss or info.get("kind"), "max_steps": cfg.get("max_steps"),
+            "learning_rate": cfg.get("learning_rate"), "beta": cfg.get("beta"), "train_loss": res.get("train_loss"),
+            "dataset": info.get("dataset")}
+
+
+def compare_table(rows: list[dict]) -> str:
+    def ci(r, key):
+        lo, hi = r[f"{key}_ci95"]
+        return f"{r[f'{key}_accuracy']:.3f} ({lo:.2f}-{hi:.2f})"
+
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    lines = [("| run | trainer / loss | steps | final train loss | implicit-reward acc. (95% CI) | "
+              "likelihood acc. (95% CI) | mean implicit margin |"), "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r.get('trainer') or '?'} / {r.get('loss') or '?'} | "
+                     f"{num(r.get('max_steps'), 'd')} | {num(r.get('train_loss'), '.4f')} | "
+                     f"{ci(r, 'implicit_reward')} | {ci(r, 'policy_likelihood')} | {r['mean_implicit_margin']:.3f} |")
+    return "\n".join(lines)
+
+
+def compare_plot(rows: list[dict], reference_acc: float, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.4))
+    for off, key, name in ((-0.2, "implicit_reward", "implicit reward"), (0.2, "policy_likelihood", "likelihood")):
+        acc = np.array([r[f"{key}_accuracy"] for r in rows])
+        lo = np.array([r[f"{key}_ci95"][0] for r in rows])
+        hi = np.array([r[f"{key}_ci95"][1] for r in rows])
+        err = np.nan_to_num(np.stack([acc - lo, hi - acc]).clip(min=0))
+        ax.bar(x + off, acc, width=0.4, yerr=err, capsize=3, label=name)
+    ax.axhline(reference_acc, color="grey", ls="--", lw=1, label="reference likelihood")
+    ax.axhline(0.5, color="black", lw=0.5)
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("ranking accuracy (held-out)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@step("eval_compare", config=CompareConfig, input="pair", output="eval")
+def eval_compare(cfg: CompareConfig, table, ctx) -> StepResult:
+    """Ranking accuracy of several trained policies on the same held-out pairs: one table, one plot."""
+    from prefdata.schema import conform
+
+    pairs = conform(table, "pair").select(["prompt", "chosen", "rejected"]).to_pylist()
+    pairs = pairs[: cfg.limit] if cfg.limit else pairs
+    reference = ctx.engine({"model": cfg.reference} if cfg.reference else {})
+    rc, rr = R.pair_logps(reference, pairs)  # once: every policy is compared with the same reference
+    rows = []
+    for label, model in cfg.models.items():
+        pc, pr = R.pair_logps(ctx.engine({"model": model}), pairs)
+        rows.append({"label": label, "model": model, **train_card(model), **R.summarize(pc, pr, rc, rr, cfg)})
+    ref_acc = rows[0]["reference_likelihood_accuracy"] if rows else float("nan")
+    md = [(f"{len(pairs)} held-out pairs from `{ctx.input_ref}`; reference `{reference.model_id}`, whose own "
+           f"likelihood ranking accuracy is {ref_acc:.3f}. A tie counts as wrong; intervals are percentile "
+           f"bootstraps over pairs ({cfg.n_bootstrap} resamples)."), "", compare_table(rows)]
+    if ctx.artifact_dir is not None:
+        compare_plot(rows, ref_acc, Path(ctx.artifact_dir) / "compare.png")
+        md += ["", "![ranking accuracy per loss](compare.png)"]
+    metrics = {f"{r['label']}_{k}": r[f"{k}_accuracy"] for r in rows for k in ("implicit_reward", "policy_likelihood")}
+    return StepResult(kind="eval", metrics={"pairs": len(pairs), **metrics},
+                      card_sections=[("Loss comparison", "\n".join(md))],
+                      lineage={"rows": rows, "dataset": ctx.input_ref})
