@@ -33,6 +33,7 @@ def test_training_off_a_terminal_prints_progress_lines_not_dicts(tiny_model, tmp
     lines = [ln for ln in (out + err).splitlines() if ln.startswith("training on")]
     assert [int(LINE.match(ln).group(1)) for ln in lines] == [1, 2, 3], lines  # DPO: rewards/*, reward: accuracy
     assert not [ln for ln in (out + err).splitlines() if ln.lstrip().startswith("{") or "'loss'" in ln]
+    assert "\r" not in err and "it/s]" not in err  # nor HF's tqdm bars (loading weights, tokenizing) in a log
 
 
 def test_progress_note_picks_loss_accuracy_and_margin():

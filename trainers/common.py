@@ -274,13 +274,30 @@ def check_lengths(ds, tok, max_length: int, completions=("chosen", "rejected"), 
 # ----------------------------------------------------------------------------- model
 
 
+def quiet_hf_bars() -> None:
+    """Off a terminal, turn off the tqdm bars of transformers, datasets and the hub (loading weights,
+    tokenizing, writing shards): redrawn with carriage returns, each becomes one long garbled line in a
+    log. prefdata's own progress lines report the training instead. On a terminal they stay."""
+    if sys.stderr.isatty():
+        return
+    import datasets
+    import huggingface_hub.utils
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_cls: bool = False):
-    """(model, tokenizer, local dir) in float32: CPU training in half precision is slow and lossy."""
+    """(model, tokenizer, local dir) in float32: CPU training in half precision is slow and lossy.
+    Every trainer loads its model here first, so this is also where HF's bars go quiet in logs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from prefdata.models import resolve_model
 
+    quiet_hf_bars()
     path = resolve_model(name, trust_remote_code=trust_remote_code)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
