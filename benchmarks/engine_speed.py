@@ -56,6 +56,7 @@ def judge_requests(n: int):
 
 def worker(a) -> None:
     """Runs inside one revision's exported tree (PYTHONPATH); prints one JSON line."""
+    import torch
     from engine_throughput import prompts
 
     import prefdata
@@ -64,6 +65,8 @@ def worker(a) -> None:
     from prefdata.engines.transformers import TransformersEngine
 
     assert str(Path(prefdata.__file__).resolve()).startswith(str(Path(a.tree).resolve())), prefdata.__file__
+    if a.threads:
+        torch.set_num_threads(a.threads)
     eng = TransformersEngine(EngineConfig(model=a.model, cache=False, progress=False))
     res = {}
     if a.mode == "generate":
@@ -76,6 +79,7 @@ def worker(a) -> None:
         res["tokens"] = sum(c.num_tokens for c in out)
         res["prompt_tokens"] = sum(len(eng._encode(r)) for r in reqs)
         res["finished_by_eos"] = sum(c.finish_reason == "stop" for c in out)
+        res["sampler_ms"] = _time_sampler(eng, reqs, params)
     else:
         reqs = judge_requests(a.pairs)
         eng.score(reqs[:1], ["A"])  # warm-up
@@ -89,6 +93,33 @@ def worker(a) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def _time_sampler(eng, reqs, params, repeats: int = 10) -> float:
+    """Milliseconds per decode step spent choosing the next tokens, on this model's real next-token
+    logits for the prompts (one batch), with whatever sampler this revision has."""
+    import torch
+
+    ids = [eng._encode(r) for r in reqs[:eng.cfg.max_batch_size]]
+    width = max(len(x) for x in ids)
+    inp = torch.tensor([[eng.tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    with torch.inference_mode():
+        logits = eng.model(input_ids=inp, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+                           ).logits[:, -1, :].float()  # (b, vocab)
+        if hasattr(eng, "_sample"):  # revisions before the counter-based sampler
+            gens = [torch.Generator().manual_seed(k) for k in range(len(ids))]
+            step = lambda t: eng._sample(logits, gens, params, [False] * len(ids))
+        else:
+            from prefdata.engines.sampling import sample, stream_keys, uniforms
+
+            keys = stream_keys(list(range(len(ids))))
+            step = lambda t: sample(logits, uniforms(keys, t), params.temperature, params.top_p)
+        step(0)
+        t0 = time.perf_counter()
+        for t in range(repeats):
+            step(t)
+    return (time.perf_counter() - t0) / repeats * 1e3
+
+
 def _export(rev: str, dest: Path) -> Path:
     tree = dest / rev
     tree.mkdir(parents=True)
@@ -100,7 +131,8 @@ def _export(rev: str, dest: Path) -> Path:
 def _run(tree: Path, mode: str, model: str, a) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT / 'benchmarks'}"}
     cmd = [sys.executable, __file__, "--worker", "--tree", str(tree), "--mode", mode, "--model", model,
-           "--prompts", str(a.prompts), "--new-tokens", str(a.new_tokens), "--pairs", str(a.pairs)]
+           "--prompts", str(a.prompts), "--new-tokens", str(a.new_tokens), "--pairs", str(a.pairs),
+           "--threads", str(a.threads)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree, check=False)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -115,6 +147,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=64, help="score(): judge prompts, each scored with A and B")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--head", default="HEAD", help="the revision measured last (the current engine)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per engine and for the ceiling; "
+                    "0 = torch's default. 1 holds up better on an oversubscribed machine.")
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--tree")
     ap.add_argument("--mode")
@@ -125,11 +159,14 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
     from engine_throughput import ceiling, matmul_params
     from transformers import AutoConfig
 
     from prefdata.models import DEFAULT_MODEL, resolve_model
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.head], check=True,
                           capture_output=True, text=True).stdout.strip()
     revs = REVISIONS + [(f"4. + chunked score() (now, {head})", head)]
@@ -160,10 +197,9 @@ def main() -> None:
         tps = best["tokens"] / best["seconds"]
         share = 2 * P * (best["tokens"] + best["prompt_tokens"]) / best["seconds"] / top
         first = first or tps
-        rows.append(f"| {label} | `{rev}` | {best['tokens']:,} | {best['seconds']:.1f} | {tps:.0f} | "
-                    f"{tps / prev:.2f}x | **{tps / first:.2f}x** | {share:.1%} |" if prev else
-                    f"| {label} | `{rev}` | {best['tokens']:,} | {best['seconds']:.1f} | {tps:.0f} | - | 1.00x | "
-                    f"{share:.1%} |")
+        vs_prev = f"{tps / prev:.2f}x" if prev else "-"
+        rows.append(f"| {label} | `{rev}` | {best['tokens']:,} | {best['seconds']:.1f} | {tps:.0f} | {vs_prev} | "
+                    f"**{tps / first:.2f}x** | {share:.1%} | {best['sampler_ms']:.1f} |")
         prev = tps
     srows = []
     s_first = None
@@ -175,15 +211,17 @@ def main() -> None:
                      f"{max(r['peak_extra_mib'] for r in runs):.0f} | {best['scores_head'][:2]} |")
     ceil_line = "; ".join(", ".join(f"{m} rows {f / 1e9:.0f} GFLOP/s" for m, f in c.items()) for c in ceil)
     cmd = (f".venv/bin/python benchmarks/engine_speed.py --prompts {a.prompts} --new-tokens {a.new_tokens} "
-           f"--pairs {a.pairs} --rounds {a.rounds}")
+           f"--pairs {a.pairs} --rounds {a.rounds}" + (f" --threads {a.threads}" if a.threads else ""))
     run = (f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores shared with other "
         f"work (load average {load0:.1f} at the start, {load1:.1f} at the end), SmolLM2-135M float32, "
         f"{a.prompts} prompts x up to {a.new_tokens} new tokens, T 0.7, top-p 0.9, best of {a.rounds} "
-        "interleaved rounds.")
+        "interleaved rounds, torch threads "
+           f"{torch.get_num_threads()}; rows that ended by EOS or a stop: "
+           f"{', '.join(str(gen[rev][0]['finished_by_eos']) for _, rev in revs)}.")
     print("\n".join([
         f"Command: `{cmd}`", run, "",
-        "| engine | revision | generated tokens | seconds | tokens/s | vs previous | vs before | share of ceiling |",
-        "|---|---|---|---|---|---|---|---|", *rows, "",
+        ("| engine | revision | generated tokens | seconds | tokens/s | vs previous | vs before | share of ceiling "
+         "| sampler ms/step |"), "|---|---|---|---|---|---|---|---|---|", *rows, "",
         (f"Matmul ceiling (before; after): {ceil_line}. Share = 2 x {P / 1e6:.0f}M x (prompt + generated "
          "tokens) / s over the best ceiling figure."), "",
         "| score() revision | pairs (A and B each) | seconds | pairs/s | vs before | peak extra MiB | first scores |",
