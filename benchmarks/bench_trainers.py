@@ -10,6 +10,11 @@ A. Step time of PrefDPOTrainer (per-pair label_prob/margin carried into the soft
 B. One epoch with reference log-probs recomputed every step, against the first run with
    `precompute_ref_log_probs` (fills the cache next to the dataset version) and a later run that
    reads the cache. Timed from trainer construction (where TRL precomputes) to the end of train().
+C. (`--part new`, written to benchmarks/results/trainers.md) Median step time of each newer trainer
+   against DPO (sigmoid) on the same pairs, batch and model, alternating repeats: DPO hinge, SimPO
+   (no reference pass), RRHF and PRO (each pair a group of two candidates: the same 2 x batch texts
+   per step as DPO; and groups of 4 candidates, same texts per step), the reward model plain, with
+   centring and with GRM's SFT term.
 Models: `tiny` = a random Llama (hidden 256, 4 layers, built offline) so the figure is about the
 trainer rather than matmul speed; `embedded` = the real SmolLM2-135M-Instruct checkpoint.
 """
@@ -165,7 +170,115 @@ def report(results: list[tuple], path: Path) -> None:
     write_section(path, "## Trainers", "\n".join(lines))
 
 
-if __name__ == "__main__":
+def setup_model(kind: str, tmp: Path) -> tuple[str, str]:
+    from prefdata import models
+    from prefdata.testing import build_tiny_llama
+
+    if kind == "tiny":
+        return (str(build_tiny_llama(tmp / "m", hidden=256, layers=4, vocab=512)),
+                "random Llama (hidden 256, 4 layers, vocab 512)")
+    home = os.environ.get("PREFDATA_HOME")
+    os.environ["PREFDATA_HOME"] = os.environ.get("PREFDATA_MODEL_HOME") or os.path.expanduser("~/.prefdata")
+    path = models.resolve_model(models.DEFAULT_MODEL)
+    os.environ["PREFDATA_HOME"] = home or str(tmp / "home")
+    return path, f"{models.DEFAULT_MODEL} (embedded float32 checkpoint)"
+
+
+def new_trainers():
+    """Part C: step time of the newer trainers against DPO, one process, alternating repeats."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part")
+    ap.add_argument("--model", choices=["tiny", "embedded"], default="tiny")
+    ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", default=str(Path(__file__).with_name("results") / "trainers.md"))
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    os.environ["PREFDATA_HOME"] = str(tmp / "home")
+    import pyarrow as pa
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from prefdata import store
+    from prefdata.generators.self_reward import CANDIDATES
+    from prefdata.schema import validate
+    from trainers import dpo, pro, ranking, reward, rrhf
+
+    model_dir, model_desc = setup_model(a.model, tmp)
+    rows = [{"prompt": f"Please explain topic number {i} in a few words.", "chosen": f"Topic {i} is explained clearly here.",
+             "rejected": f"No idea about {i}.", "label_prob": 0.9, "margin": 0.2} for i in range(a.pairs)]
+    v = store.commit("bench", validate(rows, "pair"))
+    # Groups of 4 candidates over half as many prompts: the same number of texts per step at half the batch.
+    def msg(role, t):
+        return [{"role": role, "content": t}]
+
+    cands = [{"id": f"c{i}-{j}", "prompt_id": f"p{i}", "prompt": msg("user", rows[i]["prompt"]),
+              "completion": msg("assistant", [rows[i]["chosen"], f"Topic {i}, roughly.", f"Maybe {i}.",
+                                              rows[i]["rejected"]][j]), "engine": "b", "model": "b", "sampling": "{}",
+              "finish_reason": "stop", "logprob": None, "judgements": [], "judge_scores": [], "score": float(4 - j),
+              "filtered": None} for i in range(a.pairs // 2) for j in range(4)]
+    c = store.commit("bench-cands", pa.Table.from_pylist(cands, schema=CANDIDATES), kind="completion")
+    common_kw = {"dataset": v.ref, "model": model_dir, "output_dir": str(tmp / "o"), "batch_size": 4,
+                 "learning_rate": 1e-5, "max_length": 256, "max_steps": a.steps, "logging_steps": 1}
+
+    def dpo_run(loss):
+        def build():
+            cfg = dpo.DPOTrainConfig(**common_kw, loss=loss, eval_fraction=0)
+            return dpo.build_trainer(cfg, *dpo.prepare(cfg))
+        return build
+
+    def rank_run(mod, data, batch):
+        def build():
+            cfg = mod.Config(**{**common_kw, "dataset": data, "batch_size": batch}, eval_fraction=0)
+            return ranking.build_trainer(cfg, mod.__name__.split(".")[-1], mod.LOSS, mod.loss_kwargs(cfg))[0]
+        return build
+
+    def rm_run(**kw):
+        def build():
+            return reward.build_trainer(reward.RewardTrainConfig(**common_kw, eval_fraction=0, **kw))[0]
+        return build
+
+    runs = {"DPO sigmoid (baseline)": dpo_run("sigmoid"), "DPO hinge": dpo_run("hinge"), "SimPO": dpo_run("simpo"),
+            "RRHF, pairs (K=2, 4 prompts)": rank_run(rrhf, v.ref, 4),
+            "PRO, pairs (K=2, 4 prompts)": rank_run(pro, v.ref, 4),
+            "RRHF, K=4 candidates (2 prompts)": rank_run(rrhf, c.ref, 2),
+            "PRO, K=4 candidates (2 prompts)": rank_run(pro, c.ref, 2),
+            "reward model (Bradley-Terry)": rm_run(), "reward + centring 0.01": rm_run(center_rewards_coefficient=0.01),
+            "reward + GRM SFT 0.01": rm_run(sft_coefficient=0.01)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for rep in range(a.repeats):  # alternate the order, so load from other jobs hits every run alike
+        for name in (list(runs) if rep % 2 == 0 else list(reversed(runs))):
+            tr = runs[name]()
+            timer = step_timer()
+            tr.add_callback(timer)
+            tr.train()
+            times[name] += timer.times[1:]
+            del tr
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base_t, rm_t = med["DPO sigmoid (baseline)"], med["reward model (Bradley-Terry)"]
+    cmd = (f".venv/bin/python benchmarks/bench_trainers.py --part new --model {a.model} --pairs {a.pairs} "
+           f"--steps {a.steps} --repeats {a.repeats} --threads {a.threads}")
+    lines = [f"## New trainers: step time against DPO ({a.model})", "",
+             (f"Run: {datetime.date.today()}, {os.cpu_count()} cores shared with ~7 other engineers' jobs (load "
+              f"varies during the run; alternating order spreads it), CPU only, torch threads {a.threads}. Model: "
+              f"{model_desc}. Median step time over {a.repeats} x {a.steps} steps (first step of each run dropped), "
+              "every run 8 texts per step (4 pairs, 4 groups of 2, or 2 groups of 4), max_length 256."), "",
+             f"Command: `{cmd}`", "",
+             "| trainer | median step | vs DPO sigmoid | vs reward model |", "|---|---|---|---|"]
+    for k, t in med.items():
+        lines.append(f"| {k} | {t * 1e3:.0f} ms | {t / base_t:.2f}x | {t / rm_t:.2f}x |")
+    body = "\n".join(lines) + "\n"
+    print(body)
+    out = Path(a.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_section(out, f"## New trainers: step time against DPO ({a.model})", body)
+
+
+if __name__ == "__main__" and "--part" in sys.argv and "new" in sys.argv:
+    new_trainers()
+elif __name__ == "__main__":
     import json
 
     out = main()

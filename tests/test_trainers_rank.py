@@ -80,21 +80,15 @@ def test_plain_pairs_are_groups_of_two_with_ties_dropped():
 
 
 def build(tiny_model, tmp_path, kind, **kw):
-    """A RankTrainer on the toy candidates, built the way train_ranking builds it (no training)."""
-    from transformers import TrainingArguments
-
-    from trainers import common, pro, rrhf
-    from trainers.ranking import GroupCollator, RankTrainer, load_groups, tokenize_groups
+    """A RankTrainer on the toy candidates, built as `train` builds it (no training)."""
+    from trainers import pro, rrhf
+    from trainers.ranking import build_trainer
 
     mod = {"rrhf": rrhf, "pro": pro}[kind]
-    cfg = mod.Config(dataset=candidates().ref, model=tiny_model, batch_size=2, **kw)
-    groups, _, _ = load_groups(cfg)
-    model, tok, _ = common.load_model_and_tokenizer(tiny_model)
-    cfg.output_dir = str(tmp_path / kind)
-    args = TrainingArguments(**common.training_args_common(cfg), remove_unused_columns=False)
-    return RankTrainer(model=model, args=args, train_dataset=tokenize_groups(groups, tok, cfg.max_length),
-                       processing_class=tok, data_collator=GroupCollator(tok.pad_token_id), loss_fn=mod.LOSS,
-                       loss_kwargs=mod.loss_kwargs(cfg)), tok
+    cfg = mod.Config(dataset=candidates().ref, model=tiny_model, batch_size=2, output_dir=str(tmp_path / kind),
+                     eval_fraction=0, **kw)
+    trainer, tok, _, _ = build_trainer(cfg, kind, mod.LOSS, mod.loss_kwargs(cfg))
+    return trainer, tok
 
 
 @pytest.mark.parametrize("kind", ["rrhf", "pro"])

@@ -248,8 +248,9 @@ class RankTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def train_ranking(cfg: RankTrainConfig, kind: str, loss_fn, loss_kwargs: dict):
-    """Load, check, train and save; returns the card path. `kind` names the card and output folder."""
+def build_trainer(cfg: RankTrainConfig, kind: str, loss_fn, loss_kwargs: dict):
+    """(RankTrainer with its train and held-out groups, tokenizer, provenance, card counts); every bad
+    input fails here, before any step."""
     from transformers import TrainingArguments
 
     groups, prov, counts = load_groups(cfg)
@@ -270,6 +271,13 @@ def train_ranking(cfg: RankTrainConfig, kind: str, loss_fn, loss_kwargs: dict):
     trainer = RankTrainer(model=model, args=args, train_dataset=ds, eval_dataset=heldout, processing_class=tok,
                           data_collator=GroupCollator(tok.pad_token_id), loss_fn=loss_fn, loss_kwargs=loss_kwargs)
     extra = {**counts, "train_prompts": len(ds), "mean_candidates": round(counts["candidates"] / counts["prompts"], 3)}
+    return trainer, tok, prov, extra
+
+
+def train_ranking(cfg: RankTrainConfig, kind: str, loss_fn, loss_kwargs: dict):
+    """Load, check, train and save; returns the card path. `kind` names the card and output folder."""
+    trainer, tok, prov, extra = build_trainer(cfg, kind, loss_fn, loss_kwargs)
+    heldout = trainer.eval_dataset
     guard = common.guard_finite(trainer)
     trainer.train()
     common.raise_if_failed(guard, trainer, cfg, kind, prov, extra)

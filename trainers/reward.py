@@ -178,7 +178,9 @@ def prepare_pairs(ds, cfg: RewardTrainConfig):
     return ds.select_columns(cols), ties
 
 
-def train(cfg: RewardTrainConfig) -> Path:
+def build_trainer(cfg: RewardTrainConfig):
+    """(PrefRewardTrainer, tokenizer, provenance, tie note, train pairs, held-out pairs or None), the pairs
+    as read (the trainer holds TRL's tokenised copies); every bad input fails here, before any step."""
     from trl import RewardConfig
 
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
@@ -202,6 +204,11 @@ def train(cfg: RewardTrainConfig) -> Path:
                                 data_collator=RewardCollator(pad_token_id=tok.pad_token_id),
                                 center_coefficient=cfg.center_rewards_coefficient,
                                 sft_coefficient=cfg.sft_coefficient, lm_head=lm_head)
+    return trainer, tok, prov, ties, ds, heldout
+
+
+def train(cfg: RewardTrainConfig) -> Path:
+    trainer, tok, prov, ties, ds, heldout = build_trainer(cfg)
     guard = common.guard_finite(trainer)
     trainer.train()
     extra = {"train_pairs": len(ds), **(ties or {})}
