@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -160,3 +161,14 @@ def test_ranking_steps_are_registered():
     assert types["train_rrhf"].config.__name__ == "RRHFTrainConfig" and types["train_rrhf"].output == "model"
     assert types["train_pro"].config.__name__ == "PROTrainConfig"
     assert types["train_armo"].config.__name__ == "ArmoTrainConfig"
+
+
+def test_shipped_configs_load():
+    from trainers.common import load_config
+    from trainers.dpo import DPOTrainConfig
+    from trainers.rrhf import RRHFTrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+    assert load_config(RRHFTrainConfig, str(root / "rrhf_self_reward.yaml")).max_candidates == 4
+    simpo = load_config(DPOTrainConfig, str(root / "simpo.yaml"))
+    assert simpo.loss == "simpo" and simpo.beta == 2.0
