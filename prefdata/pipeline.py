@@ -27,8 +27,9 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prefdata
-from prefdata import artifacts, interrupts, progress, step_health
+from prefdata import artifacts, costs, interrupts, progress, step_health
 from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_yaml  # noqa: F401  (re-exports)
+from prefdata.costs import BudgetSpec, Meter
 from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.redact import redact, redact_obj
@@ -91,6 +92,10 @@ class PipelineSpec(BaseModel):
     shard_rows: int = Field(DEFAULT_SHARD_ROWS, ge=1, le=10_000_000, description="Rows per shard: a streaming "
                             "(row-wise) step reads, generates and writes this many rows at a time, so peak memory "
                             "stays flat as the input grows. The version and its content hash do not depend on it.")
+    budget: BudgetSpec | None = Field(None, description="Stop the run before it spends more: {usd: …, tokens: …} "
+                                      "(see prefdata/costs.py); a rerun with a larger budget resumes from the cache.")
+    prices: str | None = Field(None, description="A prices YAML (model -> input/output USD per million tokens) "
+                               "whose entries win over the packaged prefdata/data/prices.yaml.")
     steps: list[StepSpec] = Field(min_length=1, description="At least one step.")
 
 
@@ -107,6 +112,7 @@ class StepContext:
     warnings: list[str] = field(default_factory=list)
     _warned: set = field(default_factory=set)
     input_ref: str | None = None  # the input's lineage name (store ref, file path, builtin:<set>)
+    meter: Meter | None = None  # prices and the run's budget (prefdata.costs)
     artifact_dir: Path | None = None  # train/eval steps write here
 
     def engine_config(self, override: EngineOverrides | dict | None = None):
@@ -139,7 +145,9 @@ class StepContext:
                 self._engines[key] = RayEngine(cfg)
             else:
                 self._engines[key] = get_engine(cfg)
-        return Tally(self._engines[key], self.counts)
+        if self.meter is not None:
+            self.meter.check(self._engines[key])
+        return Tally(self._engines[key], self.counts, self.meter, self.step.name)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineSpec:
@@ -318,12 +326,28 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
             raise PrefdataError("--executor ray needs Ray: pip install 'prefdata[ray]'") from None
     command = command or "prefdata run " + " ".join(shlex.quote(a) for a in [str(path)] + [f"--set={o}" for o in (overrides or [])])
     run = _Run(path=str(path), executor=executor, command=redact(command))
+    run.meter = Meter.for_run(spec, path, run.engines, store.home())
     times = spec.repeat.times if spec.repeat else 1
     suffix = (lambda t: f"-iter{t}") if spec.repeat else (lambda t: "")
     for t in range(1, times + 1):  # every output name is checked before any step reads or writes anything
         for s in spec.steps:
             store.check_name(s.output)  # the name as written first: that is what the error should quote
             store.check_name(s.output + suffix(t))
+    try:
+        results = _iterate(run, spec, times, str(path))
+    except BaseException:
+        run.meter.save()  # a budgeted run's next attempt counts what this one spent
+        raise
+    run.meter.done()
+    total = run.meter.cost({k: dict(e.stats or {}) for k, e in run.engines.items()})
+    if total["models"]:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"run {costs.summary_line(total)}")
+    return results
+
+
+def _iterate(run: _Run, spec: PipelineSpec, times: int, path: str) -> dict[str, Any]:
     if not spec.repeat:
         return run.iteration(spec, seed=spec.seed)
     results: dict[str, Any] = {}
@@ -369,6 +393,7 @@ class _Run:
     command: str
     engines: dict = field(default_factory=dict)  # shared by every step: a model loads once per run
     warned: set = field(default_factory=set)  # trust_remote_code warnings already printed
+    meter: Meter | None = None
 
     def iteration(self, spec: PipelineSpec, *, seed: int, iteration: int | None = None,
                   previous: dict | None = None) -> dict[str, Any]:
@@ -400,7 +425,7 @@ class _Run:
         if step.limit is not None:
             table = table.slice(0, step.limit)
         ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=seed, executor=executor,
-                          _engines=engines, _warned=self.warned, input_ref=source_ref)
+                          _engines=engines, _warned=self.warned, input_ref=source_ref, meter=self.meter)
         engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
         fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), seed)
         # Iterations link: a step's output in iteration t names its own output in iteration t-1.
@@ -445,9 +470,12 @@ class _Run:
                     advance(len(part))
             elapsed = time.time() - t0
             usage = engine_usage(engines, stats_before)
+            cost = self.meter.cost({k: dict(e.stats or {}) for k, e in engines.items()}, stats_before)
             rows = sink.rows
             if usage.get("requests"):
                 console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+            if cost["models"]:
+                console.print("  " + costs.summary_line(cost))
             # Fails the run (nothing committed) when everything failed, too much failed, or nothing is left.
             step_health.verdict(step.name, ctx.counts, rows, len(table), step.max_failure_rate,
                                 report.get("drop_reasons"))
@@ -463,6 +491,8 @@ class _Run:
                 card_sections.append(("Streaming", streaming_markdown(n_shards, shard_rows, len(table), report)))
             if usage.get("requests"):
                 card_sections.append(("Engine usage", usage_markdown(usage)))
+            if cost["models"]:
+                card_sections.append(("Cost", costs.card_markdown(cost, self.meter.prices_version)))
             if ctx.counts.failed:
                 card_sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
             if step.dedup:
@@ -487,6 +517,7 @@ class _Run:
                            **({"shards": n_shards, "shard_rows": shard_rows} if n_shards > 1 else {})},
                 "elapsed_s": round(elapsed, 2),
                 "engine_usage": usage,
+                **({"cost": {"usd": cost["usd"], "models": cost["models"]}} if cost["models"] else {}),
                 "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
                 "warnings": list(ctx.warnings),
                 **loop,
@@ -585,7 +616,7 @@ class _Sink:
         with self._named(writer.name):
             return writer.commit(**kwargs)
 
-    def __enter__(self) -> "_Sink":
+    def __enter__(self) -> _Sink:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -654,7 +685,8 @@ def usage_markdown(usage: dict[str, int]) -> str:
               "retries": "retried attempts (429, 5xx, timeouts, dropped connections, malformed replies)",
               "prompt_tokens": "prompt tokens billed by the server", "completion_tokens": "completion tokens "
               "billed by the server", "generated_tokens": "tokens generated locally",
-              "worker_restarts": "Ray workers replaced after dying"}
+              "worker_restarts": "Ray workers replaced after dying",
+              "billed_failures": "unusable replies the server still billed (their tokens are counted above)"}
     rows = [f"| {k} | {v:,} | {labels.get(k, '')} |" for k, v in usage.items()]
     return "\n".join(["| counter | value | meaning |", "|---|---|---|", *rows])
 

@@ -44,18 +44,24 @@ class Counts:
 
 
 class Tally:
-    """An engine as seen by one step: same interface, every generated completion counted."""
+    """An engine as seen by one step: same interface, every generated completion counted. With a
+    `meter` (prefdata.costs.Meter), a call that could pass the run's budget sends only the requests
+    that fit, then stops the run with the meter's one-line error."""
 
-    def __init__(self, engine, counts: Counts):
-        self._engine, self._counts = engine, counts
+    def __init__(self, engine, counts: Counts, meter=None, step: str = ""):
+        self._engine, self._counts, self._meter, self._step = engine, counts, meter, step
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
     def generate(self, requests, params):
-        out = self._engine.generate(requests, params)
+        fits, rest_usd, rest_tokens = (self._meter.admit(self._engine, requests, params) if self._meter is not None
+                                       else (len(requests), 0.0, 0))
+        out = self._engine.generate(requests[:fits] if fits < len(requests) else requests, params) if fits else []
         for comps in out:
             self._counts.add(comps)
+        if fits < len(requests):  # what came back is in the request cache; the rest waits for a rerun
+            raise self._meter.exceeded(self._step, len(requests) - fits, rest_usd, rest_tokens)
         return out
 
 

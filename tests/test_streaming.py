@@ -57,10 +57,9 @@ def test_a_split_written_in_shards_equals_the_split_committed_whole(tmp_path, mo
 
 
 def test_a_writer_left_without_commit_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with store.VersionWriter("gone") as w:
-            w.write("train", _rows(5))
-            raise RuntimeError("killed mid-step")
+    with pytest.raises(RuntimeError), store.VersionWriter("gone") as w:
+        w.write("train", _rows(5))
+        raise RuntimeError("killed mid-step")
     assert store.list_versions("gone") == [] and not list((store.datasets_dir() / "gone").glob(".tmp-*"))
 
 

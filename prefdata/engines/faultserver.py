@@ -88,8 +88,11 @@ class FaultServer:
         if fault == "drop":
             return None
         if fault == "empty":
+            # Like a hosted API that filtered its reply: nothing usable, the tokens still billed.
             return _response(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
-                                              "model": self.model, "choices": []}).encode())
+                                              "model": self.model, "choices": [],
+                                              "usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                                                        "total_tokens": 13}}).encode())
         text = answer(req["messages"], req.get("seed"))
         out = {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],

@@ -76,6 +76,15 @@ def _parse_chat(content: bytes) -> tuple[str, str, int, int]:
         raise ValueError(f"malformed chat completion ({type(err).__name__}: {err})") from None
 
 
+def _billed_usage(content: bytes) -> tuple[int, int]:
+    """The usage block of a reply that `_parse_chat` refused: the server generated it and bills it."""
+    try:
+        usage = json.loads(content).get("usage") or {}
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0, 0
+
+
 def _shutdown(loop: asyncio.AbstractEventLoop, clients: list) -> None:
     async def close_all():
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -100,7 +109,10 @@ class OpenAIEngine:
         # The HTTP library this openai release is built on: httpx2 from 3.x, httpx before.
         self._httpx = sys.modules.get("httpx2") or sys.modules["httpx"]
         self.model_id = cfg.model
-        self.stats = {"requests": 0, "failed": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        # billed_failures: replies the server generated (and bills, usage included) that were unusable;
+        # their tokens are in prompt_tokens/completion_tokens, so cost counts them.
+        self.stats = {"requests": 0, "failed": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "billed_failures": 0}
         # One event loop and one set of clients for the engine's life, made on first use: a fresh
         # loop per call paid ~0.1 s (an SSL context per client, new connections) before its first
         # request, and keep-alive connections now carry over from one call to the next.
@@ -142,7 +154,15 @@ class OpenAIEngine:
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 resp = await client.post("/chat/completions", body=body, cast_to=self._httpx.Response)
-                text, finish, prompt_tokens, completion_tokens = _parse_chat(resp.content)
+                try:
+                    text, finish, prompt_tokens, completion_tokens = _parse_chat(resp.content)
+                except ValueError:
+                    billed = _billed_usage(resp.content)
+                    if any(billed):
+                        self.stats["prompt_tokens"] += billed[0]
+                        self.stats["completion_tokens"] += billed[1]
+                        self.stats["billed_failures"] += 1
+                    raise
                 self.stats["prompt_tokens"] += prompt_tokens
                 self.stats["completion_tokens"] += completion_tokens
                 return Completion(text=text, finish_reason=finish, num_tokens=completion_tokens)

@@ -409,7 +409,7 @@ class VersionWriter:
         self._summary: dict[str, list[pa.Table]] = {}
         self._done = False
 
-    def __enter__(self) -> "VersionWriter":
+    def __enter__(self) -> VersionWriter:
         return self
 
     def __exit__(self, *exc) -> None:
