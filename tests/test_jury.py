@@ -189,6 +189,7 @@ def test_cli_eval_judge_prints_the_figures_and_json(tmp_path, capsys, monkeypatc
     assert [j["judge"] for j in r["judges"]] == ["longer", "oracle"]
     assert r["judges"][0]["length"]["bias"] == 0.375 and r["judges"][1]["accuracy"] == 1.0
     full = json.loads((tmp_path / "r.json").read_text())
+    assert r["schema"] == full["schema"] == "prefdata.eval.judge/1"
     assert len(full["rows"]) == N and full["rows"][0]["verdicts"][0]["first"] == "a"
     code, out, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", "always-a")
     assert code == 0, err

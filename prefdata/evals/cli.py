@@ -71,3 +71,6 @@ def register(app: typer.Typer) -> None:
         app.add_typer(group, name="eval", help="Measure data and model quality.")
     group.command("policy")(policy_cmd)
     group.command("ranking")(ranking_cmd)
+    from prefdata.evals.judge import register as register_judge
+
+    register_judge(app)  # `eval judge`: one judge or a jury, its biases and accuracy

@@ -265,10 +265,15 @@ def judge_cmd(dataset: str = typer.Option(..., "--dataset", help="Labelled pairs
     table = table.slice(0, limit) if limit else table
     report = run_judge_eval(table, jury, make_engine, generator=_generator_of(dataset))
     report["dataset"] = dataset
-    brief = {k: v for k, v in report.items() if k != "rows"}
-    typer.echo(json.dumps(brief, indent=2, default=str) if as_json else format_report(report))
+    from prefdata.tables import dumps, print_json
+
+    schema = "prefdata.eval.judge/1"
+    if as_json:  # stdout: the figures; --out: the same document with every verdict
+        print_json({"schema": schema, **{k: v for k, v in report.items() if k != "rows"}})
+    else:
+        typer.echo(format_report(report))
     if out:
-        out.write_text(json.dumps(report, indent=2, default=str))
+        out.write_text(dumps({"schema": schema, **report}) + "\n", encoding="utf-8")
 
 
 def register(app: typer.Typer) -> None:
