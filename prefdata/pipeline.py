@@ -41,6 +41,7 @@ DEFAULT_SHARD_ROWS = 2048  # a few engine batches' worth: keeps the engine busy,
 
 def step_types() -> dict[str, StepType]:
     """Every declared step type (loading the built-in ones on first call)."""
+    from prefdata import dedup  # noqa: F401  (`uses: dedup`; belongs in prefdata.catalog's list)
     from prefdata.catalog import step_types as builtin
 
     return builtin()
