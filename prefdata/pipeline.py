@@ -114,6 +114,10 @@ class StepContext:
     _warned: set = field(default_factory=set)
     input_ref: str | None = None  # the input's lineage name (store ref, file path, builtin:<set>)
     meter: Meter | None = None  # prices and the run's budget (prefdata.costs)
+    # A streaming step is called once per shard: which one this is. Only the first shard's card
+    # sections and figures are kept, so a step may skip drawing them when `shard > 0`.
+    shard: int = 0
+    shards: int = 1
     artifact_dir: Path | None = None  # train/eval steps write here
 
     def engine_config(self, override: EngineOverrides | dict | None = None):
@@ -455,6 +459,7 @@ class _Run:
             with bar as advance:
                 for k in range(n_shards):
                     part = table.slice(k * shard_rows, shard_rows) if n_shards > 1 else table
+                    ctx.shard, ctx.shards = k, n_shards
                     result = stype.run(step_cfg, part, ctx)
                     if first is None:
                         first = result
