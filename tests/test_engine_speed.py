@@ -101,16 +101,24 @@ def test_sampler_follows_the_distribution_and_greedy_is_argmax():
 
 @pytest.mark.parametrize("sp", [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.9},
                                 {"temperature": 0.8, "stop": ("e", "ab")}])
-def test_batched_equals_one_at_a_time(eng, sp):
+def test_batched_equals_one_at_a_time(eng, sp, monkeypatch):
+    from transformers import DynamicCache
+
+    compactions = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", lambda c, idx: (compactions.append(len(idx)),
+                                                                               select(c, idx)))
     items = [(r, s) for r in reqs(5) for s in (0, 1)]
     params = SamplingParams(max_tokens=12, seed=4, logprobs=True, **sp)
     together = eng.generate_samples(items, params)
+    n_compacted = len(compactions)
     alone = [eng.generate_samples([it], params)[0] for it in items]
     assert [(c.text, c.num_tokens, c.finish_reason) for c in together] == \
         [(c.text, c.num_tokens, c.finish_reason) for c in alone]
     assert [c.logprob for c in together] == pytest.approx([c.logprob for c in alone], abs=1e-4)
     if sp.get("stop"):
         assert any(c.finish_reason == "stop" for c in together)  # the stops were exercised
+        assert n_compacted > 0  # and finished rows left the batch mid-way
 
 
 def test_stop_cut_counts_only_the_kept_tokens(eng):

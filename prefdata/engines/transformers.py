@@ -42,6 +42,9 @@ def _model_fingerprint(path: str, name: str) -> str:
 
 class TransformersEngine:
     name = "transformers"
+    # The sampler's identity: the same request gives other text under another one, so a cache
+    # must not replay text across it (see the report of issue 14: CachedEngine.cache_id).
+    sampler_version = "splitmix64-counter-v1"
     SCORE_CHUNK_ELEMENTS = 1 << 23  # logits per LM-head chunk in score(): 32 MiB of float32 at most
 
     def __init__(self, cfg):
@@ -134,6 +137,7 @@ class TransformersEngine:
         done = torch.zeros(b, dtype=torch.bool)
         stopped = torch.zeros(b, dtype=torch.bool)  # ended by EOS or a stop string rather than the length
         past = None
+        at = torch.arange(b)  # the original row of each row still in the batch
         cur_ids, positions = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)
         for step in range(params.max_tokens):
             # Only the last position's logits are ever used: in the prefill that saves width - 1 rows
@@ -141,31 +145,36 @@ class TransformersEngine:
             outputs = self.model(input_ids=cur_ids, attention_mask=mask, position_ids=positions,
                                  past_key_values=past, use_cache=True, logits_to_keep=1)
             past = outputs.past_key_values
-            logits = outputs.logits[:, -1, :].float()  # (b, vocab)
-            nxt = sample(logits, uniforms(keys, step), params.temperature, params.top_p)  # (b,)
-            live = ~done
-            hit_eos = live & torch.isin(nxt, eos)
-            grow = live & ~hit_eos
-            tokens[:, step] = nxt
+            logits = outputs.logits[:, -1, :].float()  # (live, vocab)
+            nxt = sample(logits, uniforms(keys[at.numpy()], step), params.temperature, params.top_p)  # (live,)
+            hit_eos = torch.isin(nxt, eos)
+            tokens[at, step] = nxt
             if params.logprobs:
                 chosen = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-                token_lp[:, step] = (chosen - torch.logsumexp(logits, dim=-1)).double()
-            n_gen += grow
-            done |= hit_eos
-            stopped |= hit_eos
-            if params.stop and bool(grow.any()):
+                token_lp[at, step] = (chosen - torch.logsumexp(logits, dim=-1)).double()
+            grow = at[~hit_eos]
+            n_gen[grow] += 1
+            done[at[hit_eos]] = True
+            stopped[at[hit_eos]] = True
+            if params.stop and len(grow):
                 # Decode the tail only: a stop string can't start earlier than ~its length back. Every
                 # growing row has step + 1 tokens, so the tails are one slice.
-                rows = grow.nonzero().squeeze(-1)
-                tails = self.tokenizer.batch_decode(tokens[rows, max(0, step - 15):step + 1].tolist(),
+                tails = self.tokenizer.batch_decode(tokens[grow, max(0, step - 15):step + 1].tolist(),
                                                     skip_special_tokens=True)
-                hit = torch.tensor([any(s in t for s in params.stop) for t in tails])
-                done[rows[hit]] = True
-                stopped[rows[hit]] = True
-            if bool(done.all()):
+                hit = grow[torch.tensor([any(s in t for s in params.stop) for t in tails])]
+                done[hit] = True
+                stopped[hit] = True
+            keep = ~done[at]  # (live,)
+            if not bool(keep.any()):
                 break
-            cur_ids = nxt.view(b, 1)
-            mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
+            if int(keep.sum()) <= 3 * len(at) // 4:
+                # A quarter of the batch has finished: drop those rows from the KV cache rather than
+                # compute them to the end. Each remaining row's own computation is unchanged.
+                idx = keep.nonzero().squeeze(-1)
+                past.batch_select_indices(idx)
+                at, nxt, mask, positions = at[idx], nxt[idx], mask[idx], positions[idx]
+            cur_ids = nxt.view(-1, 1)
+            mask = torch.cat([mask, torch.ones((len(at), 1), dtype=torch.long)], dim=1)
             positions = positions[:, -1:] + 1
         n_list = n_gen.tolist()
         generated = [tokens[k, :n].tolist() for k, n in enumerate(n_list)]
