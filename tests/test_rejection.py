@@ -287,11 +287,11 @@ def test_yaml_end_to_end_cli(tiny_model, capsys):
     from prefdata import store
     from prefdata.testing import run_cli
 
-    code, out, err = run_cli(capsys, "run", REPO / "pipelines" / "rejection_sampling.yaml",
-                             "--set", f"engine.model={tiny_model}", "--set", "steps.rso.limit=2",
-                             "--set", "steps.rso.config.n_candidates=2", "--set", "steps.rso.config.max_tokens=4",
-                             "--set", "steps.rso.config.threshold=0", "--set", "steps.rso.config.target_rows=3",
-                             "--set", "steps.rso.config.beta=100")
+    code, _, err = run_cli(capsys, "run", REPO / "pipelines" / "rejection_sampling.yaml",
+                           "--set", f"engine.model={tiny_model}", "--set", "steps.rso.limit=2",
+                           "--set", "steps.rso.config.n_candidates=2", "--set", "steps.rso.config.max_tokens=4",
+                           "--set", "steps.rso.config.threshold=0", "--set", "steps.rso.config.target_rows=3",
+                           "--set", "steps.rso.config.beta=100")
     assert code == 0, err
     v = store.resolve("rso-pairs@latest")
     assert store.load_table(v.ref).num_rows == 3

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -208,7 +209,7 @@ def generate(prompts: pa.Table, engine: Engine, config: RejectionSamplingConfig 
     dropped: Counter = Counter()
     used_requests = used_tokens = trimmed = 0
     scorer, template, stopped = "", None, ""
-    done = lambda: cfg.target_rows is not None and len(out) >= cfg.target_rows  # noqa: E731
+    done = lambda: cfg.target_rows is not None and len(out) >= cfg.target_rows
     with progress_bar(f"{NAME} rounds", total=cfg.max_rounds if cfg.max_rounds > 1 else 0, unit="rounds",
                       disable=not progress) as advance:
         for t in range(cfg.max_rounds):
@@ -377,8 +378,8 @@ STOP_TEXT = {"target_rows": "the target row count was reached", "max_rounds": "t
 
 
 def rounds_markdown(rounds: list[dict]) -> str:
-    head = ["| round | prompts | candidates | scored | accepted | acceptance rate | passed threshold | rows added "
-            "| rows so far | requests so far | tokens so far |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = [("| round | prompts | candidates | scored | accepted | acceptance rate | passed threshold | rows added "
+             "| rows so far | requests so far | tokens so far |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + [f"| {s['round']} | {s['prompts']} | {s['candidates']} | {s['scored']} | {s['accepted']} "
                              f"| {s['acceptance_rate']:.1%} | {s['passed']} | {s['rows']} | {s['total_rows']} "
                              f"| {s['requests']} | {s['tokens']} |" for s in rounds])
@@ -391,19 +392,20 @@ def card_sections(res: RejectionResult, cfg: RejectionSamplingConfig) -> list[tu
            + (f", swept until {cfg.rso_samples} are accepted" if cfg.rso_samples else ", one sweep")
            if cfg.mode == "rso" else "RAFT / best-of-N (Dong et al. 2023, arXiv 2304.06767): candidates kept by rank")
     what = (f"pairs ({cfg.pairing_used})" if cfg.output == "pairs" else
-            ("SFT rows (top %d per prompt and round)" % cfg.top_k if cfg.mode == "best_of_n" else "SFT rows (accepted)"))
+            (f"SFT rows (top {cfg.top_k} per prompt and round)" if cfg.mode == "best_of_n" else "SFT rows (accepted)"))
     target = f"target {cfg.target_rows} rows" if cfg.target_rows else "no target count"
-    budgets = ", ".join(f"{k} {v}" for k, v in (("max_rounds", cfg.max_rounds), ("max_requests", cfg.max_requests),
-                                                ("max_tokens_total", cfg.max_tokens_total)) if v is not None)
+    limits = (("max_rounds", cfg.max_rounds), ("max_requests", cfg.max_requests),
+              ("max_tokens_total", cfg.max_tokens_total))
+    budgets = ", ".join(f"{k} {v}" for k, v in limits if v is not None)
     stop = (f"**Stopped by:** {STOP_TEXT.get(res.stopped_by, res.stopped_by)} after {rep['rounds']} rounds, "
             f"{rep['requests']} candidate requests and {rep['tokens']} generated tokens ({target}; budgets: {budgets}"
             + (f"; threshold {cfg.threshold:g}" if cfg.threshold is not None else "") + ")."
             + (f" {rep['trimmed_beyond_target']} rows past the target were left out to keep the count exact."
                if rep["trimmed_beyond_target"] else ""))
-    summary = ("Rejection sampling", f"{rep['rows']} {what} from {rep['input_examples']} prompts; "
+    summary = ("Rejection sampling", (f"{rep['rows']} {what} from {rep['input_examples']} prompts; "
                f"{cfg.n_candidates} candidates per prompt and round scored by `{res.scorer}`. {how}. All "
                f"{rep['candidates']} candidates, with score, acceptance probability and use, are in the "
-               "`candidates` side table.")
+               "`candidates` side table."))
     examples = None if res.kind == "pair" else "\n".join(
         f"- ({r['score']:.3g}) {r['completion'][-1]['content'][:300]}" for r in res.rows.slice(0, 3).to_pylist()) \
         or "(no rows)"

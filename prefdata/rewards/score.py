@@ -21,8 +21,9 @@ candidates have no labels yet. Train a reward model first and score with `reward
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Callable, Literal, Union
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -50,7 +51,7 @@ class JudgeScorer(JudgeVoter):
                               "after a justification; far fewer unparseable judgements from small models.")
 
 
-ScorerSpec = Annotated[Union[RewardModelVoter, JudgeScorer], Field(discriminator="type")]
+ScorerSpec = Annotated[RewardModelVoter | JudgeScorer, Field(discriminator="type")]
 
 
 @dataclass
@@ -94,14 +95,14 @@ def reward_model_scores(prompts: list[Messages], answers: list[str], spec: Rewar
         texts = [render(t[:-1], t[-1:]) for t in turns]
     out = np.zeros(len(texts))
     order = np.argsort([len(t) for t in texts])  # similar lengths share a batch: less padding
-    with progress_bar(f"reward model {spec.model}", total=len(texts), unit="answers", disable=not progress) as adv:
-        with torch.inference_mode():
-            for s in range(0, len(texts), spec.batch_size):
-                idx = order[s:s + spec.batch_size]
-                enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
-                          return_tensors="pt").to(device)
-                out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
-                adv(len(idx))
+    with progress_bar(f"reward model {spec.model}", total=len(texts), unit="answers", disable=not progress) as adv, \
+            torch.inference_mode():
+        for s in range(0, len(texts), spec.batch_size):
+            idx = order[s:s + spec.batch_size]
+            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
+                      return_tensors="pt").to(device)
+            out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
+            adv(len(idx))
     from trainers.reward_norm import apply_reward_norm  # torch-free; a no-op without reward_norm.json
 
     # A model trained with whiten=true is read on its training scale (mean 0, std 1), so a
