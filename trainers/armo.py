@@ -246,8 +246,9 @@ def train(cfg: ArmoTrainConfig) -> Path:
     card = common.write_model_card(str(out), "armo", cfg, prov, log, extra)
     with card.open("a") as f:
         f.write(aspect_table(extra))
-    print(f"armo: {len(kept)} aspect heads, gated held-out accuracy "
-          f"{extra.get('gated_heldout_accuracy', float('nan')):.3f}", file=sys.stderr)
+    held = (f"gated held-out accuracy {extra['gated_heldout_accuracy']:.3f} on {extra['heldout_pairs']} pairs"
+            if "gated_heldout_accuracy" in extra else "no held-out pairs (fewer than 10 pairs or eval_fraction 0)")
+    print(f"armo: {len(kept)} aspect heads, {held}", file=sys.stderr)
     return card
 
 
