@@ -110,7 +110,7 @@ class ArmoRewardModel:
 
     def __init__(self, aspects, w, mu, sd, mu_p, sd_p, gate: Gate, backbone: dict):
         self.aspects, self.w, self.mu, self.sd, self.mu_p, self.sd_p = aspects, w, mu, sd, mu_p, sd_p
-        self.gate, self.backbone_cfg = gate.eval(), backbone
+        self.gate, self.backbone_cfg = gate.eval().requires_grad_(False), backbone  # scoring only
         self._backbone = None
 
     def combine(self, x: np.ndarray, xp: np.ndarray) -> dict:
