@@ -48,7 +48,8 @@ def test_comparison_table_and_plot(tmp_path):
 def test_compare_losses_pipeline_end_to_end(tiny_model, capsys):
     sets = ["--set", f"engine.model={tiny_model}", "--set", "steps.pairs.limit=8",
             "--set", "steps.pairs.config.max_tokens=8", "--set", "steps.compare.config.n_bootstrap=20",
-            "--set", "steps.train_pairs.config.fraction=0.4", "--set", "steps.heldout_pairs.config.fraction=0.4"]
+            "--set", "steps.train_pairs.config.fraction=0.4", "--set", "steps.heldout_pairs.config.fraction=0.4",
+            "--set", "steps.compare.config.win_rate.max_tokens=8", "--set", "steps.compare.config.win_rate.limit=2"]
     for run in RUNS:
         sets += ["--set", f"steps.{run}.config.max_steps=1", "--set", f"steps.{run}.config.max_length=128"]
     code, _, err = run_cli(capsys, "run", REPO / "pipelines" / "compare_losses.yaml", *sets)
@@ -70,3 +71,4 @@ def test_compare_losses_pipeline_end_to_end(tiny_model, capsys):
     assert (folder / "compare.png").stat().st_size > 5000 and "compare.png" in card
     metrics = json.loads(stamps[0].read_text())["metrics"]
     assert metrics["pairs"] == n_held and all(0 <= metrics[f"{r}_policy_likelihood"] <= 1 for r in RUNS)
+    assert all(0 <= metrics[f"{r}_win_rate"] <= 1 for r in RUNS) and "win rate vs reference" in card

@@ -10,6 +10,8 @@ Two pipeline steps (`pipelines/compare_losses.yaml` wires them):
   training card's loss, steps and final training loss beside them; one table and one PNG plot.
   Implicit-reward accuracy (policy vs reference log-ratio) is DPO's own criterion; reference-free
   losses (SimPO, ORPO) never optimise it, so the likelihood accuracy is shown for all of them too.
+  With `win_rate`, each policy's answers to the held-out prompts are also judged against the
+  reference's, in both orders (`prefdata.evals.policy`, as the `eval_policy` step).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.evals import policy as P
 from prefdata.evals import ranking as R
 from prefdata.steps import StepResult, step
 
@@ -59,6 +62,10 @@ class CompareConfig(R.RankingEvalConfig):
                                    "e.g. {dpo: step:dpo, simpo: step:simpo}.")
     reference: str | None = Field(None, description="The reference model; default: the pipeline's engine model "
                                   "(the base every train step started from).")
+    win_rate: P.PolicyEvalConfig | None = Field(None, description="Also judge each policy's answers to the held-out "
+                                                "prompts against the reference's, in both orders (as eval_policy); "
+                                                "None: ranking accuracy only.")
+    judge: str | None = Field(None, description="win_rate's judge; default: the pipeline's engine model.")
 
 
 def train_card(model_dir: str) -> dict:
@@ -82,12 +89,17 @@ def compare_table(rows: list[dict]) -> str:
     def num(x, fmt):
         return "n/a" if x is None else format(x, fmt)
 
+    wins = any("win_rate" in r for r in rows)
     lines = [("| run | trainer / loss | steps | final train loss | implicit-reward acc. (95% CI) | "
-              "likelihood acc. (95% CI) | mean implicit margin |"), "|---|---|---|---|---|---|---|"]
+              "likelihood acc. (95% CI) | mean implicit margin |" + (" win rate vs reference (LC) |" if wins else "")),
+             "|---|---|---|---|---|---|---|" + ("---|" if wins else "")]
     for r in rows:
+        win = (f" {num(r.get('win_rate'), '.3f')} ({num(r.get('length_controlled_win_rate'), '.3f')}) |"
+               if wins else "")
         lines.append(f"| {r['label']} | {r.get('trainer') or '?'} / {r.get('loss') or '?'} | "
                      f"{num(r.get('max_steps'), 'd')} | {num(r.get('train_loss'), '.4f')} | "
-                     f"{ci(r, 'implicit_reward')} | {ci(r, 'policy_likelihood')} | {r['mean_implicit_margin']:.3f} |")
+                     f"{ci(r, 'implicit_reward')} | {ci(r, 'policy_likelihood')} | {r['mean_implicit_margin']:.3f} |"
+                     + win)
     return "\n".join(lines)
 
 
@@ -128,9 +140,16 @@ def eval_compare(cfg: CompareConfig, table, ctx) -> StepResult:
     reference = ctx.engine({"model": cfg.reference} if cfg.reference else {})
     rc, rr = R.pair_logps(reference, pairs)  # once: every policy is compared with the same reference
     rows = []
+    prompts = [p["prompt"] for p in pairs]
     for label, model in cfg.models.items():
-        pc, pr = R.pair_logps(ctx.engine({"model": model}), pairs)
-        rows.append({"label": label, "model": model, **train_card(model), **R.summarize(pc, pr, rc, rr, cfg)})
+        policy = ctx.engine({"model": model})
+        pc, pr = R.pair_logps(policy, pairs)
+        row = {"label": label, "model": model, **train_card(model), **R.summarize(pc, pr, rc, rr, cfg)}
+        if cfg.win_rate is not None:  # the reference's answers repeat across policies: the request cache serves them
+            judge = ctx.engine({"model": cfg.judge} if cfg.judge else {})
+            rep = P.run_policy_eval(policy, reference, judge, prompts, cfg.win_rate)
+            row.update({k: rep[k] for k in ("win_rate", "length_controlled_win_rate", "wins", "ties", "losses")})
+        rows.append(row)
     ref_acc = rows[0]["reference_likelihood_accuracy"] if rows else float("nan")
     md = [(f"{len(pairs)} held-out pairs from `{ctx.input_ref}`; reference `{reference.model_id}`, whose own "
            f"likelihood ranking accuracy is {ref_acc:.3f}. A tie counts as wrong; intervals are percentile "
@@ -139,6 +158,7 @@ def eval_compare(cfg: CompareConfig, table, ctx) -> StepResult:
         compare_plot(rows, ref_acc, Path(ctx.artifact_dir) / "compare.png")
         md += ["", "![ranking accuracy per loss](compare.png)"]
     metrics = {f"{r['label']}_{k}": r[f"{k}_accuracy"] for r in rows for k in ("implicit_reward", "policy_likelihood")}
+    metrics.update({f"{r['label']}_win_rate": r["win_rate"] for r in rows if "win_rate" in r})
     return StepResult(kind="eval", metrics={"pairs": len(pairs), **metrics},
                       card_sections=[("Loss comparison", "\n".join(md))],
                       lineage={"rows": rows, "dataset": ctx.input_ref})
