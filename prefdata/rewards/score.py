@@ -124,8 +124,10 @@ def judge_scores(prompts: list[Messages], answers: list[str], spec: JudgeScorer,
         return Scores(name, values, raws, parsed, judge.template_version)
     reqs = judge.requests(prompts, answers)
     digits = [str(s) for s in range(6)]
-    # (n, 6) log p("s" | ..., "Score: "): one scoring pass per digit, all cached per request.
-    lp = np.stack([np.asarray(engine.score(reqs, [d] * len(reqs)), dtype=float) for d in digits], axis=1)
+    # (n, 6) log p("s" | ..., "Score: "), in one call: the six one-token continuations of a request
+    # share its forward pass (transformers engine), and each is cached on its own.
+    lp = np.asarray(engine.score([r for r in reqs for _ in digits], digits * len(reqs)), dtype=float)
+    lp = lp.reshape(len(reqs), len(digits))
     p = np.exp(lp - lp.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     values = p @ np.arange(6.0)
