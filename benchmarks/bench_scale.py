@@ -94,7 +94,7 @@ def child_engine(args) -> None:
 
 def _run_child(kind: str, env: dict, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", kind] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise SystemExit(f"{kind} child failed ({p.returncode}):\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -155,16 +155,18 @@ def main() -> None:
             import yaml
 
             yaml_path.write_text(yaml.safe_dump(_spec(url, prompts, args.concurrency, args.shard_rows, "scale")))
+            load_before = os.getloadavg()[0]
             eng = _run_child("engine", env, prompts=prompts, url=url, concurrency=args.concurrency)
             pipe = _run_child("pipeline", env, yaml=yaml_path)
-            row = {"prompts": n, "pipeline": pipe, "engine": eng,
+            row = {"prompts": n, "pipeline": pipe, "engine": eng, "loadavg_1m": [load_before, os.getloadavg()[0]],
                    "pipeline_rps": pipe["requests"] / pipe["step_s"], "engine_rps": eng["requests"] / eng["wall_s"]}
             row["ratio"] = row["pipeline_rps"] / row["engine_rps"]
             results["sizes"].append(row)
             print(f"{n:>9,} prompts: pipeline {pipe['step_s']:.1f}s step ({pipe['wall_s']:.1f}s with start-up), "
                   f"{row['pipeline_rps']:.0f} req/s; engine alone {row['engine_rps']:.0f} req/s "
                   f"(ratio {row['ratio']:.2f}, ceiling {ceiling:.0f}); peak RSS pipeline {pipe['peak_rss_mib']:.0f} MiB, "
-                  f"engine {eng['peak_rss_mib']:.0f} MiB; rows {pipe['rows']:,}", flush=True)
+                  f"engine {eng['peak_rss_mib']:.0f} MiB; rows {pipe['rows']:,}; load average "
+                  f"{row['loadavg_1m'][0]:.1f} -> {row['loadavg_1m'][1]:.1f} on {os.cpu_count()} CPUs", flush=True)
         if len(results["sizes"]) > 1:
             a, b = results["sizes"][0], results["sizes"][-1]
             slope = (b["pipeline"]["peak_rss_mib"] - a["pipeline"]["peak_rss_mib"]) / ((b["prompts"] - a["prompts"]) / 1000)
@@ -178,10 +180,13 @@ def main() -> None:
                   f"duplicate ids {k['duplicate_ids']}, requests re-sent {k['resent']:,} (cache lacked "
                   f"{k['total_requests'] - k['cached_at_kill']:,}), resume {k['resume_s']:.1f}s", flush=True)
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=10)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2))
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def _kill_and_resume(work: Path, url: str, n: int, args, env_base) -> dict:
