@@ -170,7 +170,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.head], check=True,
                           capture_output=True, text=True).stdout.strip()
-    revs = REVISIONS + [(f"4. + chunked score() (now, {head})", head)]
+    revs = REVISIONS + [(f"4-5. + chunked score(), finished rows leave the batch (now, {head})", head)]
     model = resolve_model(DEFAULT_MODEL)
     mcfg = AutoConfig.from_pretrained(model)
     P = matmul_params(mcfg)
