@@ -157,7 +157,8 @@ class Meter:
         """{"usd": total or None when some model is unpriced, "tokens", "models": {model: {...}}} of the
         stats deltas since `before`."""
         before = before or {}
-        out: dict[str, Any] = {"usd": 0.0, "tokens": 0, "models": {}, "unpriced": []}
+        # billable: some model is remote or explicitly priced (a local-only run shows no cost lines).
+        out: dict[str, Any] = {"usd": 0.0, "tokens": 0, "models": {}, "unpriced": [], "billable": False}
         for key, stats in stats_by_engine.items():
             eng = self.engines.get(key)
             prev = before.get(key, {})
@@ -167,6 +168,8 @@ class Meter:
                 continue
             model = getattr(eng, "model_id", key)
             price = self.price(eng) if eng is not None else None
+            out["billable"] |= not (getattr(eng, "name", "") in FREE_BACKENDS
+                                    and price_for(self.prices, model) is None)
             usd = price.usd(d["prompt_tokens"], d["completion_tokens"] + d["generated_tokens"]) if price else None
             m = out["models"].setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0, "generated_tokens": 0,
                                                  "billed_failures": 0, "usd": 0.0})

@@ -345,7 +345,7 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
         raise
     run.meter.done()
     total = run.meter.cost({k: dict(e.stats or {}) for k, e in run.engines.items()})
-    if total["models"]:
+    if total["billable"]:
         from rich.console import Console
 
         Console(stderr=True).print(f"run {costs.summary_line(total)}")
@@ -480,7 +480,7 @@ class _Run:
             rows = sink.rows
             if usage.get("requests"):
                 console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
-            if cost["models"]:
+            if cost["billable"]:
                 console.print("  " + costs.summary_line(cost))
             # Fails the run (nothing committed) when everything failed, too much failed, or nothing is left.
             step_health.verdict(step.name, ctx.counts, rows, len(table), step.max_failure_rate,
@@ -497,7 +497,7 @@ class _Run:
                 card_sections.append(("Streaming", streaming_markdown(n_shards, shard_rows, len(table), report)))
             if usage.get("requests"):
                 card_sections.append(("Engine usage", usage_markdown(usage)))
-            if cost["models"]:
+            if cost["billable"]:
                 card_sections.append(("Cost", costs.card_markdown(cost, self.meter.prices_version)))
             if ctx.counts.failed:
                 card_sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
@@ -523,7 +523,7 @@ class _Run:
                            **({"shards": n_shards, "shard_rows": shard_rows} if n_shards > 1 else {})},
                 "elapsed_s": round(elapsed, 2),
                 "engine_usage": usage,
-                **({"cost": {"usd": cost["usd"], "models": cost["models"]}} if cost["models"] else {}),
+                **({"cost": {"usd": cost["usd"], "models": cost["models"]}} if cost["billable"] else {}),
                 "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
                 "warnings": list(ctx.warnings),
                 **loop,
