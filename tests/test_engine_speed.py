@@ -100,9 +100,14 @@ def test_sampler_follows_the_distribution_and_greedy_is_argmax():
 
 
 @pytest.mark.parametrize("sp", [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.9},
-                                {"temperature": 0.8, "stop": ("e", "ab")}])
+                                {"temperature": 0.8, "stop": ("e", "ab")}, {"temperature": 1.0, "eos": True}])
 def test_batched_equals_one_at_a_time(eng, sp, monkeypatch):
     from transformers import DynamicCache
+
+    sp = dict(sp)
+    if sp.pop("eos", False):  # a tenth of the vocabulary as EOS too, so rows end by EOS at different steps
+        monkeypatch.setattr(eng, "eos_ids", eng.eos_ids | set(range(200, 200 + len(eng.tokenizer) // 10)))
+        sp["stop"] = ()
 
     compactions = []
     select = DynamicCache.batch_select_indices
@@ -116,7 +121,7 @@ def test_batched_equals_one_at_a_time(eng, sp, monkeypatch):
     assert [(c.text, c.num_tokens, c.finish_reason) for c in together] == \
         [(c.text, c.num_tokens, c.finish_reason) for c in alone]
     assert [c.logprob for c in together] == pytest.approx([c.logprob for c in alone], abs=1e-4)
-    if sp.get("stop"):
+    if "stop" in sp:
         assert any(c.finish_reason == "stop" for c in together)  # the stops were exercised
         assert n_compacted > 0  # and finished rows left the batch mid-way
 

@@ -145,14 +145,15 @@ class TransformersEngine:
             outputs = self.model(input_ids=cur_ids, attention_mask=mask, position_ids=positions,
                                  past_key_values=past, use_cache=True, logits_to_keep=1)
             past = outputs.past_key_values
-            logits = outputs.logits[:, -1, :].float()  # (live, vocab)
+            logits = outputs.logits[:, -1, :].float()  # (rows in the batch, vocab)
             nxt = sample(logits, uniforms(keys[at.numpy()], step), params.temperature, params.top_p)  # (live,)
-            hit_eos = torch.isin(nxt, eos)
+            live = ~done[at]  # (live,) rows finished since the last compaction still ride along
+            hit_eos = live & torch.isin(nxt, eos)
             tokens[at, step] = nxt
             if params.logprobs:
                 chosen = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
                 token_lp[at, step] = (chosen - torch.logsumexp(logits, dim=-1)).double()
-            grow = at[~hit_eos]
+            grow = at[live & ~hit_eos]
             n_gen[grow] += 1
             done[at[hit_eos]] = True
             stopped[at[hit_eos]] = True
