@@ -26,7 +26,9 @@ def test_holdout_cuts_by_prompt_and_the_two_sides_partition_the_pairs():
     for p, h in zip(prompts, m):
         by_prompt.setdefault(p[0]["content"], set()).add(bool(h))
     assert all(len(v) == 1 for v in by_prompt.values())  # a prompt's pairs never straddle the cut
-    assert 0 < m.sum() < len(m) and not np.array_equal(m, holdout_mask(t, 0.25, seed=1))
+    assert m.sum() == 15 and not np.array_equal(m, holdout_mask(t, 0.25, seed=1))  # 5 of 20 prompts, 3 pairs each
+    tiny = pa.table({"prompt": prompts[:3]})
+    assert holdout_mask(tiny, 0.01, seed=0).sum() == 1 and holdout_mask(tiny, 0.99, seed=0).sum() == 2
 
 
 def test_comparison_table_and_plot(tmp_path):

@@ -2,8 +2,9 @@
 with Direct Preference Optimization Methods" study (DPO vs IPO vs KTO, same data, same budget).
 
 Two pipeline steps (`pipelines/compare_losses.yaml` wires them):
-- `holdout`: the input pairs cut into a train part and a held-out part, by a seeded hash of each
-  pair's prompt, so every pair of one prompt falls on the same side and reruns cut the same way.
+- `holdout`: the input pairs cut into a train part and a held-out part by prompt: the prompts,
+  ordered by a seeded hash, give round(fraction x prompts) held-out ones, so every pair of one prompt
+  falls on the same side, reruns cut the same way, and neither side is ever empty.
   `part: train` or `part: heldout` picks the side a step commits.
 - `eval_compare`: on held-out pairs, the ranking accuracy (Chen et al. 2024, `prefdata.evals.ranking`)
   of every trained policy named in `models`, against the reference, with bootstrap intervals; the
@@ -32,17 +33,27 @@ from prefdata.steps import StepResult, step
 
 class HoldoutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    fraction: float = Field(0.25, gt=0, lt=1, description="Share of prompts held out, in (0, 1).")
+    fraction: float = Field(0.25, gt=0, lt=1, description="Share of prompts held out, in (0, 1); rounded to a "
+                            "whole number of prompts, at least 1 and never all.")
     part: Literal["train", "heldout"] = Field(description="Which side this step commits.")
     seed: int = Field(0, description="Seed of the hash that assigns prompts to a side.")
 
 
 def holdout_mask(table: pa.Table, fraction: float, seed: int) -> np.ndarray:
-    """(n,) True where the pair's prompt is held out: sha256(seed, prompt text) below `fraction`."""
-    prompts = table.column("prompt").to_pylist()
-    texts = [json.dumps(p, sort_keys=True, default=str) for p in prompts]
-    u = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{t}".encode()).digest()[:8], "big") / 2**64 for t in texts])
-    return u < fraction
+    """(n,) True where the pair's prompt is held out. The distinct prompts are ordered by
+    sha256(seed, prompt) and the first round(fraction * prompts) of them are held out (at least one,
+    never all): an exact count, so a small dataset never gets an empty side by chance."""
+    texts = [json.dumps(p, sort_keys=True, default=str) for p in table.column("prompt").to_pylist()]
+    uniq, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    if len(uniq) < 2:
+        from prefdata.errors import PrefdataError
+
+        raise PrefdataError(f"holdout needs pairs from at least 2 prompts to cut by prompt; got {len(uniq)}")
+    h = [hashlib.sha256(f"{seed}:{t}".encode()).hexdigest() for t in uniq]
+    k = min(len(uniq) - 1, max(1, round(fraction * len(uniq))))
+    held = np.zeros(len(uniq), dtype=bool)
+    held[np.argsort(h, kind="stable")[:k]] = True
+    return held[inverse]
 
 
 @step("holdout", config=HoldoutConfig, input="pair", output="pair")
@@ -51,8 +62,8 @@ def holdout(cfg: HoldoutConfig, table, ctx) -> StepResult:
     held = holdout_mask(table, cfg.fraction, cfg.seed)
     keep = held if cfg.part == "heldout" else ~held
     out = table.filter(pa.array(keep))
-    md = (f"{cfg.part} side of `{ctx.input_ref}`: {out.num_rows} of {table.num_rows} pairs (prompts hashed with seed "
-          f"{cfg.seed}; {cfg.fraction:.0%} of prompts held out).")
+    md = (f"{cfg.part} side of `{ctx.input_ref}`: {out.num_rows} of {table.num_rows} pairs (prompts ordered by a hash "
+          f"with seed {cfg.seed}; {cfg.fraction:.0%} of prompts held out).")
     return StepResult(tables={"train": out}, kind="pair", card_sections=[("Hold-out split", md)],
                       report={"kept": out.num_rows, "of": table.num_rows})
 
