@@ -113,7 +113,11 @@ class CachedEngine:
         # Backends sample differently, so the same request on transformers and on vLLM (or on two
         # servers serving the same model name) must not share cached text.
         where = getattr(backend, "base_url", None)
-        self.cache_id = f"{backend.name}:{where}:{backend.model_id}" if where else f"{backend.name}:{backend.model_id}"
+        base = f"{backend.name}:{where}:{backend.model_id}" if where else f"{backend.name}:{backend.model_id}"
+        # A backend that changes how it draws samples names its sampler: old cached text, drawn from
+        # another random stream, is then never replayed as if this one had drawn it.
+        sampler = getattr(backend, "sampler_version", None)
+        self.cache_id = f"{base}:{sampler}" if sampler else base
 
     def generate(self, requests: list[ChatRequest], params: SamplingParams) -> list[list[Completion]]:
         keys = [[request_key(self.cache_id, r, params, s) for s in range(params.n)] for r in requests]
