@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import typer
@@ -65,6 +65,9 @@ class StepSpec(BaseModel):
                                     "the step may commit with (recorded in lineage and the card); above it the run "
                                     "fails and a rerun retries the failures.")
     dedup: bool = Field(False, description="Drop rows that repeat an earlier row's id or content before commit.")
+    allow_empty: Literal["none", "chosen", "rejected", "both"] = Field(
+        "none", description="Keep input pairs whose chosen, rejected or both answers are empty instead of failing "
+                            "or quarantining them (files and store refs; see io.read).")
     shard_rows: int | None = Field(None, ge=1, le=10_000_000, description="Rows per shard for a streaming step "
                                    "(default: the pipeline's shard_rows). Changes memory, never the output.")
 
@@ -240,7 +243,8 @@ def resolve_refs(node: Any, models: dict[str, str]) -> Any:
 BUILTIN_DIR = Path(__file__).parent / "data"
 
 
-def read_input(source: str, step_outputs: dict[str, Any], on_error: str, quarantine_path: Path) -> tuple[pa.Table, str]:
+def read_input(source: str, step_outputs: dict[str, Any], on_error: str, quarantine_path: Path,
+               allow_empty: str = "none") -> tuple[pa.Table, str]:
     """Return (table, lineage name of the source)."""
     from prefdata import io
 
@@ -262,7 +266,8 @@ def read_input(source: str, step_outputs: dict[str, Any], on_error: str, quarant
             known = sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl"))
             raise PrefdataError(f"unknown built-in prompt set '{name}' (known: {', '.join(known)})")
         return io.read(str(path), on_error=on_error, quarantine_path=quarantine_path), source
-    table = io.read(source, on_error=on_error, quarantine_path=quarantine_path)
+    keep = {} if allow_empty == "none" else {"allow_empty": allow_empty}
+    table = io.read(source, on_error=on_error, quarantine_path=quarantine_path, **keep)
     if "@" in source and not Path(source).exists():
         from prefdata import store
 
@@ -426,7 +431,7 @@ class _Run:
         path, executor, command, engines = self.path, self.executor, self.command, self.engines
         step_cfg = stype.config.model_validate(step.config)
         quarantine = store.quarantine_path(step.output)
-        table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine)
+        table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine, step.allow_empty)
         if step.limit is not None:
             table = table.slice(0, step.limit)
         ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=seed, executor=executor,

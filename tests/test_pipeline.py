@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from prefdata.engines.base import Completion
-from prefdata.errors import ConfigError
+from prefdata.errors import ConfigError, PrefdataError
 from prefdata.generators import rlcd
 from prefdata.generators.common import clean_output, degenerate_reason
 from prefdata.pipeline import apply_overrides, load_spec, run_pipeline
@@ -200,3 +200,23 @@ def test_engine_overrides_record_only_what_was_given(tmp_path):
     assert isinstance(spec.steps[0].engine, EngineOverrides)
     assert spec.model_dump(mode="json")["engine"] == {"max_batch_size": 8}
     assert overrides_dict(spec.steps[0].engine) == {"model": "m"}
+
+
+def test_step_allow_empty_keeps_pairs_with_an_empty_answer(tmp_path):
+    """`allow_empty: rejected` on a step reaches the reader: the empty-answer pair is kept, not failed."""
+    from prefdata import store
+
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": ""},
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "A number."}]) + "\n")
+    doc = {"name": "t", "steps": [{"name": "d", "uses": "dedup", "input": str(src), "output": "kept"}]}
+    with pytest.raises(PrefdataError, match="allow_empty"):
+        run_pipeline(write_yaml(tmp_path, doc))
+    doc["steps"][0]["allow_empty"] = "rejected"
+    run_pipeline(write_yaml(tmp_path, doc))
+    rows = store.load_table("kept@latest").to_pylist()
+    assert len(rows) == 2 and rows[0]["rejected"][-1]["content"] == ""
+    doc["steps"][0]["allow_empty"] = "sometimes"
+    with pytest.raises(ConfigError, match="allow_empty"):
+        load_spec(write_yaml(tmp_path, doc))
