@@ -13,7 +13,7 @@ catalog stays cheap.
 
 from __future__ import annotations
 
-from prefdata import eval_steps  # noqa: F401  (eval_noise, eval_rm_accuracy)
+from prefdata import dedup, eval_steps  # noqa: F401  (dedup; eval_noise, eval_rm_accuracy, eval_policy, ...)
 from prefdata.curation import step as curation_step
 from prefdata.generators import bpo, conditional, medical, rejection, rlcd, self_reward  # noqa: F401
 from prefdata.steps import StepType, registered

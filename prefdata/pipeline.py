@@ -39,9 +39,9 @@ from prefdata.steps import StepResult, StepType, register_step  # noqa: F401  (r
 _fmt_validation = fmt_validation
 DEFAULT_SHARD_ROWS = 2048  # a few engine batches' worth: keeps the engine busy, memory a few MiB
 
+
 def step_types() -> dict[str, StepType]:
     """Every declared step type (loading the built-in ones on first call)."""
-    from prefdata import dedup  # noqa: F401  (`uses: dedup`; belongs in prefdata.catalog's list)
     from prefdata.catalog import step_types as builtin
 
     return builtin()
