@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from prefdata import dedup, eval_steps  # noqa: F401  (dedup; eval_noise, eval_rm_accuracy, eval_policy, ...)
 from prefdata.curation import step as curation_step
+from prefdata.evals import compare  # noqa: F401  (holdout, eval_compare)
 from prefdata.generators import bpo, conditional, medical, rejection, rlcd, self_reward  # noqa: F401
 from prefdata.steps import StepType, registered
 from trainers import steps as train_steps  # noqa: F401  (train_sft, train_dpo, ...)

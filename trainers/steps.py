@@ -19,15 +19,10 @@ curves) is copied beside the merged weights. A later step names it `step:<this s
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from prefdata.errors import ConfigError
 
-# `holdout` and `eval_compare` (pipelines/compare_losses.yaml) declare themselves on import; listed
-# here until prefdata.catalog imports prefdata.evals.compare beside prefdata.eval_steps.
-from prefdata.evals import compare as _compare  # noqa: F401
 from prefdata.steps import StepResult, register_step
 
 KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro", "armo")
@@ -57,26 +52,6 @@ def trainer(kind: str):
 PIPELINE_OWNED = ("dataset", "output_dir")  # set from the step's input and folder, never in YAML
 
 
-def merge_lora(adapter_dir: Path, base: str, out: Path) -> None:
-    """Adapter + base -> a plain checkpoint in `out` (written to a temp folder, then renamed)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from prefdata.models import resolve_model
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
-    for f in ("README.md", "prefdata-train.json", "training_curves.png"):  # the card travels with the weights
-        if (adapter_dir / f).is_file():
-            shutil.copy(adapter_dir / f, tmp / f)
-    os.replace(tmp, out)
-
-
 def _train(kind: str, cfg, table, ctx) -> StepResult:
     given = cfg.model_fields_set
     owned = [k for k in PIPELINE_OWNED if k in given]
@@ -94,6 +69,8 @@ def _train(kind: str, cfg, table, ctx) -> StepResult:
     run_cfg = cfg.model_copy(update={"dataset": ctx.input_ref, "model": base, "output_dir": str(train_dir)})
     card = trainer(kind).train(run_cfg)
     if adapter:
+        from prefdata.models import merge_lora  # the one adapter merge (engines use it on load too)
+
         merge_lora(train_dir, base, out / "model")
     import json
 
