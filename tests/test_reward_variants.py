@@ -113,6 +113,11 @@ def test_variants_train_end_to_end_and_whitening_is_applied_when_scoring(tiny_mo
     w = apply_reward_norm(out, np.concatenate([r_c, r_r]))
     assert abs(w.mean()) < 1e-4 and w.std() == pytest.approx(1.0, abs=1e-4)
     assert np.array_equal(apply_reward_norm(tmp_path, r_c), r_c)  # no reward_norm.json: unchanged
+    # The curation voter reads the same model on the same scale: its vote is the whitened difference.
+    from prefdata.rewards.voters import RewardModelVoter, reward_model_votes
+
+    [vote] = reward_model_votes(store.load_table(v.ref), RewardModelVoter(model=str(out)), progress=False).values()
+    np.testing.assert_allclose(vote, (r_c - r_r) / norm.std, rtol=1e-4, atol=1e-4)
     (tmp_path / FILE).write_text('{"mean": 0, "std": 0}')
     with pytest.raises(PrefdataError, match="std > 0"):
         load_reward_norm(tmp_path)

@@ -31,18 +31,12 @@ from prefdata.generators.common import (
     pair_table,
 )
 from prefdata.judges import pointwise
-from prefdata.schema import COMPLETION, content_id
+from prefdata.schema import CANDIDATE, content_id
 from prefdata.steps import StepResult, step
 
 NAME = "self_reward"
 TEMPLATE_VERSION = "self-reward-1"
-# Completion rows plus the judge's evidence; explicit types so an all-null column keeps its type.
-CANDIDATES = pa.schema(list(COMPLETION) + [
-    pa.field("judgements", pa.list_(pa.string())),  # raw judge texts, k per candidate
-    pa.field("judge_scores", pa.list_(pa.float64())),  # parsed, null when unparseable
-    pa.field("score", pa.float64()),  # mean of the parseable judgements, null when none
-    pa.field("filtered", pa.string()),  # why a candidate was kept out of pairing (empty, repetitive), or null
-])
+CANDIDATES = CANDIDATE  # the one candidates table (prefdata.schema), also written by rejection sampling
 
 
 class SelfRewardConfig(SamplingConfig):

@@ -119,6 +119,7 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
 
     from prefdata.models import resolve_model
     from prefdata.rewards.features import render
+    from trainers.reward_norm import apply_reward_norm
 
     path = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -151,7 +152,7 @@ def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool =
                           return_tensors="pt").to(device)
                 out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
                 advance(len(idx))
-        return out
+        return apply_reward_norm(path, out)  # a model trained with `whiten` scores on its training scale
 
     with progress_bar(f"reward model {spec.model}", total=2 * table.num_rows, unit="texts",
                       disable=not progress) as advance:
