@@ -201,18 +201,6 @@ def generator_card(summary: tuple[str, str], table: pa.Table, report: dict, *,
     return out, figures
 
 
-def source_counts_markdown(table: pa.Table, column: str = "source") -> str:
-    """Rows per source as a markdown table. Not a generator card section: the store card's own
-    "Sources" table shows this for every version (a generator section repeated it on every card);
-    kept for callers that print it elsewhere."""
-    if column not in table.column_names or not len(table):
-        return "(no rows)"
-    counts: dict[str, int] = {}
-    for s in table.column(column).to_pylist():
-        counts[s] = counts.get(s, 0) + 1
-    return "| source | rows |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
-
-
 def histogram_figure(series: dict[str, list[float]], title: str, xlabel: str, bins=20):
     """Overlaid histograms of named value lists (scores, lengths); empty lists are skipped."""
     import matplotlib
