@@ -214,3 +214,20 @@ def test_jury_yaml_and_its_errors(tmp_path, capsys, monkeypatch):
     bad.write_text("judges:\n  - engine: {model: oracle, backend: llamacpp}\n")
     code, _, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", bad)
     assert code != 0 and "judge 1 (oracle): engine key 'backend'" in err and "Traceback" not in err
+
+
+def test_a_jury_is_a_clean_labels_voter(tmp_path):
+    """`voters: [{type: jury, judges: [...]}]` in clean_labels: the jurors' votes reach the posterior,
+    each juror on its own engine (the pipeline's engine_for), and the config is checked at load."""
+    from prefdata.curation.step import CleanLabelsConfig, collect_votes
+
+    cfg = CleanLabelsConfig(voters=[{"type": "jury", "judges": [{"engine": {"model": "oracle"}},
+                                                                {"engine": {"model": "longer"}}]}])
+    assert cfg.needs_engine
+    asked = []
+    votes = collect_votes(_table(), cfg, engine_for=lambda o: asked.append(o) or _engine_for(o), progress=False)
+    assert asked == [{"model": "oracle"}, {"model": "longer"}]
+    np.testing.assert_array_equal(votes["jury:0"], np.ones(N))
+    np.testing.assert_array_equal(votes["jury:1"], [1, 1, 1, 1, 1, -1, -1, -1])
+    with pytest.raises(Exception, match="judges"):
+        CleanLabelsConfig(voters=[{"type": "jury", "judges": []}])

@@ -16,7 +16,7 @@ from prefdata.curation.card import figures_and_sections
 from prefdata.curation.policies import PolicyConfig, apply
 from prefdata.curation.texts import match_gold
 from prefdata.curation.vote import combine, length_ratio
-from prefdata.rewards.voters import HeadsVoter, JudgeVoter, VoterSpec
+from prefdata.rewards.voters import HeadsVoter, JudgeVoter, JuryVoter, VoterSpec
 from prefdata.schema import conform
 
 
@@ -37,7 +37,7 @@ class CleanLabelsConfig(BaseModel):
 
     @property
     def needs_engine(self) -> bool:
-        return any(isinstance(v, JudgeVoter) for v in self.voters)
+        return any(isinstance(v, (JudgeVoter, JuryVoter)) for v in self.voters)
 
 
 def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for=None,
@@ -62,7 +62,13 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
                 from prefdata.errors import ConfigError
 
                 raise ConfigError("a judge voter needs an engine (run it inside a pipeline or pass engine_for)")
-            out.update(V.judge_votes(table, engine_for(spec.engine)))
+            if isinstance(spec, V.JuryVoter):
+                from prefdata.judges.jury import JuryConfig, jury_votes
+
+                out.update(jury_votes(table, JuryConfig(judges=spec.judges, seed=spec.seed), engine_for,
+                                      progress=progress))
+            else:
+                out.update(V.judge_votes(table, engine_for(spec.engine)))
     return out
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefdata.engines import EngineOverrides
 from prefdata.errors import PrefdataError
+from prefdata.judges.jury import JurorConfig
 from prefdata.models import DEFAULT_MODEL
 
 
@@ -94,7 +95,18 @@ class FinetunedRMVoter(BaseModel):
         return v
 
 
-VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter, FinetunedRMVoter], Field(discriminator="type")]
+class JuryVoter(BaseModel):
+    """Several judges, each on its own engine and model, each shown both orders (prefdata.judges.jury);
+    their verdicts enter the posterior as one family. `prefdata eval judge` measures their biases."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["jury"] = "jury"
+    judges: list[JurorConfig] = Field(..., min_length=1, description="The jurors: engine, method, name each.")
+    seed: int = Field(0, description="Sampling seed passed to every juror's engine.")
+
+
+VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter, FinetunedRMVoter, JuryVoter],
+                      Field(discriminator="type")]
 
 
 def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, progress: bool = True) -> dict[str, np.ndarray]:
