@@ -49,7 +49,9 @@ def run_app(app: typer.Typer, argv: list[str], mount: Callable[[], None] = lambd
         try:
             mount()
             # Typer turns KeyboardInterrupt into a returned 130 (not raised) in this mode.
-            rv = app(args=argv, standalone_mode=False)
+            # prog_name fixed: click derives the shell-completion variable (_PREFDATA_COMPLETE) and the
+            # usage line from it, and would otherwise take `pytest` or `python -m …` from the process.
+            rv = app(args=argv, standalone_mode=False, prog_name="prefdata")
         except PrefdataError as e:
             if debug:
                 raise
