@@ -56,6 +56,9 @@ def _on_terminal(label: str, total: int, unit: str, stream):
     try:
         yield lambda n=1, note=None: bar.update(task, advance=n, **({"note": note} if note is not None else {}))
     finally:
+        # Draw the final state once before the task goes: a pass shorter than rich's refresh
+        # interval would otherwise never show its last count and note.
+        bar.refresh()
         bar.remove_task(task)
         _LIVE["users"] -= 1
         if owner:
