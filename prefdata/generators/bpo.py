@@ -21,7 +21,13 @@ from pydantic import Field
 
 from prefdata.engines import EngineOverrides
 from prefdata.engines.base import ChatRequest, Engine
-from prefdata.generators.common import SamplingConfig, clean_output, generator_card, sample_with_retries
+from prefdata.generators.common import (
+    SamplingConfig,
+    clean_output,
+    draws_figures,
+    generator_card,
+    sample_with_retries,
+)
 from prefdata.judges.pairwise import PairwiseJudge
 from prefdata.judges.pointwise import last_user_text
 from prefdata.prompts import bpo as tpl
@@ -265,7 +271,7 @@ def _step_construct(cfg: ConstructConfig, table: pa.Table, ctx):
          f"pairs ({cfg.format} prompts; Cheng et al. 2023, arXiv 2311.04155). Filters: orig/opt > 2 or opt/orig > 6 "
          "words, leftover markers. Rows: (prompt, optimized_prompt, comparison, raw); the source column keeps "
          "the pair set each came from."), out, report, examples=_bpo_examples(out))
-    if len(out):
+    if len(out) and draws_figures(ctx):
         figures["length_ratio"] = _ratio_figure(out, "BPO construction: length ratio")
     return StepResult(tables={"train": out}, kind="bpo", report=report, card_sections=sections, figures=figures,
                       lineage={"templates": {"bpo_construct": TEMPLATE_VERSION + ("+two-step" if cfg.format == "two_step" else "")}})
@@ -283,7 +289,7 @@ def _step_rewrite(cfg: RewriteConfig, table: pa.Table, ctx):
         ("BPO rewriting", f"{report['rows']} of {report['input_examples']} prompts rewritten by "
          f"{'`' + engine.model_id + '` (trained rewriter)' if cfg.rewriter_model else 'the zero-shot template on `' + engine.model_id + '`'} "
          f"at T {cfg.temperature}, top-p {cfg.top_p}."), out, report, examples=_bpo_examples(out))
-    if len(out):
+    if len(out) and draws_figures(ctx):
         figures["length_ratio"] = _ratio_figure(out, "BPO rewrite: length ratio")
     return StepResult(tables={"train": out}, kind="bpo", report=report, card_sections=sections, figures=figures,
                       lineage={"templates": {"bpo_rewriter": REWRITER_TEMPLATE_VERSION},

@@ -186,19 +186,26 @@ def length_figure(table: pa.Table, title: str):
 
 def generator_card(summary: tuple[str, str], table: pa.Table, report: dict, *,
                    sections: list[tuple[str, str]] = (), examples: str | None = None,
-                   lengths_title: str | None = None) -> tuple[list[tuple[str, str]], dict]:
+                   lengths_title: str | None = None, draw: bool = True) -> tuple[list[tuple[str, str]], dict]:
     """(card sections, figures) of a generator step, in one order: what was made (`summary`, a
     (title, text) pair), the generator's own `sections`, drop reasons (when the report has them),
     examples (pairs by default, or the given markdown); figures: the chosen-vs-rejected length
-    histogram, keyed "lengths", when `lengths_title` is given and there are rows.
+    histogram, keyed "lengths", when `lengths_title` is given, there are rows and `draw` is true.
+    Pass `draw=draws_figures(ctx)`: a later shard's figures are thrown away unseen, and drawing one
+    costs about as much as a shard's bookkeeping.
 
     Rows per split and per source are not here: the store card shows them for every version."""
     out = [summary, *sections]
     if "drop_reasons" in report:
         out.append(("Drop reasons", drop_reasons_markdown(report["drop_reasons"])))
     out.append(("Examples", examples if examples is not None else examples_markdown(table)))
-    figures = {"lengths": length_figure(table, lengths_title)} if lengths_title and len(table) else {}
+    figures = {"lengths": length_figure(table, lengths_title)} if draw and lengths_title and len(table) else {}
     return out, figures
+
+
+def draws_figures(ctx) -> bool:
+    """Whether this call's figures will be kept: only the first shard's are (see StepContext.shard)."""
+    return getattr(ctx, "shard", 0) == 0
 
 
 def histogram_figure(series: dict[str, list[float]], title: str, xlabel: str, bins=20):

@@ -22,6 +22,7 @@ from prefdata.generators.common import (
     assistant,
     clean_output,
     degenerate_reason,
+    draws_figures,
     generator_card,
     pair_table,
     sample_with_retries,
@@ -171,7 +172,7 @@ def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
     sections, figures = generator_card(
         ("Preference-conditional synthesis", f"{report['pairs']} pairs from {report['input_examples']} prompts. "
          "y2 edits y1 towards a seeded direction on named aspects; labels by construction (RMBoost, arXiv 2407.16008)."),
-        pairs, report, lengths_title="Conditional: chosen vs rejected length",
+        pairs, report, lengths_title="Conditional: chosen vs rejected length", draw=draws_figures(ctx),
         sections=[("Directions and aspects", f"guideline `{cfg.guideline}` ({guideline_version(cfg)}), aspects named by "
                    f"{'the seed' if cfg.aspect_choice == 'seeded' else 'the editor'}\n\n"
                    "directions: " + ", ".join(f"{k}: {v}" for k, v in sorted(dirs.items())) +

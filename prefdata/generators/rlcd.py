@@ -19,7 +19,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from prefdata.engines.base import ChatRequest, Engine
-from prefdata.generators.common import SamplingConfig, assistant, generator_card, pair_table, sample_with_retries
+from prefdata.generators.common import (
+    SamplingConfig,
+    assistant,
+    draws_figures,
+    generator_card,
+    pair_table,
+    sample_with_retries,
+)
 from prefdata.prompts import rlcd as tpl
 from prefdata.steps import StepResult, step
 
@@ -188,7 +195,7 @@ def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
         ("RLCD generation", f"{report['pairs']} pairs from {report['input_examples']} prompts "
                             f"({report['dropped']} dropped). Chosen = continuation under the positive "
                             f"descriptor, rejected = under the negative one (Yang et al. 2023, arXiv 2307.12950)."),
-        pairs, report, sections=sections, lengths_title="RLCD: chosen vs rejected length")
+        pairs, report, sections=sections, lengths_title="RLCD: chosen vs rejected length", draw=draws_figures(ctx))
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures,
                       lineage={"templates": templates,
                                "seeds": {"pipeline": ctx.seed}},

@@ -26,6 +26,7 @@ from prefdata.generators.common import (
     assistant,
     clean_output,
     degenerate_reason,
+    draws_figures,
     generator_card,
     histogram_figure,
     pair_table,
@@ -149,12 +150,14 @@ def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
          f"{report['candidates']} candidates judged {cfg.judgements}x each by `{judge.model_id}` with an additive "
          f"5-point rubric (Yuan et al. 2024, arXiv 2401.10020). Chosen = best, rejected = worst, margin = score gap. "
          f"All candidates with raw judgements are in the `candidates` side table."),
-        pairs, report, sections=[stats], lengths_title="Self-reward: chosen vs rejected length")
+        pairs, report, sections=[stats], lengths_title="Self-reward: chosen vs rejected length",
+        draw=draws_figures(ctx))
     # Every candidate's scores, not only the paired ones: named apart from the store card's own
     # "scores" plot (chosen_score vs rejected_score of the pairs), which it would otherwise overwrite.
-    figures["judge_scores"] = histogram_figure({"candidate score (mean)": scores, "single judgement": single},
-                                               "Self-reward: rubric scores of every candidate", "score (0-5)",
-                                               bins=[x / 4 for x in range(21)])
+    if draws_figures(ctx):
+        figures["judge_scores"] = histogram_figure({"candidate score (mean)": scores, "single judgement": single},
+                                                   "Self-reward: rubric scores of every candidate", "score (0-5)",
+                                                   bins=[x / 4 for x in range(21)])
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures, report=report,
                       lineage={"templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION
                                              + ("+score-first" if cfg.judge_score_first else "")},
