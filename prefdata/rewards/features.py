@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prefdata.errors import PrefdataError
 
@@ -89,6 +88,7 @@ class Backbone:
 
     def __init__(self, name: str = "minilm", *, max_length: int = 512, pooling: str | None = None,
                  layer: int | None = None, batch_size: int = 16, trust_remote_code: bool = False):
+        import torch  # here, not at module level: loading the step catalog must not pay for torch
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         self.name = name
@@ -152,11 +152,17 @@ class Backbone:
             lengths.append(len(a))
         return ids, starts, lengths
 
-    @torch.inference_mode()
     def _embed(self, items: list[tuple[str, str]], layers: tuple[int | None, ...] | None = None):
         """One forward pass: pooled vectors for each requested layer (default: this backbone's),
         and the answer's mean token log-probability (causal backbones; NaN otherwise)."""
-        layers = layers or (self.layer,)
+        import torch
+
+        with torch.inference_mode():
+            return self._embed_batch(items, layers or (self.layer,))
+
+    def _embed_batch(self, items: list[tuple[str, str]], layers: tuple[int | None, ...]):
+        import torch
+
         ids, starts, _ = self.encode(items)
         enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
         want_hidden = any(layer is not None for layer in layers)
