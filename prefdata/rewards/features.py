@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from prefdata.errors import PrefdataError
+from prefdata.prompts.pairwise import render_conversation
 
 
 def render(prompt: list[dict], response: list[dict]) -> str:
-    """One transcript string per (prompt, response): what the backbone reads."""
-    label = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
-    turns = [f"{label.get(m['role'], m['role'])}: {m['content']}" for m in list(prompt) + list(response)]
-    return "\n\n".join(turns)
+    """One transcript string per (prompt, response): what the backbone reads. The same "Role: text"
+    transcript the judges read (`prompts.pairwise.render_conversation`); the feature cache keys hash
+    this text, so changing that function's output invalidates cached features."""
+    return render_conversation([*prompt, *response])
 
 
 def split_render(prompt: list[dict], response: list[dict]) -> tuple[str, str]:
