@@ -16,6 +16,8 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from prefdata.errors import DataError, PrefdataError
-from prefdata.schema import RowError, content_id, validate
+from prefdata.schema import (
+    SCHEMAS,
+    RowError,
+    _write_quarantine,
+    check_row,
+    content_id,
+    scan_values,
+    to_table,
+    validate,
+)
 from prefdata.writers import write  # noqa: F401  (io.write, kept where callers expect it)
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
@@ -254,8 +265,8 @@ def _lines(path: Path):
         raise _gzip_error(e, path, n) from None
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
-    rows, numbers = [], []
+def _jsonl_objects(path: Path):
+    """(1-based line number, object) for each non-blank line; the first bad line is a DataError."""
     for n, raw in _lines(path):
         if n == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8):]  # editors on Windows write one; it is not data
@@ -268,9 +279,42 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
         obj = _parse_json(line, path, n)
         if not isinstance(obj, dict):
             raise DataError(f"each line must be a JSON object, got {_json_type(obj)}", file=str(path), row=n)
+        yield n, obj
+
+
+def _jsonl_rows(path: Path, batch_rows: int) -> _Rows:
+    """Two passes when the file is longer than one batch: the first parses every line (so a malformed
+    line anywhere fails before any row is validated, as it always has) and collects the keys the kind
+    is inferred from; the second parses again a batch at a time. Parsing twice costs less than
+    holding every row as a dict (about 1 KiB each for a short prompt)."""
+    keys: set = set()
+    head, count = [], 0
+    for n, obj in _jsonl_objects(path):
+        keys.update(obj)
+        count += 1
+        if count <= batch_rows:
+            head.append((n, obj))
+
+    def batches():
+        if count <= batch_rows:
+            yield [o for _, o in head], [n for n, _ in head]
+            return
+        head.clear()
+        yield from _chunked(_jsonl_objects(path), batch_rows)
+
+    return _Rows(str(path), False, count, keys, head[0][1] if head else None, batches)
+
+
+def _chunked(numbered, size: int):
+    rows, numbers = [], []
+    for n, obj in numbered:
         rows.append(obj)
         numbers.append(n)
-    return rows, numbers
+        if len(rows) == size:
+            yield rows, numbers
+            rows, numbers = [], []
+    if rows:
+        yield rows, numbers
 
 
 def _json_type(v) -> str:
@@ -278,7 +322,7 @@ def _json_type(v) -> str:
             type(None): "null"}.get(type(v), "a number")
 
 
-def _read_json_array(path: Path) -> tuple[list[dict], list[int]]:
+def _json_array_rows(path: Path, batch_rows: int) -> _Rows:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # -sig: a leading BOM is dropped
@@ -286,15 +330,20 @@ def _read_json_array(path: Path) -> tuple[list[dict], list[int]]:
         line = raw[:e.start].count(b"\n") + 1
         raise DataError(f"invalid UTF-8 at byte {e.start}", file=str(path), row=line) from None
     data = _parse_json(text, path, None)
+    del raw, text
     if isinstance(data, dict):  # {"data": [...]} wrappers are common
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
-        return _read_jsonl(path)
+        return _jsonl_rows(path, batch_rows)
+    keys: set = set()
     for i, r in enumerate(data, start=1):
         if not isinstance(r, dict):  # `[1, 2, 3]`: say so here, before the layout is guessed from row 1
             raise DataError(f"each array element must be a JSON object, got {_json_type(r)}",
                             file=str(path), row=i)
-    return data, list(range(1, len(data) + 1))
+        keys.update(r)
+    # One JSON document is parsed whole anyway; only the checking and conversion go a batch at a time.
+    return _Rows(str(path), False, len(data), keys, data[0] if data else None,
+                 lambda: _chunked(enumerate(data, start=1), batch_rows))
 
 
 _CSV_MESSAGE_COLS = ("prompt", "chosen", "rejected", "completion", "votes")
@@ -336,98 +385,222 @@ def _csv_records(path: Path):
         yield start, header, cells
 
 
-def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
-    rows, numbers = [], []
-    for line, header, cells in _csv_records(path):
-        r = dict(zip(header, cells + [""] * (len(header) - len(cells))))
-        for k, v in list(r.items()):
-            if v == "":
-                r[k] = None  # an empty cell is a missing value, not an empty string
-            elif k in _CSV_MESSAGE_COLS and v.lstrip().startswith("["):
-                try:
-                    r[k] = json.loads(v)  # a message list serialised into a cell
-                except (ValueError, RecursionError):
-                    pass  # kept as text; the schema check then says what is wrong with it
-            elif k in _CSV_BOOL_COLS and v.lower() in ("true", "false", "1", "0"):
-                r[k] = v.lower() in ("true", "1")
-            elif k in _CSV_FLOAT_COLS:
-                try:
-                    r[k] = float(v) if v.strip() else None
-                except ValueError:
-                    pass
-        rows.append(r)
-        numbers.append(line)
-    return rows, numbers
+def _csv_row(header: list[str], cells: list[str]) -> dict:
+    r = dict(zip(header, cells + [""] * (len(header) - len(cells))))
+    for k, v in list(r.items()):
+        if v == "":
+            r[k] = None  # an empty cell is a missing value, not an empty string
+        elif k in _CSV_MESSAGE_COLS and v.lstrip().startswith("["):
+            try:
+                r[k] = json.loads(v)  # a message list serialised into a cell
+            except (ValueError, RecursionError):
+                pass  # kept as text; the schema check then says what is wrong with it
+        elif k in _CSV_BOOL_COLS and v.lower() in ("true", "false", "1", "0"):
+            r[k] = v.lower() in ("true", "1")
+        elif k in _CSV_FLOAT_COLS:
+            try:
+                r[k] = float(v) if v.strip() else None
+            except ValueError:
+                pass
+    return r
 
 
-def _read_rows(source: str) -> tuple[list[dict], list[int], str, bool]:
-    """(rows, 1-based line numbers or [], label for errors, whether the rows are a store version's)."""
+def _csv_rows(path: Path, batch_rows: int) -> _Rows:
+    """A first pass checks every record's shape (a CSV error anywhere fails before any row is
+    validated) and counts them; every row has the header's keys, so the kind is the header's."""
+    header, count, first = [], 0, None
+    for _, header, cells in _csv_records(path):
+        count += 1
+        if first is None:
+            first = _csv_row(header, cells)
+    return _Rows(str(path), False, count, set(header), first,
+                 lambda: _chunked(((line, _csv_row(h, cells)) for line, h, cells in _csv_records(path)), batch_rows))
+
+
+def _table_rows(table: pa.Table, label: str, from_store: bool, batch_rows: int) -> _Rows:
+    """An Arrow table (Parquet, a store version) is compact; its rows become dicts a batch at a time.
+    Errors name the 1-based row."""
+
+    def batches():
+        for start in range(0, table.num_rows, batch_rows):
+            rows = table.slice(start, batch_rows).to_pylist()
+            yield rows, list(range(start + 1, start + 1 + len(rows)))
+
+    first = table.slice(0, 1).to_pylist()
+    return _Rows(label, from_store, table.num_rows, set(table.column_names), first[0] if first else None, batches)
+
+
+def _hf_rows(path: Path, batch_rows: int) -> _Rows:
+    try:
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise PrefdataError(f"{path}: not a dataset folder ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    cols = ds.column_names
+
+    def batches():
+        for start in range(0, len(ds), batch_rows):
+            part = ds[start:start + batch_rows]  # column -> values, decoded as ds.to_list() decodes them
+            rows = [dict(zip(cols, values)) for values in zip(*(part[c] for c in cols))]
+            yield rows, list(range(start + 1, start + 1 + len(rows)))
+
+    first = ds[0] if len(ds) else None
+    return _Rows(str(path), False, len(ds), set(cols), first, batches)
+
+
+@dataclass
+class _Rows:
+    """A source's rows, to be read a batch at a time: `batches()` yields (rows, their 1-based line
+    or row numbers). `keys` is the union of every row's keys, for `infer_kind`."""
+
+    label: str
+    from_store: bool
+    count: int
+    keys: set
+    first: object
+    batches: Callable[[], Iterator[tuple[list, list[int]]]]
+
+
+def _open_rows(source: str, batch_rows: int) -> _Rows:
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "manifest.json").is_file():
             from prefdata import store
 
-            return store.load_table(str(path)).to_pylist(), [], str(path), True
-        try:
-            import datasets
-
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:
-            raise PrefdataError(f"{path}: not a dataset folder ({e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-        return ds.to_list(), [], str(path), False
+            return _table_rows(store.load_table(str(path)), str(path), True, batch_rows)
+        return _hf_rows(path, batch_rows)
     if path.is_file():
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            rows, nums = _read_jsonl(path)
-        elif name.endswith((".json", ".json.gz")):
-            rows, nums = _read_jsonl(path) if name.endswith(".gz") else _read_json_array(path)
-        elif name.endswith(".parquet"):
+            return _jsonl_rows(path, batch_rows)
+        if name.endswith((".json", ".json.gz")):
+            return _jsonl_rows(path, batch_rows) if name.endswith(".gz") else _json_array_rows(path, batch_rows)
+        if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
             try:
-                rows = pq.read_table(path).to_pylist()
+                table = pq.read_table(path)
             except Exception as e:
                 raise DataError(f"cannot read Parquet: {e}", file=str(path)) from None
-            nums = []
-        elif name.endswith(".csv"):
-            rows, nums = _read_csv(path)
-        else:
-            raise PrefdataError(f"{path}: unknown file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
-        return rows, nums, str(path), False
+            return _table_rows(table, str(path), False, batch_rows)
+        if name.endswith(".csv"):
+            return _csv_rows(path, batch_rows)
+        raise PrefdataError(f"{path}: unknown file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
     if "@" in source:
         from prefdata import store
 
         v = store.resolve(source)
-        return store.load_table(str(v.path)).to_pylist(), [], v.ref, True
+        return _table_rows(store.load_table(str(v.path)), v.ref, True, batch_rows)
     raise PrefdataError(f"file not found: {path}")
 
 
+# Rows checked and converted at a time: enough to amortise Arrow's per-call cost, few enough that
+# the dicts of one batch (about 1 KiB a short prompt row) stay a few MiB whatever the input's size.
+READ_BATCH_ROWS = 4096
+
+
 def read(source: str, kind: str | None = None, *, on_error: str = "raise", quarantine_path=None,
-         allow_empty: str | None = None) -> pa.Table:
+         allow_empty: str | None = None, batch_rows: int = READ_BATCH_ROWS) -> pa.Table:
     """Read any supported source into a schema-valid table of `kind` (inferred when None).
 
     `allow_empty` ("chosen" | "rejected" | "both"; default none) keeps pairs whose named side is an
     empty answer, stored as one assistant message with content "", instead of failing or
     quarantining them: such a pair is often a real, easy label (an empty reply rarely wins). A
-    missing side (null) stays an error."""
+    missing side (null) stays an error.
+
+    Rows are checked and converted `batch_rows` at a time, so memory grows with the Arrow table, not
+    with a Python dict per row; `batch_rows` changes neither the rows nor the errors."""
     sides = allow_empty_sides(allow_empty)
-    rows, numbers, label, from_store = _read_rows(str(source))
-    if not rows:
+    src = _open_rows(str(source), max(1, batch_rows))
+    label = src.label
+    if not src.count:
         raise DataError("no rows", file=label)
     if kind is None:
-        if not isinstance(rows[0], dict):
-            raise DataError("each row must be a JSON object", file=label, row=numbers[0] if numbers else 1)
+        if not isinstance(src.first, dict):
+            raise DataError("each row must be a JSON object", file=label, row=1)
         # From every row's keys, not the first row's: a pair further down must not be read as a prompt
         # with stray extra columns (the table's columns would then say "pair" while its rows do not).
-        kind = infer_kind(set().union(*(r.keys() for r in rows if isinstance(r, dict))))
+        kind = infer_kind(src.keys)
     if sides and kind != "pair":
         raise PrefdataError(f"{label}: allow_empty applies to pairs, but the rows are {kind} rows")
-    if from_store and kind == "pair":
+    if src.from_store and kind == "pair":
         sides = ALLOW_EMPTY["both"]  # a version keeps the empty answers it was committed with
-    table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
-                     row_numbers=numbers or None, normalise=partial(normalise_row, allow_empty=sides))
+    normalise = partial(normalise_row, allow_empty=sides)
+    if kind not in SCHEMAS or on_error not in ("raise", "quarantine"):
+        validate([], kind, on_error=on_error)  # raises its one-line error about the argument
+    tables, bad, extras = [], [], _Extras()
+    for rows, numbers in src.batches():
+        good = _check_rows(rows, numbers, kind, label, on_error, normalise, bad)
+        extras.note(good, kind)
+        tables.append(to_table(good, kind))
+        del rows, good
+    if not extras.consistent():
+        # An extra column whose values Arrow types differently from batch to batch: only the whole
+        # column says what its type is (or that it is kept as JSON text), so read it whole.
+        del tables
+        rows, numbers = [], []
+        for r, n in src.batches():
+            rows += r
+            numbers += n
+        table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
+                         row_numbers=numbers, normalise=normalise)
+    else:
+        if bad:
+            _write_quarantine(bad, quarantine_path, label)
+        # One chunk, as a table built in one go has: the pipeline's input digest hashes its Parquet bytes.
+        table = pa.concat_tables(tables, promote_options="default").combine_chunks() if len(tables) > 1 \
+            else tables[0]
+        del tables
     if table.num_rows == 0:
         raise DataError("no valid rows", file=label)
     return _restore_empty(table, sides) if sides else table
+
+
+def _check_rows(rows: list, numbers: list[int], kind: str, label: str, on_error: str, normalise,
+                bad: list) -> list[dict]:
+    """`schema.validate`'s row loop over one batch: the good rows normalised; bad ones raise or, when
+    quarantining, are added to `bad` (written once, after the last batch)."""
+    good = []
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict):
+                raise RowError("(row)", "must be a JSON object")
+            scan_values(row, kind)  # before normalising: HH splitting and prefix matching walk the values
+            good.append(check_row(normalise(row, kind), kind))
+        except RowError as e:
+            if on_error == "raise":
+                raise DataError(e.reason, file=label, row=numbers[i], field=e.field) from None
+            bad.append({"row": numbers[i], "field": e.field, "reason": e.reason, "record": row})
+    return good
+
+
+class _Extras:
+    """Whether the extra (non-schema) columns come out of a batched read as they would from one
+    `to_table` over every row: the same Arrow type in every batch that has a value (a batch of nulls
+    takes any type), or JSON text in all of them (`to_table`'s fallback for mixed shapes)."""
+
+    def __init__(self):
+        self.types: dict[str, object] = {}
+        self.ok = True
+
+    def note(self, good: list[dict], kind: str) -> None:
+        names = set(SCHEMAS[kind].names)
+        seen = {k for r in good for k in r if k not in names}
+        for k in seen:
+            values = [r.get(k) for r in good]
+            try:
+                t = pa.array(values).type
+            except (pa.ArrowException, OverflowError, TypeError, ValueError):
+                t = "json"
+            if t == "json" or t != pa.null():
+                t = str(t)  # "json" or the type's text: comparable whatever it is
+            else:
+                continue
+            if self.types.setdefault(k, t) != t:
+                self.ok = False
+
+    def consistent(self) -> bool:
+        return self.ok
