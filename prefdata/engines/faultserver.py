@@ -5,8 +5,14 @@
 Answers are a deterministic function of (messages, seed), so a run through faults and a fault-free
 run must produce the same rows. Faults, drawn per request at `fault_rate` from a seeded RNG:
 429 with Retry-After, 500, a reply slower than the client's timeout, malformed JSON, a dropped
-connection, and (optionally) an empty choices list. A request for another model gets a 404.
-Only ever binds 127.0.0.1.
+connection, and (optionally) an empty choices list or a reply that is not HTTP at all. A request
+for another model gets a 404. Only ever binds 127.0.0.1.
+
+For testing clients against each other: `chunked` sends every reply with chunked transfer
+encoding, `truncate` applies `stop` and `max_tokens` (counted in words) as a real server would
+(off by default, so the answers other tests pin stay as they are), a request with `logprobs`
+gets one made-up {token, logprob} per word, `record` keeps every request's headers and body, and
+`close_idle()` closes the connections waiting for a request, as a server's keep-alive timeout does.
 
 One asyncio loop on a background thread, HTTP/1.1 with keep-alive, a listen backlog of 4096: the
 stdlib ThreadingHTTPServer it replaces had a backlog of 5 (connections refused under a burst of
@@ -25,7 +31,7 @@ import socket
 import threading
 import time
 
-FAULTS = ("429", "500", "slow", "malformed", "drop")
+FAULTS = ("429", "500", "slow", "malformed", "drop")  # the default mix; "empty" and "garbage" on request
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required", 429: "Too Many Requests",
             500: "Internal Server Error"}
 
@@ -35,19 +41,44 @@ def answer(messages: list[dict], seed) -> str:
     return f"answer {h} to: {messages[-1]['content'][:40]}"
 
 
-def _response(code: int, body: bytes, headers: dict | None = None, close: bool = False) -> bytes:
+def _response(code: int, body: bytes, headers: dict | None = None, close: bool = False,
+              chunked: bool = False) -> bytes:
     head = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}"]
+            "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if close:
         head.append("Connection: close")
+    if chunked:  # in pieces of 7 bytes, one with a chunk extension, then a trailer field
+        body = b"".join(b"%x%s\r\n%s\r\n" % (len(body[i:i + 7]), b";ext=1" if i == 7 else b"", body[i:i + 7])
+                        for i in range(0, len(body), 7)) + b"0\r\nX-Trailer: 1\r\n\r\n"
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _sample(text: str, req: dict) -> tuple[str, str]:
+    """`text` cut at the first stop string, then at max_tokens words; and the finish reason."""
+    stops = req.get("stop") or []
+    for stop in [stops] if isinstance(stops, str) else stops:
+        if stop and stop in text:
+            text = text[:text.index(stop)]
+    words = text.split(" ")
+    if req.get("max_tokens") is not None and len(words) > req["max_tokens"]:
+        return " ".join(words[:req["max_tokens"]]), "length"
+    return text, "stop"
+
+
+def _logprobs(text: str) -> dict:
+    return {"content": [{"token": w, "logprob": -((len(w) % 7) + 1) / 8, "top_logprobs": []}
+                        for w in text.split()]}
 
 
 class FaultServer:
     def __init__(self, port: int = 0, fault_rate: float = 0.0, latency: float = 0.0, slow_s: float = 2.0,
-                 seed: int = 0, faults: tuple[str, ...] = FAULTS, model: str = "test-model"):
+                 seed: int = 0, faults: tuple[str, ...] = FAULTS, model: str = "test-model", chunked: bool = False,
+                 truncate: bool = False, record: bool = False):
         self.fault_rate, self.latency, self.slow_s, self.faults, self.model = fault_rate, latency, slow_s, faults, model
+        self.chunked, self.truncate, self.record = chunked, truncate, record
+        self.requests: list[tuple[dict, dict]] = []  # (headers, JSON body) of each POST when `record`
+        self._waiting: set = set()  # writers of connections idle between requests
         self.rng = random.Random(seed)  # drawn only on the loop thread, in arrival order
         self.counts: dict[str, int] = {}
         self.connections = 0  # accepted so far: shows whether a client keeps its connections alive
@@ -60,7 +91,7 @@ class FaultServer:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- one request -------------------------------------------------------------------------
-    async def _reply(self, method: str, path: str, body: bytes) -> bytes | None:
+    async def _reply(self, method: str, path: str, headers: dict, body: bytes) -> bytes | None:
         """The bytes to send back, or None to drop the connection without a reply."""
         if method == "GET" and path.rstrip("/").endswith("/models"):
             models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
@@ -71,6 +102,8 @@ class FaultServer:
             req = json.loads(body or b"{}")
         except ValueError:
             return _response(400, b'{"error": {"message": "request body is not JSON"}}')
+        if self.record:
+            self.requests.append((headers, req))
         if req.get("model") != self.model:
             return _response(404, json.dumps({"error": {"message": f"model {req.get('model')} not found"}}).encode())
         fault = self.rng.choice(self.faults) if self.rng.random() < self.fault_rate else None
@@ -87,27 +120,35 @@ class FaultServer:
             return _response(200, b'{"choices": [ {"message": ')
         if fault == "drop":
             return None
+        if fault == "garbage":
+            return b"SSH-2.0-OpenSSH_9.6\r\n\r\n"  # someone else's protocol on this port
         if fault == "empty":
             # Like a hosted API that filtered its reply: nothing usable, the tokens still billed.
             return _response(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
                                               "model": self.model, "choices": [],
                                               "usage": {"prompt_tokens": 10, "completion_tokens": 3,
                                                         "total_tokens": 13}}).encode())
-        text = answer(req["messages"], req.get("seed"))
-        out = {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
-               "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+        text, finish = answer(req["messages"], req.get("seed")), "stop"
+        if self.truncate:
+            text, finish = _sample(text, req)
+        choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text},
+                  "logprobs": _logprobs(text) if req.get("logprobs") else None}
+        out = {"id": "x", "object": "chat.completion", "created": 0, "model": self.model, "choices": [choice],
                "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10}}
-        return _response(200, json.dumps(out).encode())
+        return _response(200, json.dumps(out).encode(), chunked=self.chunked)
 
     # -- one keep-alive connection -----------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             while True:
+                self._waiting.add(writer)
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return  # client closed the connection (or sent garbage)
+                finally:
+                    self._waiting.discard(writer)
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, version = (lines[0].split(" ") + ["", "", ""])[:3]
                 headers = {}
@@ -121,7 +162,7 @@ class FaultServer:
                     await writer.drain()
                     return
                 body = await reader.readexactly(int(headers.get("content-length") or 0))
-                reply = await self._reply(method, path, body)
+                reply = await self._reply(method, path, headers, body)
                 if reply is None:  # the "drop" fault
                     writer.transport.abort()
                     return
@@ -131,8 +172,22 @@ class FaultServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # a client that timed out and went away mid-reply
+        except asyncio.CancelledError:
+            # Shutdown with this connection open or a reply sleeping: ending is what the cancel asks,
+            # and a handler left cancelled makes asyncio 3.11 print a traceback per connection.
+            pass
         finally:
             writer.close()
+
+    def close_idle(self) -> int:
+        """Close every connection that is waiting for its next request; how many were closed."""
+        async def close():
+            writers = list(self._waiting)
+            for w in writers:
+                w.close()
+            return len(writers)
+
+        return asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=5)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _run(self, ready: threading.Event) -> None:

@@ -24,6 +24,15 @@ split over one client per POOL workers, because httpcore rescans every connectio
 request starts or ends (a third of the client's CPU at 256 connections in one pool). The engine keeps
 one event loop and its clients for its life (`close()` ends them early), so connections stay open
 from one call to the next.
+
+Two HTTP paths, chosen by `http_client` (EngineConfig): "openai", the official client as above, and
+"lean", prefdata/engines/http.py, asyncio streams with a keep-alive pool (about a tenth of the official
+client's CPU per request). "auto" takes the official client below LEAN_AT requests in flight, where
+its CPU is not the limit and it brings proxy support and the most widely used connection
+handling, and the lean one at or above, where one event loop cannot carry the official client's CPU;
+auto also keeps the official client when a proxy variable applies to the server (the lean one has no
+proxy support). Both paths share everything but the transport: the request body, the retry policy,
+usage accounting, and error texts (the lean client's errors carry openai's class names and messages).
 """
 
 from __future__ import annotations
@@ -47,7 +56,11 @@ from prefdata.redact import redact
 # the requests in flight, which a rerun simply asks again.
 FLUSH_EVERY = 64
 FLUSH_S = 0.5
-POOL = 32  # workers (and keep-alive connections) per client
+POOL = 32  # workers (and keep-alive connections) per official client
+# http_client auto: the lean client at or above this many requests in flight. Measured (RESULTS.md)
+# the official client holds 0.9 of the latency ceiling up to 64 and falls to 0.65 at 256.
+LEAN_AT = 64
+HTTP_CLIENTS = ("auto", "openai", "lean")
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -57,9 +70,9 @@ def _redact(text: str, secret: str | None) -> str:
     return redact(text)
 
 
-def _parse_chat(content: bytes) -> tuple[str, str, int, int]:
-    """(text, finish_reason, prompt_tokens, completion_tokens) of a chat completion body.
-    Anything unusable raises ValueError, which is retried like any other bad reply."""
+def _parse_chat(content: bytes) -> tuple[str, str, int, int, float | None]:
+    """(text, finish_reason, prompt_tokens, completion_tokens, summed token logprob or None) of a chat
+    completion body. Anything unusable raises ValueError, which is retried like any other bad reply."""
     data = json.loads(content)
     try:
         choices = data.get("choices")
@@ -70,8 +83,12 @@ def _parse_chat(content: bytes) -> tuple[str, str, int, int]:
         if text is None:
             raise ValueError("server returned an empty choice")
         usage = data.get("usage") or {}
+        # OpenAI's shape: logprobs.content is one {token, logprob} per generated token; a server
+        # that ignores the request sends null, which stays None rather than a made-up 0.
+        tokens = (choice.get("logprobs") or {}).get("content")
+        logprob = float(sum(t["logprob"] for t in tokens)) if tokens else None
         return (text, choice.get("finish_reason") or "stop", usage.get("prompt_tokens") or 0,
-                usage.get("completion_tokens") or 0)
+                usage.get("completion_tokens") or 0, logprob)
     except (AttributeError, TypeError, KeyError, IndexError) as err:
         raise ValueError(f"malformed chat completion ({type(err).__name__}: {err})") from None
 
@@ -89,25 +106,54 @@ def _shutdown(loop: asyncio.AbstractEventLoop, clients: list) -> None:
     async def close_all():
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
-    if not loop.is_closed():
+    def close_loop():
         loop.run_until_complete(close_all())
         loop.close()
+
+    if loop.is_closed():
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none running here: the usual case
+        close_loop()
+    else:
+        # Collected while another event loop runs on this thread (the garbage collector can run
+        # anywhere), where run_until_complete refuses; a loop may run on any one thread at a time.
+        t = threading.Thread(target=close_loop, name="openai-engine-close")
+        t.start()
+        t.join()
 
 
 class OpenAIEngine:
     name = "openai"
 
-    def __init__(self, cfg):
-        import openai
-
+    def __init__(self, cfg, http_client: str | None = None):
+        """`http_client` overrides `cfg.http_client` (auto when the config has no such field)."""
         self.cfg = cfg
         self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
         if not self.base_url:
             raise PrefdataError("openai backend: set engine.base_url in the YAML or OPENAI_BASE_URL in the environment")
         self._key = os.environ.get(cfg.api_key_env) or "EMPTY"  # local servers accept any key
-        self._openai = openai
-        # The HTTP library this openai release is built on: httpx2 from 3.x, httpx before.
-        self._httpx = sys.modules.get("httpx2") or sys.modules["httpx"]
+        self.http_client = self._choose_client(http_client or getattr(cfg, "http_client", "auto"))
+        if self.http_client == "lean":
+            from prefdata.engines import http
+
+            self._http = http
+            self._not_found: tuple = (http.NotFoundError,)
+            self._retry_on: tuple = (http.APIConnectionError, http.RateLimitError, http.InternalServerError,
+                                     ValueError)
+        else:
+            try:
+                import openai
+            except ModuleNotFoundError:
+                raise PrefdataError("openai backend: the official client needs the openai package "
+                                    "(pip install openai); engine.http_client: lean works without it") from None
+            self._openai = openai
+            # The HTTP library this openai release is built on: httpx2 from 3.x, httpx before.
+            self._httpx = sys.modules.get("httpx2") or sys.modules["httpx"]
+            self._not_found = (openai.NotFoundError,)
+            self._retry_on = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                              openai.InternalServerError, openai.APIResponseValidationError, ValueError)
         self.model_id = cfg.model
         # billed_failures: replies the server generated (and bills, usage included) that were unusable;
         # their tokens are in prompt_tokens/completion_tokens, so cost counts them.
@@ -120,32 +166,63 @@ class OpenAIEngine:
         self._clients: list = []
         self._lock = threading.Lock()  # the loop runs one call at a time
 
+    def _choose_client(self, choice: str) -> str:
+        """"openai" or "lean" for the configured choice; a bad URL for the lean path fails here, once."""
+        if choice not in HTTP_CLIENTS:
+            raise PrefdataError(f"engine.http_client: {choice!r} is not one of {', '.join(HTTP_CLIENTS)}")
+        if choice == "openai" or (choice == "auto" and self.cfg.concurrency < LEAN_AT):
+            return "openai"
+        from prefdata.engines.http import Origin, proxy_in_env
+
+        self._origin = Origin(self.base_url)
+        proxy = proxy_in_env(self._origin)
+        if proxy and choice == "auto":
+            return "openai"  # only the official client goes through proxies
+        if proxy:
+            raise PrefdataError(f"engine.http_client lean does not go through proxies, and {proxy} applies to "
+                                f"{self._origin.shown}; use http_client: openai or auto, or add the host to NO_PROXY")
+        return "lean"
+
     def _client(self, connections: int):
+        if self.http_client == "lean":
+            return self._http.LeanClient(self._origin, self._key, self.cfg.timeout_s, connections)
         limits = self._httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         return self._openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
                                         timeout=self.cfg.timeout_s,
                                         http_client=self._openai.DefaultAsyncHttpxClient(limits=limits))
 
+    async def _send(self, client, body: dict) -> bytes:
+        """The reply body of a 2xx; anything else raises the client's own error."""
+        # (A branch, not a bound method kept on self: that would be a reference cycle, and the
+        # engine's finalizer would then run whenever the cyclic GC gets to it.)
+        if self.http_client == "lean":
+            # Compact UTF-8 JSON, as httpx writes it for the official client.
+            return await client.post("/chat/completions",
+                                     json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+        return (await client.post("/chat/completions", body=body, cast_to=self._httpx.Response)).content
+
     def _retry_after(self, err) -> float | None:
-        resp = getattr(err, "response", None)
-        value = resp.headers.get("retry-after") if resp is not None else None
+        headers = getattr(err, "headers", None)  # the lean client's status errors
+        if headers is None:
+            resp = getattr(err, "response", None)  # openai's
+            headers = resp.headers if resp is not None else None
+        value = headers.get("retry-after") if headers is not None else None
         try:
             return float(value) if value is not None else None
         except ValueError:
             return None
 
     def _retryable(self, err) -> bool:
-        o = self._openai
-        if isinstance(err, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError, o.InternalServerError,
-                            o.APIResponseValidationError, ValueError)):
-            return True
-        return isinstance(err, o.APIStatusError) and err.status_code >= 500
+        # 429, 5xx, timeouts, dropped connections, and replies that are not a usable completion.
+        return isinstance(err, self._retry_on)
 
     async def _one(self, client, req: ChatRequest, sample: int, params: SamplingParams) -> Completion:
         body = {"model": self.cfg.model, "messages": list(req.messages), "n": 1, "temperature": params.temperature,
                 "top_p": params.top_p, "max_tokens": params.max_tokens, "seed": row_seed(req, params, sample) & 0x7FFFFFFF}
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.logprobs:
+            body["logprobs"] = True  # summed into Completion.logprob, as the local engines report it
         if req.assistant_prefix:
             # vLLM's way to continue an assistant turn; other servers may ignore it.
             body["messages"].append({"role": "assistant", "content": req.assistant_prefix})
@@ -153,11 +230,11 @@ class OpenAIEngine:
         last = "no attempt"
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                resp = await client.post("/chat/completions", body=body, cast_to=self._httpx.Response)
+                content = await self._send(client, body)
                 try:
-                    text, finish, prompt_tokens, completion_tokens = _parse_chat(resp.content)
+                    text, finish, prompt_tokens, completion_tokens, logprob = _parse_chat(content)
                 except ValueError:
-                    billed = _billed_usage(resp.content)
+                    billed = _billed_usage(content)
                     if any(billed):
                         self.stats["prompt_tokens"] += billed[0]
                         self.stats["completion_tokens"] += billed[1]
@@ -165,10 +242,10 @@ class OpenAIEngine:
                     raise
                 self.stats["prompt_tokens"] += prompt_tokens
                 self.stats["completion_tokens"] += completion_tokens
-                return Completion(text=text, finish_reason=finish, num_tokens=completion_tokens)
+                return Completion(text=text, finish_reason=finish, num_tokens=completion_tokens, logprob=logprob)
             except Exception as err:  # noqa: BLE001 - classified below
                 last = f"{type(err).__name__}: {_redact(err, self._key)}"
-                if isinstance(err, self._openai.NotFoundError):
+                if isinstance(err, self._not_found):
                     return self._fail(f"model '{self.cfg.model}' not found on {redact(self.base_url)}: {last}")
                 if not self._retryable(err) or attempt == self.cfg.max_retries:
                     break
@@ -224,7 +301,9 @@ class OpenAIEngine:
         """Run `coro` on the engine's loop; like asyncio.run, but the loop and clients stay open."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            n_clients = -(-self.cfg.concurrency // POOL)
+            # The official client is split over one client per POOL workers (httpcore rescans its whole
+            # pool per request); the lean pool takes a connection in O(1), so one serves them all.
+            n_clients = 1 if self.http_client == "lean" else -(-self.cfg.concurrency // POOL)
             self._clients = [self._client(-(-self.cfg.concurrency // n_clients)) for _ in range(n_clients)]
             self._closer = weakref.finalize(self, _shutdown, self._loop, self._clients)
         try:
