@@ -5,7 +5,7 @@ r(answer) for each candidate on its own. Each reward source the voters accept ha
 
 - `reward_model`: any 1-output sequence-classification checkpoint (an HF reward model, or one trained
   by `prefdata train reward` / a `train_reward` step, named `step:<train step>` in a pipeline);
-  the same spec as the voter (`voters.RewardModelVoter`). A model trained with `whiten: true` has its
+  the same spec and scorer as the voter (`reward_model.py`). A model trained with `whiten: true` has its
   rewards whitened with the mean and std saved beside it (`trainers.reward_norm`);
 - `judge`: the additive 5-point rubric judge (`judges.pointwise`, Yuan et al. 2024), either parsed
   from k generated judgements (mean of the parseable ones; null when none) or, with
@@ -30,7 +30,8 @@ from pydantic import Field
 
 from prefdata.engines.base import Engine
 from prefdata.errors import PrefdataError
-from prefdata.rewards.voters import JudgeVoter, RewardModelVoter
+from prefdata.rewards.reward_model import RewardModelVoter
+from prefdata.rewards.voters import JudgeVoter
 
 Messages = list[dict]
 
@@ -67,47 +68,12 @@ class Scores:
 
 def reward_model_scores(prompts: list[Messages], answers: list[str], spec: RewardModelVoter,
                         progress: bool = True) -> np.ndarray:
-    """r(prompt, answer) from a scalar reward model, batched by length, truncated from the left so the
-    answer being scored is always read whole."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """r(prompt, answer) from a scalar reward model: the voter's scorer (`reward_model.py`) on each
+    prompt followed by the answer as one assistant turn; whitened when the model was."""
+    from prefdata.rewards.reward_model import conversation_rewards
 
-    from prefdata.models import resolve_model
-    from prefdata.progress import progress_bar
-    from prefdata.rewards.features import render
-
-    path = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=spec.trust_remote_code).eval()
-    if model.config.num_labels != 1:
-        raise PrefdataError(f"reward model '{spec.model}' has {model.config.num_labels} outputs; scoring "
-                            "candidates needs exactly 1 (a scalar reward)")
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    tok.truncation_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    model.to(device)
-    turns = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
-    if getattr(tok, "chat_template", None):
-        texts = [tok.apply_chat_template(t, tokenize=False) for t in turns]
-    else:
-        texts = [render(t[:-1], t[-1:]) for t in turns]
-    out = np.zeros(len(texts))
-    order = np.argsort([len(t) for t in texts])  # similar lengths share a batch: less padding
-    with progress_bar(f"reward model {spec.model}", total=len(texts), unit="answers", disable=not progress) as adv, \
-            torch.inference_mode():
-        for s in range(0, len(texts), spec.batch_size):
-            idx = order[s:s + spec.batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
-                      return_tensors="pt").to(device)
-            out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
-            adv(len(idx))
-    from trainers.reward_norm import apply_reward_norm  # torch-free; a no-op without reward_norm.json
-
-    # A model trained with whiten=true is read on its training scale (mean 0, std 1), so a
-    # threshold or an RSO beta means the same whatever the head's offset and scale.
-    return apply_reward_norm(path, out)
+    convs = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
+    return conversation_rewards(spec, [convs], unit="answers", progress=progress)[0]
 
 
 def judge_scores(prompts: list[Messages], answers: list[str], spec: JudgeScorer, engine: Engine,

@@ -11,16 +11,16 @@ Voters of different kinds mix freely in one vote; `curation.vote` standardises t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefdata.engines import EngineOverrides
-from prefdata.errors import PrefdataError
 from prefdata.judges.jury import JurorConfig
 from prefdata.models import DEFAULT_MODEL
+from prefdata.rewards.reward_model import RewardModelVoter  # defined there (score.py needs it too)
 
 
 class HeadsVoter(BaseModel):
@@ -43,15 +43,6 @@ class HeadsVoter(BaseModel):
                       "wins here: HH-size data has ~1k pairs for 384-1152 features; 10 was best on HH in "
                       "benchmarks/RESULTS.md.")
     steps: int = Field(200, ge=1)
-
-
-class RewardModelVoter(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    type: Literal["reward_model"] = "reward_model"
-    model: str = Field(..., description="Local path or hub id of a sequence-classification model with 1 output.")
-    max_length: int = Field(1024, ge=16)
-    batch_size: int = Field(8, ge=1)
-    trust_remote_code: bool = False
 
 
 class JudgeVoter(BaseModel):
@@ -105,7 +96,7 @@ class JuryVoter(BaseModel):
     seed: int = Field(0, description="Sampling seed passed to every juror's engine.")
 
 
-VoterSpec = Annotated[Union[HeadsVoter, RewardModelVoter, JudgeVoter, FinetunedRMVoter, JuryVoter],
+VoterSpec = Annotated[HeadsVoter | RewardModelVoter | JudgeVoter | FinetunedRMVoter | JuryVoter,
                       Field(discriminator="type")]
 
 
@@ -126,49 +117,13 @@ def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, pr
 
 
 def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool = True) -> dict[str, np.ndarray]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """d = r(prompt + chosen) - r(prompt + rejected) from a scalar reward model (`reward_model.py`)."""
+    from prefdata.rewards.reward_model import conversation_rewards
 
-    from prefdata.models import resolve_model
-    from prefdata.rewards.features import render
-    from trainers.reward_norm import apply_reward_norm
-
-    path = resolve_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=spec.trust_remote_code).eval()
-    if model.config.num_labels != 1:
-        raise PrefdataError(f"reward model '{spec.model}' has {model.config.num_labels} outputs; a reward model "
-                            "voter needs exactly 1 (a scalar reward)")
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    tok.truncation_side = "left"  # the answer being judged is at the end; never cut it off
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    model.to(device)
-
-    def texts(col):
-        prompts = table.column("prompt").to_pylist()
-        if getattr(tok, "chat_template", None):
-            return [tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, table.column(col).to_pylist())]
-        return [render(p, c) for p, c in zip(prompts, table.column(col).to_pylist())]
-
-    from prefdata.progress import progress_bar
-
-    def rewards(ts, advance):
-        out = np.zeros(len(ts))
-        order = np.argsort([len(t) for t in ts])
-        with torch.inference_mode():
-            for s in range(0, len(ts), spec.batch_size):
-                idx = order[s:s + spec.batch_size]
-                enc = tok([ts[i] for i in idx], padding=True, truncation=True, max_length=spec.max_length,
-                          return_tensors="pt").to(device)
-                out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
-                advance(len(idx))
-        return apply_reward_norm(path, out)  # a model trained with `whiten` scores on its training scale
-
-    with progress_bar(f"reward model {spec.model}", total=2 * table.num_rows, unit="texts",
-                      disable=not progress) as advance:
-        return {f"rm:{spec.model}": rewards(texts("chosen"), advance) - rewards(texts("rejected"), advance)}
+    prompts = table.column("prompt").to_pylist()
+    chosen, rejected = ([p + a for p, a in zip(prompts, table.column(col).to_pylist())] for col in ("chosen", "rejected"))
+    rc, rr = conversation_rewards(spec, [chosen, rejected], progress=progress)
+    return {f"rm:{spec.model}": rc - rr}
 
 
 def judge_votes(table: pa.Table, engine, name: str = "judge") -> dict[str, np.ndarray]:
