@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from prefdata import store
+from prefdata.engines import overrides_dict
 from prefdata.engines.scripted import ScriptedEngine
+from prefdata.errors import ConfigError
 from prefdata.evals.judge import evaluate, format_report
 from prefdata.judges.jury import JurorConfig, JuryConfig, jury_votes, load_jury, majority, run_jury
 from prefdata.schema import validate
@@ -202,7 +204,7 @@ def test_jury_yaml_and_its_errors(tmp_path, capsys, monkeypatch):
                     "  - engine: {model: longer}\n    method: logprob\nseed: 3\n")
     jury = load_jury([str(good), "vllm:x/y"])
     assert [j.name for j in jury.judges] == ["big", None, None] and jury.seed == 3
-    assert jury.judges[1].method == "logprob" and jury.judges[2].engine == {"backend": "vllm", "model": "x/y"}
+    assert jury.judges[1].method == "logprob" and overrides_dict(jury.judges[2].engine) == {"backend": "vllm", "model": "x/y"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("judges:\n  - engine: {model: oracle}\n    temprature: 0.5\n")
     import prefdata.evals.judge as ej
@@ -211,9 +213,37 @@ def test_jury_yaml_and_its_errors(tmp_path, capsys, monkeypatch):
     store.commit("jt", _table(), kind="pair")
     code, _, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", bad)
     assert code != 0 and str(bad) in err and "judges.0.temprature" in err and "Traceback" not in err
-    bad.write_text("judges:\n  - engine: {model: oracle, backend: llamacpp}\n")
+    # The engine block is typed (EngineOverrides): a bad value or a misspelt key fails at load, naming
+    # the file and the key's path, before any engine is built.
+    bad.write_text("judges:\n  - engine: {model: oracle}\n  - engine: {model: oracle, backend: llamacpp}\n")
     code, _, err = run_cli(capsys, "eval", "judge", "--dataset", "jt@v1", "--judge", bad)
-    assert code != 0 and "judge 1 (oracle): engine key 'backend'" in err and "Traceback" not in err
+    assert code != 0 and f"{bad}: key 'judges.1.engine.backend'" in err and "Traceback" not in err
+    bad.write_text("judges:\n  - engine: {modle: oracle}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: key 'judges.0.engine.modle': Extra inputs"):
+        load_jury([str(bad)])
+
+
+def test_jury_voter_engine_typo_names_the_pipeline_path(tmp_path):
+    """In a pipeline, a juror's engine typo fails when the YAML loads, with the step's config path."""
+    from prefdata.pipeline import load_spec
+
+    y = tmp_path / "p.yaml"
+    y.write_text("name: p\nsteps:\n  - name: clean\n    uses: clean_labels\n    input: x.jsonl\n    output: o\n"
+                 "    config:\n      voters:\n        - type: jury\n          judges:\n"
+                 "            - engine: {model: a}\n            - engine: {model: b, max_batch: 4}\n")
+    with pytest.raises(ConfigError) as e:
+        load_spec(y)
+    msg = str(e.value)
+    # (pydantic's loc carries the voter's type tag: steps.clean.config.voters.0.jury.judges.1.engine...)
+    assert msg.startswith(f"{y}: unknown key 'steps.clean.config.voters.0.") and "judges.1.engine.max_batch'" in msg, msg
+    y.write_text(y.read_text().replace("max_batch: 4", "max_batch_size: 4"))
+    spec = load_spec(y)
+    from prefdata.curation.step import CleanLabelsConfig
+
+    cfg = CleanLabelsConfig.model_validate(spec.steps[0].config)
+    # Typed, and dumped as only the keys given (the step's recorded config and fingerprint read as the YAML).
+    assert cfg.voters[0].judges[1].engine.max_batch_size == 4
+    assert cfg.model_dump()["voters"][0]["judges"][1]["engine"] == {"model": "b", "max_batch_size": 4}
 
 
 def test_a_jury_is_a_clean_labels_voter(tmp_path):

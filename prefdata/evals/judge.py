@@ -226,22 +226,6 @@ def make_engine(overrides: dict):
     return get_engine(EngineConfig(**overrides))
 
 
-def _check_engines(jury) -> None:
-    """Every juror's engine block is a valid EngineConfig, before any model loads."""
-    from pydantic import ValidationError
-
-    from prefdata.engines import EngineConfig
-    from prefdata.errors import ConfigError
-
-    for i, j in enumerate(jury.judges):
-        try:
-            EngineConfig(**j.engine)
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise ConfigError(f"judge {i + 1} ({j.name or j.engine.get('model', '?')}): engine key "
-                              f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg']}") from None
-
-
 def judge_cmd(dataset: str = typer.Option(..., "--dataset", help="Labelled pairs: store ref or file."),
               judge: list[str] = typer.Option(..., "--judge", help="A judge: MODEL, BACKEND:MODEL (transformers, "
                                               "vllm, openai) or a jury YAML; repeat for a jury."),
@@ -259,8 +243,7 @@ def judge_cmd(dataset: str = typer.Option(..., "--dataset", help="Labelled pairs
         raise PrefdataError(f"--judge-method must be generate or logprob, got '{judge_method}'")
     if limit is not None and limit < 1:
         raise PrefdataError("--limit must be at least 1")
-    jury = load_jury(judge, judge_method)
-    _check_engines(jury)
+    jury = load_jury(judge, judge_method)  # engine blocks are checked here (EngineOverrides), before any model loads
     table = io.read(dataset, "pair")
     table = table.slice(0, limit) if limit else table
     report = run_judge_eval(table, jury, make_engine, generator=_generator_of(dataset))

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError
 from prefdata.judges.pairwise import PairwiseJudge, parse_winner
 
@@ -35,8 +36,11 @@ BACKENDS = ("transformers", "vllm", "openai")
 class JurorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, description="Label on the card and the voter name; default the engine's model id.")
-    engine: dict = Field(default_factory=dict, description="EngineConfig fields for this judge (backend, model, "
-                         "base_url, api_key_env, ...); empty: the pipeline's (or the CLI's) engine.")
+    # Typed like the judge voter's and the pipeline's engine blocks: a misspelt key or a bad value fails
+    # when the jury (or the pipeline) loads, naming its YAML path, not when the juror's engine is built.
+    engine: EngineOverrides = Field(default_factory=EngineOverrides, description="EngineConfig fields for this "
+                                    "judge (backend, model, base_url, api_key_env, ...); empty: the pipeline's "
+                                    "(or the CLI's) engine.")
     method: Literal["generate", "logprob"] = Field("generate", description="generate: the judge ends with "
                                                    "'Winner: A|B|tie' (any engine); logprob: ' A' vs ' B' after a "
                                                    "forced 'Winner:' (engines that score), as in RLCD-Rescore.")
@@ -115,16 +119,18 @@ def run_juror(engine, juror: JurorConfig, prompts: list[list[dict]], xs: list[st
 
 def run_jury(jury: JuryConfig, engine_for, prompts: list[list[dict]], xs: list[str], ys: list[str],
              progress: bool = True) -> list[JurorVerdicts]:
-    """Every juror on every pair; `engine_for(engine_overrides: dict)` gives each juror its engine."""
+    """Every juror on every pair; `engine_for(overrides: dict)` (the fields the juror set) gives each
+    juror its engine."""
     from prefdata.progress import progress_bar
 
     engines: dict[str, object] = {}  # two jurors on one engine (say generate and logprob) load it once
     out = []
     with progress_bar("jury", total=len(jury.judges), unit="judges", disable=not progress) as advance:
         for juror in jury.judges:
-            key = json.dumps(juror.engine, sort_keys=True, default=str)
+            overrides = overrides_dict(juror.engine)
+            key = json.dumps(overrides, sort_keys=True, default=str)
             if key not in engines:
-                engines[key] = engine_for(juror.engine)
+                engines[key] = engine_for(overrides)
             out.append(run_juror(engines[key], juror, prompts, xs, ys, seed=jury.seed))
             advance(1)
     return out
