@@ -4,6 +4,11 @@
   that tracks human judgement is more confident where the annotators agreed: Spearman rho between
   the posterior log-odds and the agreement count, ROC-AUC for telling unanimous pairs from split ones,
   and the share of unanimous pairs the policy flips or drops (each one almost surely a harm).
+  A pair that occurs on several rows (the same prompt, chosen and rejected, so the same id: PandaLM's
+  test set has two models give identical answers 23 times) is one item: the voters and the policy
+  can only give it one answer, and counting it twice would weigh it twice. Its rows' annotators are
+  pooled: its agreement is the mean over its rows, unanimous only if every row was. The report says
+  how many rows were merged.
 - gold: a file of verified pairs. Accuracy of the posterior's label, the estimated against the true
   noise rate, and the calibration (ECE) of label_prob.
 
@@ -47,6 +52,36 @@ def _run(table: pa.Table, cfg: HumanEvalConfig, progress: bool):
     return result, raw, acted, drops
 
 
+def merge_repeated_pairs(table: pa.Table, agree: np.ndarray, column: str) -> tuple[pa.Table, np.ndarray, dict]:
+    """One row per pair id (its first row, in file order), its agreement the mean over its rows, and
+    what was merged: {"rows": rows merged into an earlier one, "pairs": pairs with several rows,
+    "mixed": of those, pairs whose rows' agreement differed}. Rows sharing an id must be the same pair."""
+    from prefdata.rewards.features import pair_texts
+
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+    _, first, inverse, counts = np.unique(ids.astype(str), return_index=True, return_inverse=True, return_counts=True)
+    if (counts == 1).all():
+        return table, agree, {"rows": 0, "pairs": 0, "mixed": 0}
+    # The id is the content hash unless the file gave its own ids: then check the content matches.
+    t = pair_texts(table)
+    keys = (t["p"] + "\x1e" + t["c"] + "\x1e" + t["r"]).to_numpy()
+    other = np.flatnonzero(keys != keys[first[inverse]])
+    if other.size:
+        i = int(other[0])
+        raise DataError(f"id '{ids[i]}' names two different pairs (rows {int(first[inverse[i]]) + 1} and {i + 1})",
+                        row=i + 1, field="id")
+    total = np.bincount(inverse, weights=agree)
+    lo = np.full(len(first), np.inf)
+    hi = np.full(len(first), -np.inf)
+    np.minimum.at(lo, inverse, agree)
+    np.maximum.at(hi, inverse, agree)
+    order = np.sort(first)  # file order of each pair's first row
+    pair_of_row = inverse[order]
+    merged = {"rows": int(len(ids) - len(first)), "pairs": int((counts > 1).sum()),
+              "mixed": int(((counts > 1) & (lo != hi)).sum())}
+    return table.take(order), (total / counts)[pair_of_row], merged
+
+
 def run_agreement(table: pa.Table, column: str, cfg: HumanEvalConfig, progress: bool = True) -> dict:
     table = conform(table, "pair")
     if column not in table.column_names:
@@ -57,14 +92,17 @@ def run_agreement(table: pa.Table, column: str, cfg: HumanEvalConfig, progress: 
         raise DataError("agreement must be a number", row=bad[0] + 1, field=column)
     agree = agree.astype(np.float64)
     top = agree.max()
+    rows = table.num_rows
+    table, agree, repeats = merge_repeated_pairs(table, agree, column)
     unanimous = agree == top
     result, raw, flips, drops = _run(table, cfg, progress)
     scores = {"posterior": result.posterior.log_odds, "no length control": raw.posterior.log_odds,
               "length only": length_only(result.ell)}
-    rows = {k: {"spearman_rho": round(_spearman(s, agree), 4), "auc_unanimous_vs_split": round(auc(unanimous, s), 4)}
-            for k, s in scores.items()}
+    by_score = {k: {"spearman_rho": round(_spearman(s, agree), 4),
+                    "auc_unanimous_vs_split": round(auc(unanimous, s), 4)} for k, s in scores.items()}
     n_u = int(unanimous.sum())
-    return {"pairs": table.num_rows, "unanimous": n_u, "split": int((~unanimous).sum()), "by_score": rows,
+    return {"pairs": table.num_rows, "rows": rows, "repeated": repeats, "unanimous": n_u,
+            "split": int((~unanimous).sum()), "by_score": by_score,
             "policy": cfg.clean.policy.model_dump(exclude_defaults=True),
             "unanimous_flipped": int((flips & unanimous).sum()), "unanimous_dropped": int((drops & unanimous).sum()),
             "unanimous_flipped_share": round(float((flips & unanimous).sum() / max(n_u, 1)), 4),
@@ -104,7 +142,11 @@ def run_gold(table: pa.Table, gold: pa.Table, cfg: HumanEvalConfig, progress: bo
 
 def format_agreement(r: dict) -> str:
     rows = "\n".join(f"| {k} | {v['spearman_rho']:+.3f} | {v['auc_unanimous_vs_split']:.3f} |" for k, v in r["by_score"].items())
-    return (f"pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']})\n\n"
+    rep = r.get("repeated") or {}
+    merged = (f"; {rep['rows']} of {r['rows']} rows repeat an earlier row's pair and were merged into it "
+              f"({rep['pairs']} pairs, annotators pooled: agreement is the mean of the rows, "
+              f"{rep['mixed']} with rows that differ)" if rep.get("rows") else "")
+    return (f"pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']}){merged}\n\n"
             f"| score | Spearman rho with agreement | AUC unanimous vs split |\n|---|---|---|\n{rows}\n\n"
             f"policy {r['policy']}: flipped {r['unanimous_flipped']} unanimous pairs "
             f"({r['unanimous_flipped_share']:.1%}), dropped {r['unanimous_dropped']}; flipped {r['split_flipped']} split pairs")

@@ -87,7 +87,11 @@ def _join_votes(pairs: pl.DataFrame, votes: pl.DataFrame) -> pl.DataFrame:
         raise DataError(f"vote frame lacks column(s) {', '.join(missing)}", file="votes")
     dup = votes.filter(pl.col("id").is_duplicated())
     if dup.height:
-        raise DataError(f"vote id '{dup['id'][0]}' occurs {dup.height} times", file="votes", field="id")
+        first = dup["id"][0]
+        ids = dup["id"].n_unique()
+        # The count is of that one id (it used to be every repeated row: "occurs 48 times" for a pair twice).
+        raise DataError(f"vote id '{first}' occurs {(dup['id'] == first).sum()} times"
+                        + (f" ({ids} ids repeat, {dup.height} rows)" if ids > 1 else ""), file="votes", field="id")
     take = ["id", *VOTE_COLUMNS, *(c for c in ("agreement", "length_ratio") if c in votes.columns)]
     df = pairs.drop([c for c in take[1:] if c in pairs.columns]).join(
         votes.select(take), on="id", how="left", maintain_order="left")
