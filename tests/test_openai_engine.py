@@ -68,14 +68,18 @@ def test_empty_choice_wrong_model_and_unreachable(tmp_path, monkeypatch):
     assert out[0][0].finish_reason == "error" and "Connection" in out[0][0].error
 
 
-def test_a_burst_of_connections_is_served_without_retries(tmp_path):
+@pytest.mark.parametrize("http_client", ["openai", "lean"])
+def test_a_burst_of_connections_is_served_without_retries(http_client):
     """256 connections opened at once: the server must accept them all (the stdlib server's backlog
     of 5 refused some), and the client must keep them alive rather than reconnecting."""
     with FaultServer(latency=0.05) as s:
-        eng = engine(s.url, tmp_path, "burst", concurrency=256, max_retries=0, timeout_s=10, cache=False)
-        out = eng.generate(reqs(768), SamplingParams(seed=1))
-    assert not [o for o in out if o[0].finish_reason == "error"]
+        eng = OpenAIEngine(EngineConfig(backend="openai", model="test-model", base_url=s.url, concurrency=256,
+                                        max_retries=0, timeout_s=10, progress=False), http_client=http_client)
+        out = eng.generate_samples([(r, 0) for r in reqs(768)], SamplingParams(seed=1))
+        eng.close()
+    assert not [o for o in out if o.finish_reason == "error"]
     assert eng.stats["retries"] == 0 and eng.stats["failed"] == 0
+    assert s.connections <= 256  # kept alive: at most one per request in flight
 
 
 def test_results_reach_on_batch_in_groups_each_once(tmp_path):
@@ -97,12 +101,13 @@ def test_results_reach_on_batch_in_groups_each_once(tmp_path):
     assert eng.stats["requests"] == 300 and eng.stats["failed"] == 0 and eng.stats["retries"] > 0
 
 
-def test_connections_live_across_calls_and_a_failed_call_leaves_nothing_running():
+@pytest.mark.parametrize("http_client", ["openai", "lean"])
+def test_connections_live_across_calls_and_a_failed_call_leaves_nothing_running(http_client):
     """One loop and its keep-alive connections serve every call; a call stopped by an error cancels
     its workers, so they send nothing during the next call; close() ends it and a later call reopens."""
     with FaultServer(latency=0.02) as s:
         eng = OpenAIEngine(EngineConfig(backend="openai", model="test-model", base_url=s.url, concurrency=8,
-                                        progress=False))
+                                        progress=False), http_client=http_client)
         params = SamplingParams(seed=4)
         first = eng.generate_samples([(r, 0) for r in reqs(40)], params)
         opened = s.connections

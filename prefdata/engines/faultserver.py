@@ -12,7 +12,8 @@ For testing clients against each other: `chunked` sends every reply with chunked
 encoding, `truncate` applies `stop` and `max_tokens` (counted in words) as a real server would
 (off by default, so the answers other tests pin stay as they are), a request with `logprobs`
 gets one made-up {token, logprob} per word, `record` keeps every request's headers and body, and
-`close_idle()` closes the connections waiting for a request, as a server's keep-alive timeout does.
+`close_idle()` closes the connections waiting for a request, as a server's keep-alive timeout does,
+and `tls` (an ssl.SSLContext) serves https.
 
 One asyncio loop on a background thread, HTTP/1.1 with keep-alive, a listen backlog of 4096: the
 stdlib ThreadingHTTPServer it replaces had a backlog of 5 (connections refused under a burst of
@@ -74,9 +75,10 @@ def _logprobs(text: str) -> dict:
 class FaultServer:
     def __init__(self, port: int = 0, fault_rate: float = 0.0, latency: float = 0.0, slow_s: float = 2.0,
                  seed: int = 0, faults: tuple[str, ...] = FAULTS, model: str = "test-model", chunked: bool = False,
-                 truncate: bool = False, record: bool = False):
+                 truncate: bool = False, record: bool = False, tls=None):
         self.fault_rate, self.latency, self.slow_s, self.faults, self.model = fault_rate, latency, slow_s, faults, model
         self.chunked, self.truncate, self.record = chunked, truncate, record
+        self.tls = tls  # an ssl.SSLContext to serve https with (tests of the clients' TLS)
         self.requests: list[tuple[dict, dict]] = []  # (headers, JSON body) of each POST when `record`
         self._waiting: set = set()  # writers of connections idle between requests
         self.rng = random.Random(seed)  # drawn only on the loop thread, in arrival order
@@ -87,7 +89,7 @@ class FaultServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/v1"
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- one request -------------------------------------------------------------------------
@@ -193,7 +195,8 @@ class FaultServer:
     def _run(self, ready: threading.Event) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, sock=self.sock, backlog=4096))
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, sock=self.sock, backlog=4096,
+                                                                        ssl=self.tls))
         ready.set()
         try:
             self.loop.run_forever()

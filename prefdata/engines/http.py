@@ -8,7 +8,7 @@ OpenAI-compatible client efficiency"). This client is asyncio streams and a few 
 
 What it does: a keep-alive pool (at most `max_connections` open, the most recently used reused
 first so a server's idle timeout closes the cold ones; a connection the server has closed is
-dropped before reuse), Content-Length, chunked and read-to-close replies, gzip replies, TLS with
+dropped before reuse, checked with a zero-timeout poll of its socket), Content-Length, chunked and read-to-close replies, gzip replies, TLS with
 `ssl.create_default_context()` (system CA store; OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR), and
 one deadline of `timeout` seconds per request covering connect, send and the whole reply (the
 official client applies its timeout to connect, write and each read; for a non-streamed chat
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import select
 import ssl
 import urllib.parse
 import urllib.request
@@ -168,8 +169,8 @@ class LeanClient:
                 raise ProtocolError(f"Connection error: {self.origin.shown} sent a malformed HTTP reply ({err})") \
                     from None
             except asyncio.LimitOverrunError:
-                raise ProtocolError(f"Connection error: {self.origin.shown} sent a reply whose headers exceed "
-                                    f"{MAX_HEAD // 1024} KiB") from None
+                raise ProtocolError(f"Connection error: {self.origin.shown} sent a malformed HTTP reply (headers "
+                                    f"over {MAX_HEAD // 1024} KiB)") from None
             except ssl.SSLCertVerificationError as err:
                 raise APIConnectionError(f"Connection error: TLS certificate of {self.origin.shown} not "
                                          f"trusted ({err.verify_message})") from None
@@ -205,8 +206,8 @@ class LeanClient:
     def _take_idle(self):
         while self._idle:
             reader, writer = conn = self._idle.pop()  # most recently used first
-            if reader.at_eof() or writer.is_closing():  # the server closed it while it sat idle
-                writer.close()
+            if reader.at_eof() or writer.is_closing() or _readable(writer.get_extra_info("socket")):
+                writer.close()  # the server closed it (or sent something unasked) while it sat idle
                 continue
             return conn
         return None
@@ -298,6 +299,19 @@ def _gunzip(body: bytes) -> bytes:
     if d.unconsumed_tail:
         raise _Malformed(f"gzip body over {MAX_BODY} bytes")
     return out
+
+
+def _readable(sock) -> bool:
+    """Whether an idle connection's socket has something to read: between replies that can only be
+    the server's close (or junk), which the event loop has not seen yet if it was not running, as
+    between two calls of the engine; httpcore makes the same check before reusing a connection."""
+    if sock is None:
+        return False
+    if hasattr(select, "poll"):  # select() fails on descriptors above 1023
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _show(raw: bytes) -> str:

@@ -134,6 +134,9 @@ class OpenAIEngine:
         if not self.base_url:
             raise PrefdataError("openai backend: set engine.base_url in the YAML or OPENAI_BASE_URL in the environment")
         self._key = os.environ.get(cfg.api_key_env) or "EMPTY"  # local servers accept any key
+        if any(c in self._key for c in "\r\n") or not self._key.isascii():
+            # Named by its variable, never shown: it is the key.
+            raise PrefdataError(f"the API key in ${cfg.api_key_env} has characters an HTTP header cannot carry")
         self.http_client = self._choose_client(http_client or getattr(cfg, "http_client", "auto"))
         if self.http_client == "lean":
             from prefdata.engines import http
