@@ -261,3 +261,41 @@ def test_a_jury_is_a_clean_labels_voter(tmp_path):
     np.testing.assert_array_equal(votes["jury:1"], [1, 1, 1, 1, 1, -1, -1, -1])
     with pytest.raises(Exception, match="judges"):
         CleanLabelsConfig(voters=[{"type": "jury", "judges": []}])
+
+
+def test_clean_labels_card_shows_the_jurys_biases():
+    """A jury voter's verdicts also give the card `eval judge`'s bias figures (position consistency,
+    first-position rate, length bias), from the same verdicts, with no second judging pass."""
+    from types import SimpleNamespace
+
+    from prefdata.curation.step import CleanLabelsConfig, run_clean_labels
+    from prefdata.evals.judge import format_report
+
+    cfg = CleanLabelsConfig(voters=[{"type": "jury", "judges": [{"engine": {"model": "longer"}},
+                                                                {"engine": {"model": "always-a"}, "name": "pos"}]}],
+                            policy={"flip_max_prob": None})
+    made = []
+    ctx = SimpleNamespace(seed=0, step=SimpleNamespace(input="file.jsonl"),
+                          engine=lambda o: made.append(o) or _engine_for(overrides_dict(o)))
+    res = run_clean_labels(cfg, _table(), ctx)
+    assert len(made) == 2  # each juror judged once: the card reuses the vote's verdicts
+    sections = dict(res.card_sections)
+    card = sections["Judges and their biases"]
+    expected = _report("longer", "always-a")  # what `eval judge` reports for the same two jurors
+    expected["judges"][1]["judge"] = "pos"
+    assert card == format_report(expected)
+    assert "| `longer` | 100.0% | 50.0% | 0.0% |" in card and "+37.5 pt |" in card  # length bias, no position bias
+    assert "| `pos` | 0.0% | 100.0% | 100.0% |" in card  # pure position bias: never consistent, always A
+    [bias] = res.lineage["jury_bias"]
+    assert bias["judges"][0]["length"]["bias"] == 0.375 and bias["judges"][1]["first_position_rate"] == 1.0
+
+
+def test_clean_labels_card_has_no_jury_section_without_a_jury(monkeypatch):
+    from types import SimpleNamespace
+
+    from prefdata.curation import step as cstep
+
+    monkeypatch.setattr(cstep, "collect_votes", lambda table, cfg, **kw: {"rm:x": np.linspace(1, 2, N)})
+    cfg = cstep.CleanLabelsConfig(voters=[{"type": "reward_model", "model": "x"}])
+    res = cstep.run_clean_labels(cfg, _table(), SimpleNamespace(seed=0, step=SimpleNamespace(input="f.jsonl")))
+    assert "Judges and their biases" not in dict(res.card_sections) and "jury_bias" not in res.lineage

@@ -7,7 +7,9 @@ Figures (from the vote before any policy, so flipped pairs still show as doubtfu
   with the length-only line for comparison;
 - `family_agreement`: correlation matrix of the family votes (one row per family, not per head).
 Sections: counts, the posterior (each family's estimated accuracy, weight and length bias beside the
-length-only baseline; the estimated noise rate with its interval), the ten most doubtful pairs.
+length-only baseline; the estimated noise rate with its interval), the ten most doubtful pairs, and,
+when a jury voted, its jurors' biases (position consistency, first-position rate, length bias, ties,
+self-preference: the figures and table of `prefdata eval judge`, from the verdicts the vote used).
 """
 
 from __future__ import annotations
@@ -147,3 +149,18 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
     sections = [("Label cleaning", counts), ("Posterior and voter families", "\n".join(text)),
                 ("Ten most doubtful pairs (lowest posterior, before policies)", "\n".join(disputed))]
     return _figures(vote, policy), sections
+
+
+def jury_bias(juries: list, table: pa.Table, source: str | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Per jury voter: `evals.judge`'s report on the verdicts it voted with (x = the stored chosen, so
+    accuracy is agreement with the labels before any policy), and its card section."""
+    from prefdata.evals.judge import card_section, evaluate, generator_of
+
+    generator = generator_of(source) if source else None  # self-preference needs the answers' writer
+    reports, sections = [], []
+    for i, verdicts in enumerate(juries):
+        r = evaluate(verdicts, table, generator)
+        title, text = card_section(r)
+        reports.append(r)
+        sections.append((title if len(juries) == 1 else f"{title} (jury voter {i + 1})", text))
+    return reports, sections

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefdata.curation.card import figures_and_sections
+from prefdata.curation.card import figures_and_sections, jury_bias
 from prefdata.curation.policies import PolicyConfig, apply
 from prefdata.curation.texts import match_gold
 from prefdata.curation.vote import combine, length_ratio
@@ -41,7 +41,10 @@ class CleanLabelsConfig(BaseModel):
 
 
 def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for=None,
-                  progress: bool = True, source: str = "clean_labels") -> dict[str, np.ndarray]:
+                  progress: bool = True, source: str = "clean_labels",
+                  juries: list | None = None) -> dict[str, np.ndarray]:
+    """Every voter's scores per pair ({voter name: (n,) array}). `juries`, when given, receives each
+    jury voter's per-juror verdicts (`judges.jury.JurorVerdicts`), for the card's bias figures."""
     from prefdata.errors import DataError
     from prefdata.rewards import voters as V
 
@@ -66,7 +69,7 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
                 from prefdata.judges.jury import JuryConfig, jury_votes
 
                 out.update(jury_votes(table, JuryConfig(judges=spec.judges, seed=spec.seed), engine_for,
-                                      progress=progress))
+                                      progress=progress, keep=juries))
             else:
                 out.update(V.judge_votes(table, engine_for(spec.engine)))
     return out
@@ -124,13 +127,18 @@ def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
 
     table = conform(table, "pair")
     engine_for = (lambda override: ctx.engine(override)) if cfg.needs_engine else None
-    votes = collect_votes(table, cfg, seed=ctx.seed, engine_for=engine_for, source=ctx.step.input)
+    juries: list = []
+    votes = collect_votes(table, cfg, seed=ctx.seed, engine_for=engine_for, source=ctx.step.input, juries=juries)
     kept, dropped, result = curate(table, cfg, seed=ctx.seed, votes=votes, source=ctx.step.input)
     figures, sections = figures_and_sections(kept, dropped, result, votes, table, cfg.policy)
+    lineage = {"voters": list(votes), "seeds": {"pipeline": ctx.seed}, "posterior": result.summary()}
+    if juries:
+        bias, jury_sections = jury_bias(juries, table, ctx.step.input)
+        sections += jury_sections
+        lineage["jury_bias"] = bias
     report = {"input": table.num_rows, "kept": kept.num_rows, "dropped": dropped.num_rows}
     return StepResult(tables={"train": kept}, kind="pair", card_sections=sections, figures=figures,
-                      lineage={"voters": list(votes), "seeds": {"pipeline": ctx.seed}, "posterior": result.summary()},
-                      report=report,
+                      lineage=lineage, report=report,
                       side_tables={"dropped": ("pair", dropped)} if dropped.num_rows else {})
 
 

@@ -206,7 +206,7 @@ def card_section(r: dict) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _generator_of(source: str) -> str | None:
+def generator_of(source: str) -> str | None:
     """The generating model a store version records (lineage `model`), if the source is one."""
     from prefdata.errors import PrefdataError
     from prefdata.store import resolve
@@ -246,7 +246,7 @@ def judge_cmd(dataset: str = typer.Option(..., "--dataset", help="Labelled pairs
     jury = load_jury(judge, judge_method)  # engine blocks are checked here (EngineOverrides), before any model loads
     table = io.read(dataset, "pair")
     table = table.slice(0, limit) if limit else table
-    report = run_judge_eval(table, jury, make_engine, generator=_generator_of(dataset))
+    report = run_judge_eval(table, jury, make_engine, generator=generator_of(dataset))
     report["dataset"] = dataset
     from prefdata.tables import dumps, print_json
 

@@ -150,8 +150,13 @@ def judge_inputs(table) -> tuple[list[list[dict]], list[str], list[str]]:
     return prompts, chosen, rejected
 
 
-def jury_votes(table, jury: JuryConfig, engine_for, progress: bool = True) -> dict[str, np.ndarray]:
-    """The jury as one voter family: {"jury:i": +1/-1/0 per pair, chosen over rejected}."""
+def jury_votes(table, jury: JuryConfig, engine_for, progress: bool = True,
+               keep: list | None = None) -> dict[str, np.ndarray]:
+    """The jury as one voter family: {"jury:i": +1/-1/0 per pair, chosen over rejected}. `keep`, when
+    given, receives the jurors' verdicts: the clean_labels card measures the jury's biases from them
+    (`evals.judge.evaluate`) without judging the pairs a second time."""
     prompts, chosen, rejected = judge_inputs(table)
     verdicts = run_jury(jury, engine_for, prompts, chosen, rejected, progress=progress)
+    if keep is not None:
+        keep.append(verdicts)
     return {f"jury:{i}": v.vote() for i, v in enumerate(verdicts)}
