@@ -1,6 +1,7 @@
 """Soak benchmark: RLCD through the OpenAI engine against the loopback fault server, at growing sizes.
 
-    .venv/bin/python benchmarks/bench_scale.py --sizes 10000 100000 --latency 0.01 --concurrency 128
+    .venv/bin/python benchmarks/bench_scale.py --sizes 10000 100000 --latency 0.01 --concurrency 128 \
+        --out scale.json --out-md scale.md
 
 For each size, in one run and side by side:
 - the pipeline (`prefdata run`, request cache on, streaming in shards) in a fresh child process:
@@ -12,6 +13,8 @@ ids and requests re-sent. Targets (issue 17): at most 1 MiB of peak RSS per 1,00
 pipeline throughput at least 0.8x the engine's own; nothing lost or duplicated.
 
 The fault server runs in its own process so its CPU and memory are not the measured child's.
+`--out-md` writes the RESULTS.md section (tables, targets met or missed with the figures, load
+average) to a file of its own, so a run never edits benchmarks/RESULTS.md behind others' backs.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def child_engine(args) -> None:
     outs = eng.generate(reqs, params)
     wall = time.perf_counter() - t0
     print(json.dumps({"wall_s": wall, "requests": len(reqs), "failed": sum(o[0].finish_reason == "error" for o in outs),
+                      "http_client": getattr(getattr(eng, "backend", eng), "http_client", None),
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -133,6 +137,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8931)
     ap.add_argument("--no-kill", action="store_true", help="skip the kill -9 / resume on the largest size")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--out-md", default=None, help="write the RESULTS.md section (markdown) here")
     args = ap.parse_args()
     if args.child == "pipeline":
         return child_pipeline(args)
@@ -144,7 +149,9 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}/v1"
     ceiling = args.concurrency / args.latency if args.latency else float("inf")
     results = {"latency_s": args.latency, "concurrency": args.concurrency, "shard_rows": args.shard_rows,
-               "ceiling_rps": ceiling, "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "sizes": []}
+               "ceiling_rps": ceiling, "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "sizes": [],
+               "command": " ".join(["benchmarks/bench_scale.py", *sys.argv[1:]]),
+               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         for n in args.sizes:
             prompts = work / f"prompts-{n}.jsonl"
@@ -157,8 +164,10 @@ def main() -> None:
             yaml_path.write_text(yaml.safe_dump(_spec(url, prompts, args.concurrency, args.shard_rows, "scale")))
             load_before = os.getloadavg()[0]
             eng = _run_child("engine", env, prompts=prompts, url=url, concurrency=args.concurrency)
+            load_mid = os.getloadavg()[0]
             pipe = _run_child("pipeline", env, yaml=yaml_path)
-            row = {"prompts": n, "pipeline": pipe, "engine": eng, "loadavg_1m": [load_before, os.getloadavg()[0]],
+            row = {"prompts": n, "pipeline": pipe, "engine": eng,
+                   "loadavg_1m": [load_before, load_mid, os.getloadavg()[0]],
                    "pipeline_rps": pipe["requests"] / pipe["step_s"], "engine_rps": eng["requests"] / eng["wall_s"]}
             row["ratio"] = row["pipeline_rps"] / row["engine_rps"]
             results["sizes"].append(row)
@@ -166,7 +175,8 @@ def main() -> None:
                   f"{row['pipeline_rps']:.0f} req/s; engine alone {row['engine_rps']:.0f} req/s "
                   f"(ratio {row['ratio']:.2f}, ceiling {ceiling:.0f}); peak RSS pipeline {pipe['peak_rss_mib']:.0f} MiB, "
                   f"engine {eng['peak_rss_mib']:.0f} MiB; rows {pipe['rows']:,}; load average "
-                  f"{row['loadavg_1m'][0]:.1f} -> {row['loadavg_1m'][1]:.1f} on {os.cpu_count()} CPUs", flush=True)
+                  f"{row['loadavg_1m'][0]:.1f} -> {row['loadavg_1m'][1]:.1f} -> {row['loadavg_1m'][2]:.1f} "
+                  f"on {os.cpu_count()} CPUs", flush=True)
         if len(results["sizes"]) > 1:
             a, b = results["sizes"][0], results["sizes"][-1]
             slope = (b["pipeline"]["peak_rss_mib"] - a["pipeline"]["peak_rss_mib"]) / ((b["prompts"] - a["prompts"]) / 1000)
@@ -180,8 +190,11 @@ def main() -> None:
                   f"duplicate ids {k['duplicate_ids']}, requests re-sent {k['resent']:,} (cache lacked "
                   f"{k['total_requests'] - k['cached_at_kill']:,}), resume {k['resume_s']:.1f}s", flush=True)
     finally:
+        results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2))
+        if args.out_md:
+            Path(args.out_md).write_text(markdown(results))
         server.terminate()
         try:
             server.wait(timeout=10)
@@ -217,7 +230,73 @@ def _kill_and_resume(work: Path, url: str, n: int, args, env_base) -> dict:
     ids = pl.from_arrow(store.load_table(resumed["ref"]).select(["meta"]))["meta"].str.json_path_match("$.prompt_id")
     dup = len(ids) - ids.n_unique()
     return {"total_requests": total, "cached_at_kill": cached, "resent": resumed["requests"], "rows": resumed["rows"],
-            "duplicate_ids": dup, "resume_s": resume_s, "resume_peak_rss_mib": resumed["peak_rss_mib"]}
+            "duplicate_ids": dup, "resume_s": resume_s, "resume_peak_rss_mib": resumed["peak_rss_mib"],
+            "loadavg_1m": os.getloadavg()[0]}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(r: dict) -> str:
+    """The RESULTS.md section: what ran, the figures side by side, and each target met or missed by its
+    measured figure (a target with no figure, e.g. a size not run, says so)."""
+    sizes, lat = r["sizes"], r["latency_s"]
+    out = ["## Scale: streaming steps, soak benchmark (issue 17)", "",
+           "Command (one run, all figures side by side):", "", f"    .venv/bin/python {r['command']}", "",
+           (f"RLCD (2 requests per prompt, `max_tokens` 32) through the OpenAI engine against the loopback fault "
+           f"server (separate process, 0 faults, {lat * 1000:.0f} ms latency), concurrency {r['concurrency']}, "
+           f"HTTP client `{sizes[0]['engine'].get('http_client') if sizes else '?'}` (`http_client: auto`), "
+           f"`shard_rows` {r['shard_rows']}. Per size: the engine alone on the same requests (cache off, one "
+           "`generate` call) in a fresh child, then `prefdata run` (cache on) in another fresh child. Peak RSS "
+           "is each child's `ru_maxrss`. Throughput is requests over the step's own time (`elapsed_s`, "
+           "after the input is read) for the pipeline and over the `generate` call for the engine."), "",
+           (f"Run {r['started']} to {r.get('finished', '?')} on {r['cpus']} CPUs shared with other engineers' work; "
+           "the 1-minute load average before the engine child, between the children and after the pipeline "
+           "child is in the table."), "",
+           ("| prompts | requests | engine alone | pipeline (step time) | pipeline / engine | ceiling | "
+           "peak RSS pipeline | peak RSS engine alone | rows | load average |"),
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for x in sizes:
+        p, e = x["pipeline"], x["engine"]
+        out.append(f"| {x['prompts']:,} | {p['requests']:,} | {x['engine_rps']:.0f} req/s | {x['pipeline_rps']:.0f} req/s "
+                   f"({p['step_s']:.1f} s) | {x['ratio']:.2f} | {r['ceiling_rps']:,.0f} req/s | "
+                   f"{p['peak_rss_mib']:.0f} MiB | {e['peak_rss_mib']:.0f} MiB | {p['rows']:,} | "
+                   + " / ".join(f"{v:.1f}" for v in x["loadavg_1m"]) + " |")
+    slope = r.get("rss_mib_per_1000_prompts")
+    if slope is not None:
+        a, b = sizes[0], sizes[-1]
+        out += ["", (f"Peak RSS growth of the pipeline: **{slope:.3f} MiB per 1,000 extra prompts** "
+                    f"({a['pipeline']['peak_rss_mib']:.0f} -> {b['pipeline']['peak_rss_mib']:.0f} MiB from "
+                    f"{a['prompts']:,} to {b['prompts']:,} prompts).")]
+    k = r.get("kill")
+    if k:
+        out += ["", (f"Kill -9 at about 50% of the largest size ({sizes[-1]['prompts']:,} prompts), then the resume "
+                    f"(load average {k.get('loadavg_1m', float('nan')):.1f} after it):"), "",
+                ("| requests | in the cache at the kill | rows after resume | duplicate prompt ids | "
+                "requests re-sent on resume | what the cache lacked | resume time | resume peak RSS |"),
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                (f"| {k['total_requests']:,} | {k['cached_at_kill']:,} | {k['rows']:,} | {k['duplicate_ids']} | "
+                f"{k['resent']:,} | {k['total_requests'] - k['cached_at_kill']:,} | {k['resume_s']:.0f} s | "
+                f"{k['resume_peak_rss_mib']:.0f} MiB |")]
+    out += ["", "### Targets", ""]
+    if slope is None:
+        out.append("- Peak RSS <= 1 MiB per 1,000 extra prompts: not measured (one size only).")
+    else:
+        out.append(f"- Peak RSS <= 1 MiB per 1,000 extra prompts: **{'met' if slope <= 1 else 'missed'}** ({slope:.3f}).")
+    ratios = ", ".join(f"{x['ratio']:.2f} at {x['prompts']:,}" for x in sizes)
+    met = sizes and all(x["ratio"] >= 0.8 for x in sizes)
+    out.append(f"- Pipeline >= 0.8x the engine alone: **{'met' if met else 'missed'}** ({ratios}).")
+    if k:
+        ok = k["rows"] == sizes[-1]["prompts"] and k["duplicate_ids"] == 0
+        out.append(f"- Nothing lost or duplicated after kill -9 and resume: **{'met' if ok else 'missed'}** "
+                   f"({k['rows']:,} rows of {sizes[-1]['prompts']:,}, {k['duplicate_ids']} duplicates, "
+                   f"{k['resent']:,} requests re-sent where the cache lacked "
+                   f"{k['total_requests'] - k['cached_at_kill']:,}).")
+    else:
+        out.append("- Nothing lost or duplicated after kill -9 and resume: not run (`--no-kill`).")
+    if max((x["prompts"] for x in sizes), default=0) < 1_000_000:
+        out.append(f"- 1M prompts: not run; the largest size here is {max(x['prompts'] for x in sizes):,}.")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
