@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -32,6 +33,8 @@ from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_
 from prefdata.costs import BudgetSpec, Meter
 from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError, PrefdataError
+from prefdata.executors import ENV as EXECUTOR_ENV
+from prefdata.executors import ExecutorConfig, with_env
 from prefdata.redact import redact, redact_obj
 from prefdata.step_health import Counts, Tally
 from prefdata.steps import StepResult, StepType, register_step  # noqa: F401  (re-exported for step authors)
@@ -100,6 +103,9 @@ class PipelineSpec(BaseModel):
                                       "(see prefdata/costs.py); a rerun with a larger budget resumes from the cache.")
     prices: str | None = Field(None, description="A prices YAML (model -> input/output USD per million tokens) "
                                "whose entries win over the packaged prefdata/data/prices.yaml.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where model calls run: "
+                                     "{type: local} (default) or {type: ray, address, workers, gpus_per_worker, …}; "
+                                     "see prefdata/executors/__init__.py. Never part of a step's fingerprint.")
     steps: list[StepSpec] = Field(min_length=1, description="At least one step.")
 
 
@@ -110,6 +116,7 @@ class StepContext:
     source_file: str
     seed: int
     executor: str = "local"
+    executor_config: ExecutorConfig | None = None  # the Ray settings when executor == "ray"
     _engines: dict = field(default_factory=dict)
     # What this step's engines returned (for honest failure), and run-wide notes already printed.
     counts: Counts = field(default_factory=Counts)
@@ -150,7 +157,7 @@ class StepContext:
             if self.executor == "ray":
                 from prefdata.executors.ray import RayEngine
 
-                self._engines[key] = RayEngine(cfg)
+                self._engines[key] = RayEngine(cfg, self.executor_config or self.spec.executor)
             else:
                 self._engines[key] = get_engine(cfg)
         if self.meter is not None:
@@ -166,6 +173,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of pipeline keys (name, engine, steps), "
                           f"got a {type(raw).__name__}")
+    # Environment over the file, `--set` over both (precedence: prefdata/executors/__init__.py).
+    if "executor" in raw or any(os.environ.get(v) for v in EXECUTOR_ENV):
+        raw["executor"] = with_env(raw.get("executor"))
     raw = apply_overrides(raw, overrides or [], str(path))
     if isinstance(raw.get("steps"), list) and not raw["steps"]:
         raise ConfigError(f"{path}: 'steps' is empty; a pipeline needs at least one step")
@@ -320,13 +330,14 @@ def _find_committed(name: str, fp: str):
     return None
 
 
-def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str = "local",
+def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str | None = None,
                  command: str | None = None) -> dict[str, Any]:
     """Run every step and return {step name: committed store Version or Artifact}; with `repeat`,
-    the keys are `iter<t>.<step name>`."""
+    the keys are `iter<t>.<step name>`. `executor` (local or ray) wins over the YAML's executor.type."""
     from prefdata import store
 
     spec = load_spec(path, overrides)
+    executor = executor or spec.executor.type
     if executor not in ("local", "ray"):
         raise PrefdataError(f"unknown executor '{executor}' (local or ray)")
     if executor == "ray":
@@ -335,7 +346,7 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
         except ModuleNotFoundError:
             raise PrefdataError("--executor ray needs Ray: pip install 'prefdata[ray]'") from None
     command = command or "prefdata run " + " ".join(shlex.quote(a) for a in [str(path)] + [f"--set={o}" for o in (overrides or [])])
-    run = _Run(path=str(path), executor=executor, command=redact(command))
+    run = _Run(path=str(path), executor=executor, command=redact(command), executor_config=spec.executor)
     run.meter = Meter.for_run(spec, path, run.engines, store.home())
     times = spec.repeat.times if spec.repeat else 1
     suffix = (lambda t: f"-iter{t}") if spec.repeat else (lambda t: "")
@@ -348,6 +359,13 @@ def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, execut
     except BaseException:
         run.meter.save()  # a budgeted run's next attempt counts what this one spent
         raise
+    finally:
+        # Ray engine pools live for the whole run: shut them down (and merge their cache shards)
+        # however it ends, Ctrl-C included.
+        for eng in run.engines.values():
+            close = getattr(eng, "close", None)
+            if close is not None:
+                close()
     run.meter.done()
     total = run.meter.cost({k: dict(e.stats or {}) for k, e in run.engines.items()})
     if total["billable"]:
@@ -404,6 +422,7 @@ class _Run:
     engines: dict = field(default_factory=dict)  # shared by every step: a model loads once per run
     warned: set = field(default_factory=set)  # trust_remote_code warnings already printed
     meter: Meter | None = None
+    executor_config: ExecutorConfig | None = None
 
     def iteration(self, spec: PipelineSpec, *, seed: int, iteration: int | None = None,
                   previous: dict | None = None) -> dict[str, Any]:
@@ -435,7 +454,8 @@ class _Run:
         if step.limit is not None:
             table = table.slice(0, step.limit)
         ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=seed, executor=executor,
-                          _engines=engines, _warned=self.warned, input_ref=source_ref, meter=self.meter)
+                          executor_config=self.executor_config, _engines=engines, _warned=self.warned,
+                          input_ref=source_ref, meter=self.meter)
         engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
         fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), seed)
         # Iterations link: a step's output in iteration t names its own output in iteration t-1.
@@ -707,13 +727,13 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         file: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/quickstart.yaml"),
         set_: list[str] = typer.Option([], "--set", help="Override a key: --set steps.rlcd.limit=8"),
-        executor: str = typer.Option("local", help="local (default) or ray"),
+        executor: str = typer.Option(None, help="local or ray; default: the YAML's executor.type (local)"),
     ):
         """Run a YAML pipeline and commit each step's output as a dataset version."""
         # Rebuilt from the parsed options (not sys.argv, which is the host's when called in-process),
         # and redacted: a URL with a password or a key pasted on the command line is never recorded.
         command = redact("prefdata run " + " ".join(shlex.quote(a) for a in [str(file)] + [f"--set={o}" for o in set_]
-                                                    + ([f"--executor={executor}"] if executor != "local" else [])))
+                                                    + ([f"--executor={executor}"] if executor else [])))
         raw = read_yaml(file)
         if isinstance(raw, dict) and "self_reward_loop" in raw:
             raise ConfigError(f"{file}: the self_reward_loop format is gone; the loop is an ordinary pipeline "

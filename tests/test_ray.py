@@ -1,8 +1,10 @@
-"""The Ray executor on a local Ray (num_cpus=2): every call is a Ray Data stage over engine actors.
+"""The Ray executor on a local Ray (num_cpus=2): every call runs on the engine's pool of actors.
 
-Same rows and version shape as the local executor, n>1 samples survive the trip, a worker that dies
-mid-batch is restarted and its finished work read back from the cache, and a worker that keeps
-dying ends in a PrefdataError rather than a hang.
+Same rows and version shape as the local executor, n>1 samples survive the trip, the pool is reused by
+every call of the run, a worker that dies mid-batch is restarted and its finished work read back from
+its cache shard, a worker that keeps dying ends in a PrefdataError rather than a hang, and the
+`executor:` block is checked, overridden by the environment and by --set as documented.
+The two-node cluster test is tests/test_ray_cluster.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # address="local": with None, Ray joins any cluster /tmp/ray last recorded (another test's, say).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     # The crashing engines below live in this module, which Ray workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
@@ -83,7 +86,9 @@ def test_ray_executor_commits_the_same_version_as_local(local_ray, tiny_model, t
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "local"))
     local = run_pipeline(REPO / "pipelines" / "quickstart.yaml", sets)["rlcd"]
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "ray"))
-    remote = run_pipeline(REPO / "pipelines" / "quickstart.yaml", sets, executor="ray")["rlcd"]
+    # Through the YAML's executor block (as --set), with a batch size that splits the calls differently.
+    remote = run_pipeline(REPO / "pipelines" / "quickstart.yaml",
+                          sets + ["executor.type=ray", "executor.batch_size=2"])["rlcd"]
     assert remote.path.is_relative_to(tmp_path / "ray")
     # Same rows, same schema.
     assert remote.sha == local.sha and remote.manifest["splits"] == local.manifest["splits"]
@@ -105,20 +110,27 @@ def test_n_samples_and_scores_come_back_through_ray(local_ray, tiny_model, tmp_p
 
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
     reqs, p = _requests(4), SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=3)
-    eng = RayEngine(EngineConfig(model=tiny_model), num_workers=2)
-    outs = eng.generate(reqs, p)
-    texts = [[c.text for c in comps] for comps in outs]
-    assert [len(t) for t in texts] == [3] * 4
-    assert all(len(set(t)) == 3 for t in texts), texts
-    assert texts == [[c.text for c in comps] for comps in _local(tiny_model, reqs, p)]
-    assert eng.stats["requests"] == 12 and eng.stats["generated_tokens"] > 0 and eng.stats["worker_restarts"] == 0
-    # Scoring goes through its own stage and comes back in request order.
-    from prefdata.engines import get_engine
+    with RayEngine(EngineConfig(model=tiny_model), num_workers=2) as eng:
+        outs = eng.generate(reqs, p)
+        texts = [[c.text for c in comps] for comps in outs]
+        assert [len(t) for t in texts] == [3] * 4
+        assert all(len(set(t)) == 3 for t in texts), texts
+        assert texts == [[c.text for c in comps] for comps in _local(tiny_model, reqs, p)]
+        assert eng.stats["requests"] == 12 and eng.stats["generated_tokens"] > 0 and eng.stats["worker_restarts"] == 0
+        pids = {a.pid for a in eng._pool}
+        # Scoring goes through the same actors (no second model load) and comes back in request order.
+        from prefdata.engines import get_engine
 
-    firsts = [t[0] for t in texts]
-    local_scores = get_engine(EngineConfig(model=tiny_model, cache=False, progress=False)).score(reqs, firsts)
-    assert eng.score(reqs, firsts) == pytest.approx(local_scores, rel=1e-4, abs=1e-4)
-    assert len(set(local_scores)) > 1  # distinct scores, so a misordering would show
+        firsts = [t[0] for t in texts]
+        local_scores = get_engine(EngineConfig(model=tiny_model, cache=False, progress=False)).score(reqs, firsts)
+        assert eng.score(reqs, firsts) == pytest.approx(local_scores, rel=1e-4, abs=1e-4)
+        assert len(set(local_scores)) > 1  # distinct scores, so a misordering would show
+        assert len(pids) == 2 and {a.pid for a in eng._pool} == pids and eng.pools_started == 1
+        # A repeated call is served from the driver's cache: no request reaches a worker.
+        assert [[c.text for c in o] for o in eng.generate(reqs, p)] == texts and eng.stats["requests"] == 12
+        shards = eng._shard_dir
+    # Closing merged the workers' shards into the main cache and removed them.
+    assert not list(shards.glob("*.sqlite")) and not list(shards.glob("*.run"))
 
 
 def test_worker_killed_mid_batch_is_restarted_and_its_finished_work_comes_from_the_cache(
@@ -130,14 +142,14 @@ def test_worker_killed_mid_batch_is_restarted_and_its_finished_work_comes_from_t
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
     reqs, p = _requests(16), SamplingParams(max_tokens=6, seed=1)
     # Ray batches of 4 requests, engine batches of 2: the dying worker has cached 2 samples.
-    eng = RayEngine(EngineConfig(model=tiny_model, max_batch_size=2), num_workers=2, batch_size=4,
-                    engine_factory=functools.partial(_crashing_engine, marker=str(tmp_path / "crashed")))
-    out = eng.generate(reqs, p)
-    assert (tmp_path / "crashed").exists()  # a worker really died
-    assert [o[0].text for o in out] == [o[0].text for o in _local(tiny_model, reqs, p)]
-    assert eng.stats["worker_restarts"] == 1
-    # The retried batch read its first 2 samples back from the cache: 14 generated, not 16.
-    assert eng.stats["requests"] == 14
+    with RayEngine(EngineConfig(model=tiny_model, max_batch_size=2), num_workers=2, batch_size=4,
+                   engine_factory=functools.partial(_crashing_engine, marker=str(tmp_path / "crashed"))) as eng:
+        out = eng.generate(reqs, p)
+        assert (tmp_path / "crashed").exists()  # a worker really died
+        assert [o[0].text for o in out] == [o[0].text for o in _local(tiny_model, reqs, p)]
+        assert eng.stats["worker_restarts"] == 1
+        # The retried batch read its first 2 samples back from the dead worker's shard: 14 generated, not 16.
+        assert eng.stats["requests"] == 14
 
 
 def test_worker_that_keeps_dying_ends_in_a_clear_error(local_ray, tiny_model, tmp_path, monkeypatch):
@@ -147,7 +159,48 @@ def test_worker_that_keeps_dying_ends_in_a_clear_error(local_ray, tiny_model, tm
     from prefdata.executors.ray import RayEngine
 
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
-    eng = RayEngine(EngineConfig(model=tiny_model, max_batch_size=2), num_workers=1, batch_size=4,
-                    max_restarts=1, engine_factory=functools.partial(_crashing_engine, marker=None))
-    with pytest.raises(PrefdataError, match=r"generate stage on 4 requests failed .*died.*rerun the same command"):
-        eng.generate(_requests(4), SamplingParams(max_tokens=6, seed=1))
+    with RayEngine(EngineConfig(model=tiny_model, max_batch_size=2), num_workers=1, batch_size=4,
+                   max_restarts=1, engine_factory=functools.partial(_crashing_engine, marker=None)) as eng:
+        with pytest.raises(PrefdataError, match=r"generate stage on 4 requests failed .*died.*rerun the same command"):
+            eng.generate(_requests(4), SamplingParams(max_tokens=6, seed=1))
+
+
+def _pipeline(tmp_path, executor=None):
+    import yaml
+
+    doc = {"engine": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"},
+           "steps": [{"name": "r", "uses": "rlcd", "input": "builtin:quickstart_prompts", "output": "o"}]}
+    if executor is not None:
+        doc["executor"] = executor
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_executor_block_is_checked_and_overridden_in_the_documented_order(tmp_path, monkeypatch):
+    from prefdata.errors import ConfigError
+    from prefdata.executors import ENV
+    from prefdata.pipeline import load_spec
+
+    for var in ENV:
+        monkeypatch.delenv(var, raising=False)
+    assert load_spec(_pipeline(tmp_path)).executor.type == "local"
+    spec = load_spec(_pipeline(tmp_path, {"type": "ray", "workers": 3, "gpus_per_worker": 1,
+                                          "resources_per_worker": {"big": 1}}))
+    assert (spec.executor.type, spec.executor.workers, spec.executor.gpus_per_worker) == ("ray", 3, 1.0)
+    assert spec.executor.resources_per_worker == {"big": 1.0}
+    # A typo or an out-of-range value fails at load, naming the file and the key.
+    with pytest.raises(ConfigError, match=r"p\.yaml: unknown key 'executor\.workrs'"):
+        load_spec(_pipeline(tmp_path, {"type": "ray", "workrs": 4}))
+    with pytest.raises(ConfigError, match=r"p\.yaml: 'executor\.workers'"):
+        load_spec(_pipeline(tmp_path, {"workers": 0}))
+    # The environment beats the file, --set beats the environment.
+    monkeypatch.setenv("PREFDATA_RAY_WORKERS", "5")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    spec = load_spec(_pipeline(tmp_path, {"type": "ray", "workers": 3, "address": "auto"}))
+    assert (spec.executor.workers, spec.executor.address) == (5, "ray://head:10001")
+    assert load_spec(_pipeline(tmp_path, {"workers": 3}), ["executor.workers=7"]).executor.workers == 7
+    monkeypatch.setenv("PREFDATA_RAY_WORKERS", "many")
+    with pytest.raises(ConfigError, match=r"environment variable PREFDATA_RAY_WORKERS='many'"):
+        load_spec(_pipeline(tmp_path))
+
