@@ -1,10 +1,12 @@
 """Engine benchmarks. Two parts, each writing its own section of RESULTS.md:
 
     .venv/bin/python benchmarks/bench_engines.py              # OpenAI engine efficiency (below)
+    .venv/bin/python benchmarks/bench_engines.py --out /tmp/section.md   # the same, section to that file
     VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/bench_engines.py throughput
                                                              # tokens/s of every engine: engine_throughput.py
 
-OpenAI engine efficiency is measured against the loopback test server with a fixed 200 ms latency.
+OpenAI engine efficiency is measured against the loopback test server with a fixed 200 ms latency,
+for both HTTP paths of the engine (`http_client` openai and lean) at every level, side by side.
 
 At concurrency c and latency L the ceiling is c / L requests per second; efficiency is achieved
 throughput over that ceiling. Each level runs ROUNDS x c requests (so the first round's connection
@@ -16,6 +18,7 @@ process_time; the server runs in its own process (its CPU is read from /proc), c
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import statistics
@@ -29,11 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import write_section
 
-from prefdata.engines import EngineConfig, get_engine
+from prefdata.engines import CachedEngine, EngineConfig
 from prefdata.engines.base import ChatRequest, SamplingParams
+from prefdata.engines.openai import LEAN_AT, OpenAIEngine
 
 LATENCY = 0.2
 LEVELS = (16, 64, 256)
+PATHS = ("openai", "lean")  # each level runs both, one after the other, so they share the load
+TARGET = (256, 0.9)  # issue 14: efficiency at least 0.9 at concurrency 256 with the path auto takes there
 ROUNDS = 30
 REPEATS = 3
 EFFICIENCY_HEADING = "## Engines: OpenAI-compatible client efficiency"
@@ -70,14 +76,15 @@ def _requests(tag: str, n: int) -> list[ChatRequest]:
     return [ChatRequest(messages=[{"role": "user", "content": f"{tag} q{i}"}]) for i in range(n)]
 
 
-def _one_level(server: ServerProcess, c: int) -> dict:
-    eng = get_engine(EngineConfig(backend="openai", model="test-model", base_url=server.url, concurrency=c,
-                                  cache=False, progress=False, timeout_s=30))
+def _one_level(server: ServerProcess, c: int, path: str) -> dict:
+    backend = OpenAIEngine(EngineConfig(backend="openai", model="test-model", base_url=server.url, concurrency=c,
+                                        cache=False, progress=False, timeout_s=30), http_client=path)
+    eng = CachedEngine(backend, None)
     params = SamplingParams(seed=0)
     eng.generate(_requests(f"warm c{c}", 2 * c), params)  # imports, first client, server warm
     n, runs = ROUNDS * c, []
     for r in range(REPEATS):
-        reqs = _requests(f"c{c} r{r}", n)
+        reqs = _requests(f"{path} c{c} r{r}", n)
         retries0, srv0 = eng.stats["retries"], server.cpu_s()
         cpu0, t0 = time.process_time(), time.perf_counter()
         out = eng.generate(reqs, params)
@@ -87,10 +94,11 @@ def _one_level(server: ServerProcess, c: int) -> dict:
         runs.append({"wall": wall, "eff": n / wall / (c / LATENCY), "cpu_ms": cpu / n * 1e3,
                      "srv_ms": (srv1 - srv0) / n * 1e3 if srv0 is not None and srv1 is not None else None,
                      "retries": eng.stats["retries"] - retries0})
-        print(f"c={c} repeat {r}: {wall:.2f} s, efficiency {runs[-1]['eff']:.3f}, "
+        print(f"{path} c={c} repeat {r}: {wall:.2f} s, efficiency {runs[-1]['eff']:.3f}, "
               f"client CPU {runs[-1]['cpu_ms']:.2f} ms/request", flush=True)
+    backend.close()  # its keep-alive connections would otherwise stay open on the server
     med = sorted(runs, key=lambda x: x["eff"])[len(runs) // 2]
-    return {"c": c, "n": n, "runs": runs, **med}
+    return {"c": c, "path": path, "n": n, "runs": runs, **med}
 
 
 BEFORE_NOTES = (
@@ -135,23 +143,43 @@ LIMIT_NOTES = (
 )
 
 
+def _auto(c: int) -> str:
+    return "lean" if c >= LEAN_AT else "openai"  # what http_client auto takes on loopback (no proxy)
+
+
+LEAN_NOTES = (
+    "Two HTTP paths (issue 14). `http_client: openai` is the official client as described below. "
+    "`http_client: lean` is prefdata/engines/http.py: asyncio streams, one keep-alive pool sized to the "
+    "concurrency, the request and reply parsed in a few lines, with the same request body, retry policy, usage "
+    "accounting and error texts (tests/test_openai_lean.py checks both paths give identical rows, usage and "
+    "errors, through faults). `auto`, the default, takes the official client below "
+    f"{LEAN_AT} in flight (where its CPU is not the limit and it brings proxy support) and the lean one from "
+    f"{LEAN_AT} up; rows marked (auto) are what auto runs. The client CPU column is the whole client process "
+    "(engine, event loop, HTTP) per request."
+)
+
+
 def efficiency_section() -> str:
-    """Measure every level against one server process; the markdown section, heading included."""
+    """Measure every level and path against one server process; the markdown section, heading included."""
     load0 = os.getloadavg()[0]
     with ServerProcess() as s:
-        levels = [_one_level(s, c) for c in LEVELS]
+        levels = [_one_level(s, c, path) for c in LEVELS for path in PATHS]
     load1 = os.getloadavg()[0]
     rows = []
     for lv in levels:
         effs = [r["eff"] for r in lv["runs"]]
         srv = f"{lv['srv_ms']:.2f}" if lv["srv_ms"] is not None else "n/a"
-        rows.append(f"| {lv['c']} | {lv['n']} | {lv['wall']:.2f} | {lv['n'] / lv['wall']:.0f} | "
-                    f"{lv['c'] / LATENCY:.0f} | **{lv['eff']:.2f}** ({min(effs):.2f}-{max(effs):.2f}) | "
+        rows.append(f"| {lv['c']} | {lv['path']}{' (auto)' if _auto(lv['c']) == lv['path'] else ''} | {lv['n']} | "
+                    f"{lv['wall']:.2f} | {lv['n'] / lv['wall']:.0f} | {lv['c'] / LATENCY:.0f} | "
+                    f"**{lv['eff']:.2f}** ({min(effs):.2f}-{max(effs):.2f}) | "
                     f"{statistics.median(r['cpu_ms'] for r in lv['runs']):.2f} | {srv} | "
                     f"{sum(r['retries'] for r in lv['runs'])} |")
-    at64 = next((lv["eff"] for lv in levels if lv["c"] == 64), None)
-    verdict = ("" if at64 is None else
-               f"Target (at least 0.9 at concurrency 64): {'met' if at64 >= 0.9 else 'not met'} ({at64:.2f}).")
+    c, want = TARGET
+    hit = next((lv for lv in levels if lv["c"] == c and lv["path"] == _auto(c)), None)
+    verdict = ("" if hit is None else
+               f"Target (efficiency at least {want} at concurrency {c}, with the client auto takes there: "
+               f"{_auto(c)}): {'met' if hit['eff'] >= want else 'not met'} ({hit['eff']:.2f}, range "
+               f"{min(r['eff'] for r in hit['runs']):.2f}-{max(r['eff'] for r in hit['runs']):.2f}).")
     run = (f"Run: {datetime.date.today()}, {os.cpu_count()} cores shared by client and server (load average "
            f"{load0:.1f} at the start, {load1:.1f} at the end), loopback test server (prefdata/engines/faultserver.py) "
            f"in its own process, a fixed {LATENCY * 1e3:.0f} ms latency per request, no faults, cache off. Per "
@@ -159,14 +187,15 @@ def efficiency_section() -> str:
            f"is shown, with the range of the {REPEATS} in brackets. Wall time is taken around `engine.generate`; "
            "the engine keeps its loop and connections for its life, so the timed calls reuse the ones the "
            "warm-up call opened, as every call after a pipeline's first does.")
-    header = ("| concurrency | requests | seconds | achieved req/s | ceiling c/L | efficiency "
+    header = ("| concurrency | http_client | requests | seconds | achieved req/s | ceiling c/L | efficiency "
               "| client CPU ms per request | server CPU ms per request | retries |")
     return "\n".join([
         EFFICIENCY_HEADING, "",
         "Command: `.venv/bin/python benchmarks/bench_engines.py`",
         run, "",
-        header, "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        header, "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
         verdict, "",
+        LEAN_NOTES, "",
         BEFORE_NOTES, "",
         PROFILE_NOTES, "",
         LIMIT_NOTES, "",
@@ -179,7 +208,17 @@ def main():
 
         sys.argv.pop(1)
         return engine_throughput.main()
-    write_section(Path(__file__).with_name("RESULTS.md"), EFFICIENCY_HEADING, efficiency_section())
+    ap = argparse.ArgumentParser(description="OpenAI engine efficiency, both HTTP paths, into RESULTS.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the section alone to this file instead of replacing it in RESULTS.md "
+                         "(for a run while others edit RESULTS.md)")
+    a = ap.parse_args()
+    section = efficiency_section()
+    if a.out is not None:
+        a.out.write_text(section.rstrip() + "\n")
+        print(f"section written to {a.out}")
+    else:
+        write_section(Path(__file__).with_name("RESULTS.md"), EFFICIENCY_HEADING, section)
 
 
 if __name__ == "__main__":

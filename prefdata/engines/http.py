@@ -15,7 +15,8 @@ official client applies its timeout to connect, write and each read; for a non-s
 completion, where the server sends nothing until the answer is done, the two agree).
 
 What it does not do, on purpose: proxies (`proxy_in_env` lets the engine fall back to the official
-client when one applies), HTTP/2, redirects, streaming, 1xx replies, credentials in the URL.
+client when one applies), HTTP/2, redirects, streaming, 1xx replies, credentials or a query string
+in the base URL (`Unsupported`: the engine's auto choice then falls back to the official client).
 
 Errors carry the official client's class names and messages ("Error code: 500 - boom",
 "Connection error.", "Request timed out."), so a run reads the same whichever client made it; a
@@ -101,6 +102,10 @@ def _status_message(status: int, body: bytes) -> str:
     return msg
 
 
+class Unsupported(PrefdataError):
+    """A base URL the official client can use and this one cannot (credentials, a query string)."""
+
+
 class _Malformed(Exception):
     """Raised while parsing; `post` turns it into a ProtocolError naming the server."""
 
@@ -119,8 +124,11 @@ class Origin:
             raise PrefdataError(f"engine.base_url {shown}: the lean HTTP client needs an http:// or https:// URL "
                                 "with a host")
         if u.username or u.password:
-            raise PrefdataError(f"engine.base_url {shown}: the lean HTTP client does not send credentials from "
-                                "the URL; put the key in the variable named by engine.api_key_env")
+            raise Unsupported(f"engine.base_url {shown}: the lean HTTP client does not send credentials from "
+                              "the URL; put the key in the variable named by engine.api_key_env")
+        if u.query or u.fragment:
+            raise Unsupported(f"engine.base_url {shown}: the lean HTTP client takes no query string or fragment "
+                              "in the base URL; use engine.http_client: openai")
         self.scheme, self.host = u.scheme, u.hostname
         self.port = port or (443 if u.scheme == "https" else 80)
         self.prefix = u.path.rstrip("/")

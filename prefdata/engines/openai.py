@@ -31,7 +31,7 @@ client's CPU per request). "auto" takes the official client below LEAN_AT reques
 its CPU is not the limit and it brings proxy support and the most widely used connection
 handling, and the lean one at or above, where one event loop cannot carry the official client's CPU;
 auto also keeps the official client when a proxy variable applies to the server (the lean one has no
-proxy support). Both paths share everything but the transport: the request body, the retry policy,
+proxy support) or the base URL carries credentials or a query string. Both paths share everything but the transport: the request body, the retry policy,
 usage accounting, and error texts (the lean client's errors carry openai's class names and messages).
 """
 
@@ -175,9 +175,14 @@ class OpenAIEngine:
             raise PrefdataError(f"engine.http_client: {choice!r} is not one of {', '.join(HTTP_CLIENTS)}")
         if choice == "openai" or (choice == "auto" and self.cfg.concurrency < LEAN_AT):
             return "openai"
-        from prefdata.engines.http import Origin, proxy_in_env
+        from prefdata.engines.http import Origin, Unsupported, proxy_in_env
 
-        self._origin = Origin(self.base_url)
+        try:
+            self._origin = Origin(self.base_url)
+        except Unsupported:
+            if choice == "auto":
+                return "openai"  # a URL only the official client serves
+            raise
         proxy = proxy_in_env(self._origin)
         if proxy and choice == "auto":
             return "openai"  # only the official client goes through proxies
