@@ -344,3 +344,29 @@ def test_https_checks_the_certificate_and_honours_ssl_cert_file(tmp_path, monkey
     assert untrusted.startswith(f"APIConnectionError: Connection error: TLS certificate of https://127.0.0.1:{s.port} "
                                 "not trusted (") and "\n" not in untrusted
     assert all(c.finish_reason == "stop" and c.text.startswith("answer ") for cs in trusted for c in cs)
+
+
+@pytest.mark.skipif("http_client" not in EngineConfig.model_fields,
+                    reason="EngineConfig.http_client not added yet (prefdata/engines/__init__.py, lead's file)")
+def test_http_client_is_an_engine_config_field_and_not_in_the_fingerprint():
+    from prefdata.engines import get_engine
+    from prefdata.pipeline import fingerprint
+
+    base = {"backend": "openai", "model": "test-model", "base_url": "http://127.0.0.1:9/v1", "cache": False}
+    assert get_engine(EngineConfig(**base, http_client="lean")).backend.http_client == "lean"
+    assert get_engine(EngineConfig(**base, concurrency=256)).backend.http_client == "lean"  # auto
+    assert get_engine(EngineConfig(**base, concurrency=256, http_client="openai")).backend.http_client == "openai"
+    with pytest.raises(ValueError):
+        EngineConfig(**base, http_client="fast")
+
+    from pydantic import BaseModel
+
+    class Step:
+        uses, limit = "rlcd", None
+
+    class NoConfig(BaseModel):
+        pass
+
+    fps = {fingerprint(Step(), NoConfig(), EngineConfig(**base, http_client=c), "digest", 0) for c in
+           ("auto", "openai", "lean")}
+    assert len(fps) == 1  # which client fetched the rows does not change them
