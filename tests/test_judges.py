@@ -287,3 +287,41 @@ def test_new_template_requests_never_hit_old_cache_entries(tmp_path):
     PairwiseJudge(method="logprob").judge(eng, [Q], ["x"], ["y"])
     assert backend.scored == 8  # and is cached under its own key
     assert pw_tpl.TEMPLATE_VERSION != "pairwise-judge-1"
+
+
+def test_rubric_judge_reads_the_whole_conversation():
+    """rubric-judge-2: the pointwise judge sees every turn before the reply, as the pairwise judge does;
+    with the last user turn alone, "What is my cat called?" could not be judged."""
+    req = RubricJudge().requests([MULTI], ["Miso."])[0]
+    text = req.messages[0]["content"]
+    conv = pw_tpl.render_conversation(MULTI)
+    assert f"Conversation:\n{conv}\n\nAssistant reply:\nMiso.\n\n" in text
+    assert "System: You are terse." in text and "Assistant: Nice name." in text
+    assert req.template_version == rubric_tpl.TEMPLATE_VERSION == "rubric-judge-2"
+    assert RubricJudge(score_first=True).requests([MULTI], ["Miso."])[0].template_version == "rubric-judge-2+score-first"
+
+
+def test_rubric_v2_never_hits_rubric_v1_cache_entries(tmp_path):
+    from prefdata.engines import CachedEngine
+    from prefdata.engines.base import SamplingParams
+    from prefdata.engines.cache import RequestCache
+    from prefdata.engines.scripted import ScriptedEngine
+
+    backend = ScriptedEngine(lambda r, s: "Fine.\nScore: 4")
+    eng = CachedEngine(backend, RequestCache(tmp_path / "requests.sqlite"))
+    # What rubric-judge-1 sent for the same answer: the last user turn as "User request", its own version.
+    old_text = rubric_tpl.RUBRIC.split("\n\nConversation:")[0].replace(
+        "Rate the assistant's reply that continues the conversation below with the additive scale. The request is "
+        "the user's last message, read in the light of everything said before it.",
+        "Rate the assistant's reply to the user with the additive scale below.")
+    old = ChatRequest(messages=[{"role": "user", "content": old_text + "\n\nUser request:\nWhat is my cat called?\n\n"
+                                 "Assistant reply:\nMiso.\n\n" + rubric_tpl.JUSTIFY_THEN_SCORE}],
+                      template_version="rubric-judge-1")
+    params = SamplingParams(n=2, temperature=0.7, top_p=0.9, max_tokens=160, seed=0)
+    eng.generate([old], params)
+    assert len(backend.calls) == 2
+    judge = RubricJudge(k=2)
+    _, scores, means = judge.judge(eng, [MULTI], ["Miso."])
+    assert len(backend.calls) == 4 and means == [4.0]  # judged afresh, not replayed from the old entry
+    judge.judge(eng, [MULTI], ["Miso."])
+    assert len(backend.calls) == 4  # and cached under its own key

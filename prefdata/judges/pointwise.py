@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from prefdata.engines.base import ChatRequest, Engine, SamplingParams
+from prefdata.prompts.pairwise import render_conversation
 from prefdata.prompts.rubric import JUSTIFY_THEN_SCORE, RUBRIC, SCORE_FIRST, SCORE_PREFIX, TEMPLATE_VERSION
 
 __all__ = [
@@ -53,6 +54,8 @@ def _in_range(v: float) -> float | None:
 
 
 def last_user_text(prompt: list[dict]) -> str:
+    """The last user turn's text (the generators' prompts read it; the rubric judge reads the whole
+    conversation)."""
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
@@ -75,8 +78,10 @@ class RubricJudge:
 
     def requests(self, prompts: list[list[dict]], answers: list[str]) -> list[ChatRequest]:
         instruction = SCORE_FIRST if self.score_first else JUSTIFY_THEN_SCORE
-        return [ChatRequest(messages=[{"role": "user", "content": RUBRIC.format(question=last_user_text(p), answer=a,
-                                                                                 instruction=instruction)}],
+        # The whole conversation, not only its last user turn: a follow-up ("shorter, please") is
+        # judged against what it follows (template rubric-judge-2).
+        return [ChatRequest(messages=[{"role": "user", "content": RUBRIC.format(conversation=render_conversation(p),
+                                                                                 answer=a, instruction=instruction)}],
                             assistant_prefix=SCORE_PREFIX if self.score_first else "",
                             template_version=self.template_version)
                 for p, a in zip(prompts, answers)]
