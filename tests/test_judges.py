@@ -321,7 +321,7 @@ def test_rubric_v2_never_hits_rubric_v1_cache_entries(tmp_path):
     eng.generate([old], params)
     assert len(backend.calls) == 2
     judge = RubricJudge(k=2)
-    _, scores, means = judge.judge(eng, [MULTI], ["Miso."])
+    _, _, means = judge.judge(eng, [MULTI], ["Miso."])
     assert len(backend.calls) == 4 and means == [4.0]  # judged afresh, not replayed from the old entry
     judge.judge(eng, [MULTI], ["Miso."])
     assert len(backend.calls) == 4  # and cached under its own key
