@@ -44,3 +44,31 @@ def test_catalog_and_load_spec_do_not_import_torch(tmp_path):
     # API-only and curation pipelines were validated, not skipped.
     assert {"clean_labels.yaml", "self_reward.yaml", "bpo.yaml"} <= set(got["loaded"]), got["loaded"]
     assert got["heavy"] == [], f"loading the catalog imported {got['heavy'][:5]}"
+
+
+# A clean_labels step whose only voter is a jury on an API-like engine (scripted here): voting,
+# policies, the card (figures, duplicate and cross-fitting counts) and the jury's bias section.
+JUDGE_ONLY = f"""
+import json, sys
+from types import SimpleNamespace
+from prefdata.curation.step import CleanLabelsConfig, run_clean_labels
+from prefdata.engines.scripted import ScriptedEngine
+from prefdata.schema import validate
+
+t = validate([{{"prompt": f"q{{i}}", "chosen": f"good answer {{i}}", "rejected": f"bad {{i}}"}} for i in range(12)], "pair")
+cfg = CleanLabelsConfig(voters=[{{"type": "jury", "judges": [{{"engine": {{"model": "api-judge"}}}}]}}])
+ctx = SimpleNamespace(seed=0, step=SimpleNamespace(input="f.jsonl"),
+                      engine=lambda o: ScriptedEngine(lambda r, s: "Winner: A", model_id="api-judge"))
+res = run_clean_labels(cfg, t, ctx)
+print(json.dumps({{"sections": [s for s, _ in res.card_sections],
+                  "heavy": sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})}}))
+"""
+
+
+def test_judge_only_clean_labels_run_does_not_import_torch(tmp_path):
+    out = subprocess.run([sys.executable, "-c", JUDGE_ONLY], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "PREFDATA_HOME": str(tmp_path), "MPLBACKEND": "Agg"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "Label cleaning" in got["sections"] and "Judges and their biases" in got["sections"], got["sections"]
+    assert got["heavy"] == [], f"a judge-only clean_labels run imported {got['heavy'][:5]}"

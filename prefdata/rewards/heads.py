@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -31,6 +30,8 @@ def train_head(xc: np.ndarray, xr: np.ndarray, *, seed: int, kind: str = "linear
     """Fit r(x) so that r(chosen) > r(rejected): loss = mean softplus(-(r(xc) - r(xr))) + l2 * |w|^2.
 
     Returns a function mapping features (n, d) to rewards (n,)."""
+    import torch  # here: pair_groups and the card need no torch (a judge-only clean_labels run)
+
     torch.manual_seed(seed)
     c, r = torch.from_numpy(xc).float(), torch.from_numpy(xr).float()
     w8 = torch.ones(len(c)) if weights is None else torch.from_numpy(weights).float()
