@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,38 @@ def test_executor_block_is_checked_and_overridden_in_the_documented_order(tmp_pa
     with pytest.raises(ConfigError, match=r"environment variable PREFDATA_RAY_WORKERS='many'"):
         load_spec(_pipeline(tmp_path))
 
+
+
+def test_pool_lives_for_the_run_and_is_shut_down_when_the_run_fails(local_ray, tmp_path, monkeypatch):
+    import yaml
+
+    from prefdata.engines.faultserver import FaultServer
+    from prefdata.errors import PrefdataError
+    from prefdata.executors import ray as ray_executor
+    from prefdata.pipeline import run_pipeline
+
+    engines: list = []
+    real_init = ray_executor.RayEngine.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        engines.append(self)
+
+    monkeypatch.setattr(ray_executor.RayEngine, "__init__", spy)
+    monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
+    with FaultServer() as s:
+        step = {"uses": "rlcd", "input": "builtin:quickstart_prompts", "limit": 4, "config": {"max_retries": 0}}
+        doc = {"engine": {"backend": "openai", "model": "test-model", "base_url": s.url, "progress": False},
+               "executor": {"type": "ray", "workers": 2, "batch_size": 2},
+               "steps": [{**step, "name": "a", "output": "pool-a"}, {**step, "name": "b", "output": "pool-b"},
+                         {**step, "name": "c", "output": "pool-c", "input": "step:nope"}]}
+        p = tmp_path / "p.yaml"
+        p.write_text(yaml.safe_dump(doc))
+        with pytest.raises(PrefdataError, match="no earlier step named 'nope'"):
+            run_pipeline(p)
+    # Steps a and b used one pool (built once), and the failed run still shut it down: its CPUs are back.
+    assert len(engines) == 1 and engines[0].pools_started == 1 and not engines[0]._pool
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2

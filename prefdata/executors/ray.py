@@ -73,6 +73,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import uuid
 import weakref
@@ -168,7 +169,7 @@ class _EngineWorker:
         after = _int_counters(self.engine.stats)
         delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
         self.view.gen, self.view.scores = {}, {}
-        return out, {"stats": delta, "pid": os.getpid(), "shard_error": self.view.error}
+        return out, {"stats": delta, "pid": os.getpid(), "shard": self.view.path, "shard_error": self.view.error}
 
     def generate(self, requests: list[ChatRequest], params: SamplingParams, known: dict):
         self.view.gen = known
@@ -295,6 +296,9 @@ class RayEngine:
         self._ids: tuple[str, str] | None = None
         self._cache_id: str | None = None
         self._in_call = False
+        # The dispatch loop hands every answer to the call in progress: two threads calling at once
+        # would take each other's results, so calls on one engine take turns.
+        self._lock = threading.RLock()
         self._last_used = 0.0
         self._touched = 0.0
         self._warned: set[str] = set()
@@ -467,7 +471,10 @@ class RayEngine:
 
     def _step(self, call: _Call | None, queue: deque, submit, finish) -> None:
         """One turn of the dispatch loop: hand queued work to idle actors, then handle one answer."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorUnavailableError, NodeDiedError, ObjectLostError, RayActorError
+
+        # A batch whose answer died with its node is lost work, like a dead worker: retried, not fatal.
+        lost = (RayActorError, ObjectLostError, NodeDiedError)
 
         ray = self._ray
         now = time.monotonic()
@@ -495,7 +502,7 @@ class RayEngine:
             was = a.state
             try:
                 value = ray.get(ref)
-            except RayActorError as e:
+            except lost as e:
                 a.ref = None
                 if getattr(e, "actor_init_failed", False):  # the engine itself cannot be built: no retry helps
                     raise PrefdataError(f"Ray executor: could not start an engine worker ({_explain(e)})") from e
@@ -531,7 +538,7 @@ class RayEngine:
                     if meta["pid"] != a.pid:  # came back as a new process without us seeing it go
                         self.stats["worker_restarts"] += 1
                         self._merge([a.shard])
-                        a.pid = meta["pid"]
+                        a.pid, a.shard = meta["pid"], meta["shard"]
                     for k, v in meta["stats"].items():
                         self.stats[k] = self.stats.get(k, 0) + int(v)
                     self._shard_note(meta.get("shard_error"))
@@ -552,7 +559,8 @@ class RayEngine:
 
     def _identity(self) -> tuple[str, str]:
         if self._ids is None:
-            self._ready()
+            with self._lock:
+                self._ready()
         return self._ids
 
     @property
@@ -564,11 +572,15 @@ class RayEngine:
         return self._identity()[1]
 
     def _call(self, op: str, requests: list[ChatRequest], extra, params: SamplingParams | None) -> list:
-        from prefdata.engines.cache import request_key, score_key
-
         n = len(requests)
         if n == 0:
             return []
+        with self._lock:
+            return self._call_locked(op, requests, extra, params, n)
+
+    def _call_locked(self, op: str, requests: list[ChatRequest], extra, params, n: int) -> list:
+        from prefdata.engines.cache import request_key, score_key
+
         self._in_call = True
         try:
             self._ready()
