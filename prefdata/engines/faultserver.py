@@ -55,6 +55,34 @@ def _response(code: int, body: bytes, headers: dict | None = None, close: bool =
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+_ACTED_ON = ("content-length", "connection", "transfer-encoding")
+
+
+def _headers(fields: str, only: tuple[str, ...] | None) -> dict[str, str]:
+    """Header fields by lower-case name: all of them, or just `only`. Looking up the three the
+    server acts on instead of splitting every field (clients send 7-15) saved about 7% of this
+    server's CPU (cProfile, 5120 requests at 256 in flight), CPU that it takes from the client it
+    measures on the benchmark machine's shared cores."""
+    if only is None:
+        out = {}
+        for line in fields.split("\r\n"):
+            k, sep, v = line.partition(":")
+            if sep:
+                out[k.strip().lower()] = v.strip()
+        return out
+    low = fields.lower()
+    out = {}
+    for name in only:
+        key = name + ":"
+        at = 0 if low.startswith(key) else low.find("\r\n" + key)  # at a line start only
+        if at < 0:
+            continue
+        start = low.index(":", at) + 1
+        end = low.find("\r\n", start)
+        out[name] = fields[start:end if end >= 0 else len(fields)].strip()
+    return out
+
+
 def _sample(text: str, req: dict) -> tuple[str, str]:
     """`text` cut at the first stop string, then at max_tokens words; and the finish reason."""
     stops = req.get("stop") or []
@@ -151,13 +179,9 @@ class FaultServer:
                     return  # client closed the connection (or sent garbage)
                 finally:
                     self._waiting.discard(writer)
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, version = (lines[0].split(" ") + ["", "", ""])[:3]
-                headers = {}
-                for line in lines[1:]:
-                    k, sep, v = line.partition(":")
-                    if sep:
-                        headers[k.strip().lower()] = v.strip()
+                request_line, _, fields = head.decode("latin-1").partition("\r\n")
+                method, path, version = (request_line.split(" ") + ["", "", ""])[:3]
+                headers = _headers(fields, None if self.record else _ACTED_ON)
                 close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
                 if "chunked" in headers.get("transfer-encoding", "").lower():
                     writer.write(_response(411, b'{"error": {"message": "send a Content-Length"}}', close=True))
