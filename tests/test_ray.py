@@ -240,3 +240,62 @@ def test_pool_lives_for_the_run_and_is_shut_down_when_the_run_fails(local_ray, t
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+def test_pools_that_do_not_fit_together_evict_the_idle_one(local_ray, tmp_path, monkeypatch):
+    from prefdata.engines import EngineConfig
+    from prefdata.engines.faultserver import FaultServer
+    from prefdata.executors.ray import RayEngine
+
+    monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
+    with FaultServer() as s:
+        cfg = {"backend": "openai", "model": "test-model", "base_url": s.url}
+        # Two engine configs, each wanting both of this Ray's 2 CPUs.
+        with RayEngine(EngineConfig(**cfg), num_workers=2) as gen, \
+                RayEngine(EngineConfig(**cfg, max_retries=1), num_workers=2) as judge:
+            assert len(gen.generate(_requests(4), _params())) == 4 and len(gen._pool) == 2
+            # Other requests (the same ones would all be cache hits and need one worker only).
+            assert len(judge.generate(_requests(4), _params(seed=3))) == 4  # waits forever without eviction
+            assert not gen._pool and len(judge._pool) == 2
+            # Used again, the evicted engine builds its pool anew (and evicts the other in turn).
+            assert len(gen.generate(_requests(6), _params(seed=4))) == 6 and gen.pools_started == 2
+            assert not judge._pool
+
+
+def _params(seed: int = 2):
+    from prefdata.engines.base import SamplingParams
+
+    return SamplingParams(max_tokens=8, seed=seed)
+
+
+def test_a_new_pool_merges_the_shards_of_dead_drivers_only(local_ray, tmp_path, monkeypatch):
+    import json
+    import socket
+    import subprocess
+
+    from prefdata.engines import EngineConfig
+    from prefdata.engines.base import Completion
+    from prefdata.engines.cache import RequestCache
+    from prefdata.executors.ray import RayEngine
+
+    monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
+    shards = tmp_path / "h" / "cache" / "requests.shards"
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    owners = {"dead": {"host": socket.gethostname(), "pid": int(dead_pid)},  # a driver killed on this host
+              "live": {"host": socket.gethostname(), "pid": os.getpid()},  # a driver still running here
+              "away": {"host": "elsewhere", "pid": 1}}  # another host, marker fresh: presumed alive
+    for pool, owner in owners.items():
+        shards.mkdir(parents=True, exist_ok=True)
+        (shards / f"{pool}.run").write_text(json.dumps(owner))
+        c = RequestCache(shards / f"{pool}.0.x.sqlite", shard=True)
+        c.put_many({f"{pool}-key": Completion(text=pool, finish_reason="stop")})
+        c.close()
+    orphan = RequestCache(shards / "gone.0.y.sqlite", shard=True)  # a shard whose marker is gone
+    orphan.put_many({"gone-key": Completion(text="gone", finish_reason="stop")})
+    orphan.close()
+    eng = RayEngine(EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1"))
+    eng._recover_leftovers()
+    main = RequestCache(tmp_path / "h" / "cache" / "requests.sqlite")
+    assert set(main.get_many(["dead-key", "live-key", "away-key", "gone-key"])) == {"dead-key", "gone-key"}
+    assert sorted(p.name for p in shards.iterdir()) == ["away.0.x.sqlite", "away.run", "live.0.x.sqlite", "live.run"]
