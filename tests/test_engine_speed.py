@@ -102,7 +102,7 @@ def test_sampler_follows_the_distribution_and_greedy_is_argmax():
 @pytest.mark.parametrize("sp", [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.9},
                                 {"temperature": 0.8, "stop": ("e", "ab")}, {"temperature": 1.0, "eos": True}])
 def test_batched_equals_one_at_a_time(eng, sp, monkeypatch):
-    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
 
     sp = dict(sp)
     if sp.pop("eos", False):  # a tenth of the vocabulary as EOS too, so rows end by EOS at different steps
@@ -110,8 +110,8 @@ def test_batched_equals_one_at_a_time(eng, sp, monkeypatch):
         sp["stop"] = ()
 
     compactions = []
-    select = DynamicCache.batch_select_indices
-    monkeypatch.setattr(DynamicCache, "batch_select_indices", lambda c, idx: (compactions.append(len(idx)),
+    select = Cache.batch_select_indices
+    monkeypatch.setattr(Cache, "batch_select_indices", lambda c, idx: (compactions.append(len(idx)),
                                                                                select(c, idx)))
     items = [(r, s) for r in reqs(5) for s in (0, 1)]
     params = SamplingParams(max_tokens=12, seed=4, logprobs=True, **sp)
@@ -161,3 +161,129 @@ def test_score_equals_naive_full_log_softmax(eng, monkeypatch):
     monkeypatch.setattr(TransformersEngine, "SCORE_CHUNK_ELEMENTS", 3 * eng.model.config.vocab_size)
     assert eng.score(rq, comps) == pytest.approx(want, abs=1e-5)  # three positions per LM-head chunk
     assert eng.score(rq[:1], comps[:1]) == pytest.approx(want[:1], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+
+# (Greedy decoding of the tiny random model repeats one token, so every row would end together.)
+@pytest.mark.parametrize("sp", [{"temperature": 0.5, "eos": True}, {"temperature": 1.0, "top_p": 0.9, "eos": True},
+                                {"temperature": 0.8, "stop": ("e", "ab")}])
+def test_refilled_batches_equal_one_at_a_time(tiny_model, sp, monkeypatch):
+    """Three slots for twelve rows of uneven prompts that end at different steps: rows leave and
+    waiting prompts join mid-decode, and every row's text is still its one-at-a-time text."""
+    from prefdata.engines import transformers as te
+
+    small = TransformersEngine(EngineConfig(model=tiny_model, cache=False, progress=False, max_batch_size=3))
+    sp = dict(sp)
+    if sp.pop("eos", False):
+        small.eos_ids = small.eos_ids | set(range(200, 200 + len(small.tokenizer) // 10))
+    joins = []  # live rows at each admission: > 0 means prompts joined a batch already decoding
+    admit = te._Decoder._admit
+    monkeypatch.setattr(te._Decoder, "_admit", lambda d, free: (joins.append(len(d.at)), admit(d, free)))
+    items = [(r, s) for r in reqs(6) for s in (0, 1)]
+    params = SamplingParams(max_tokens=14, seed=9, logprobs=True, **sp)
+    handed = []
+    together = small.generate_samples(items, params, on_batch=lambda pos, comps: handed.extend(pos))
+    assert sorted(handed) == list(range(len(items)))  # every row reached on_batch exactly once
+    assert any(j > 0 for j in joins)
+    alone = [eng_c[0] for eng_c in (small.generate_samples([it], params) for it in items)]
+    assert [(c.text, c.num_tokens, c.finish_reason) for c in together] == \
+        [(c.text, c.num_tokens, c.finish_reason) for c in alone]
+    assert [c.logprob for c in together] == pytest.approx([c.logprob for c in alone], abs=1e-4)
+
+
+def test_token_budget_bounds_the_refilled_cache(tiny_model, monkeypatch):
+    """The batch's cache never holds more than token_budget rows x columns, refills included."""
+    from prefdata.engines import kvcache
+
+    budget = 256
+    small = TransformersEngine(EngineConfig(model=tiny_model, cache=False, progress=False, token_budget=budget))
+    small.eos_ids = small.eos_ids | set(range(200, 200 + len(small.tokenizer) // 10))
+    sizes, joins = [], []
+    update, extend = kvcache.SlotLayer.update, kvcache.SlotCache.extend
+
+    def counting_update(layer, k, v, *a, **kw):
+        keys, values = update(layer, k, v, *a, **kw)
+        sizes.append(keys.shape[0] * keys.shape[2])
+        return keys, values
+
+    monkeypatch.setattr(kvcache.SlotLayer, "update", counting_update)
+    monkeypatch.setattr(kvcache.SlotCache, "extend", lambda c, o: (joins.append(1), extend(c, o)))
+    items = [(r, s) for r in reqs(8) for s in (0, 1)]
+    out = small.generate_samples(items, SamplingParams(max_tokens=10, seed=1, temperature=1.0))
+    assert all(c is not None for c in out)
+    assert joins  # prompts joined running batches
+    assert max(sizes) <= budget
+    assert max(sizes) > budget // 2  # and the budget was what limited the batch
+
+
+def test_slot_cache_pad_extend_trim_keep_each_rows_logits(tiny_model):
+    """Joining a cache to a longer or shorter one, dropping rows and trimming columns no row sees
+    change nothing a row computes: next-token logits equal each prompt's own."""
+    from prefdata.engines.kvcache import SlotCache
+
+    eng = TransformersEngine(EngineConfig(model=tiny_model, cache=False, progress=False))
+    model = eng.model
+    long_p, short_p = eng._encode(reqs(4)[3]), eng._encode(reqs(4)[0])
+    assert len(long_p) > len(short_p) + 2
+
+    def alone(p, extra):  # logits after the prompt, then after each extra token, one row, no padding
+        ids = torch.tensor([p + extra])
+        with torch.no_grad():
+            return model(input_ids=ids).logits[0, len(p) - 1:]
+
+    def prefill(p):
+        cache = SlotCache()
+        with torch.no_grad():
+            model(input_ids=torch.tensor([p]), past_key_values=cache, use_cache=True)
+        return cache
+
+    def step(cache, toks, mask, pos):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor(toks).view(-1, 1), attention_mask=mask, position_ids=pos,
+                         past_key_values=cache, use_cache=True).logits[:, -1]
+
+    for first, second in ((long_p, short_p), (short_p, long_p)):  # pad the newcomer, then the old cache
+        a, b = prefill(first), prefill(second)
+        width = max(len(first), len(second))
+        for c, p in ((a, first), (b, second)):
+            c.pad_left(width - len(p))
+        a.extend(b)
+        assert a.length() == width
+        mask = torch.zeros((2, width + 1), dtype=torch.long)
+        mask[0, width - len(first):] = 1
+        mask[1, width - len(second):] = 1
+        got = step(a, [7, 9], mask, torch.tensor([[len(first)], [len(second)]]))
+        assert torch.allclose(got[0], alone(first, [7])[1], atol=1e-5)
+        assert torch.allclose(got[1], alone(second, [9])[1], atol=1e-5)
+        # Drop the first row; the second's padding columns are then seen by no row: trim them.
+        a.batch_select_indices(torch.tensor([1]))
+        lead = width - len(second)
+        a.trim(lead)
+        mask = mask[1:, lead:]
+        assert a.length() == len(second) + 1
+        for _ in range(70):  # past SlotLayer.GROW: the buffer is reallocated on the way
+            mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], dim=1)
+            got = step(a, [9], mask, torch.tensor([[mask.shape[1] - 1]]))
+        ref = alone(second, [9] * 71)[-1]
+        assert torch.allclose(got[0], ref, atol=1e-4)
+
+
+def test_gqa_attention_equals_transformers_sdpa(tiny_model):
+    """The engine's attention (grouped heads passed to SDPA as they are) gives transformers' sdpa
+    logits on a left-padded batch; the tiny model has 4 query heads over 2 key/value heads."""
+    from transformers import AutoModelForCausalLM
+
+    from prefdata.engines.transformers import GQA_SDPA
+
+    eng = TransformersEngine(EngineConfig(model=tiny_model, cache=False, progress=False))
+    assert eng.model.config._attn_implementation == GQA_SDPA
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    assert ref.config.num_key_value_heads < ref.config.num_attention_heads
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        got = eng.model(input_ids=ids, attention_mask=mask).logits
+        want = ref(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)

@@ -147,15 +147,20 @@ def test_killed_run_resumes_without_regenerating(tmp_path, tiny_model):
         from prefdata.engines.base import ChatRequest, SamplingParams
         eng = get_engine(EngineConfig(model={tiny_model!r}, cache_path={str(tmp_path / 'c.sqlite')!r},
                                       max_batch_size=2, progress=False))
-        done = []
-        inner = eng.backend._decode
-        def counted(prompts, seeds, params):
-            # Kill between batches, after the cache has committed KILL_AFTER rows.
-            if os.environ.get("KILL_AFTER") and len(done) >= int(os.environ["KILL_AFTER"]):
+        from prefdata.engines import transformers as te
+        done, committed = [], [0]  # rows prefilled; rows handed to the cache
+        admit, retire = te._Decoder._admit, te._Decoder._retire
+        def counted_admit(d, free):
+            # Kill when prompts would join, after the cache has committed KILL_AFTER rows.
+            if os.environ.get("KILL_AFTER") and committed[0] >= int(os.environ["KILL_AFTER"]):
                 os.kill(os.getpid(), 9)
-            done.extend(seeds)
-            return inner(prompts, seeds, params)
-        eng.backend._decode = counted
+            waiting = len(d.queue)
+            admit(d, free)
+            done.extend(range(waiting - len(d.queue)))
+        def counted_retire(d):
+            committed[0] += int(d.done.sum())
+            retire(d)
+        te._Decoder._admit, te._Decoder._retire = counted_admit, counted_retire
         reqs = [ChatRequest(messages=[{{"role": "user", "content": f"q{{i}}"}}]) for i in range(8)]
         out = eng.generate(reqs, SamplingParams(max_tokens=6, seed=0))  # one call, as a generator makes
         print("GENERATED", len(done))

@@ -35,9 +35,11 @@ def stream_keys(seeds: list[int]) -> np.ndarray:
     return _mix64(np.asarray([s & (2**64 - 1) for s in seeds], dtype=np.uint64))
 
 
-def uniforms(keys: np.ndarray, step: int) -> torch.Tensor:
-    """One uniform in [0, 1) per row for decode step `step`: (b,) float64, 53 random bits each."""
-    z = _mix64(keys + np.full(keys.shape, step + 1, dtype=np.uint64) * _GAMMA)  # arrays wrap without warnings
+def uniforms(keys: np.ndarray, step) -> torch.Tensor:
+    """One uniform in [0, 1) per row for decode step `step` (one int for all rows, or each row's own
+    step as a (b,) integer array): (b,) float64, 53 random bits each."""
+    counter = np.broadcast_to(np.asarray(step).astype(np.uint64) + np.uint64(1), keys.shape)
+    z = _mix64(keys + counter * _GAMMA)  # uint64 arrays wrap mod 2^64 without warnings
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53)
 
 

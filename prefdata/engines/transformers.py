@@ -17,11 +17,39 @@ from pathlib import Path
 
 import torch
 
+from prefdata.engines import kvcache
 from prefdata.engines.base import ChatRequest, Completion, SamplingParams, row_seed
 from prefdata.engines.sampling import sample, stream_keys, uniforms
 from prefdata.errors import PrefdataError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+GQA_SDPA = "prefdata_gqa_sdpa"
+
+
+def _gqa_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention without its key/value copy. With a padding mask it repeats every
+    grouped key/value head to the query heads (`repeat_kv`, for CUDA kernels that lack masked GQA)
+    on every layer and step: for SmolLM2 (9 query heads over 3) that copies the KV cache three times
+    over per token. torch's CPU SDPA takes the groups as they are (`enable_gqa`), with the same result."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if key.shape[1] == query.shape[1] or query.device.type != "cpu" or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        is_causal=bool(query.shape[2] > 1 and attention_mask is None and causal), enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GQA_SDPA, _gqa_sdpa)
+    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
 
 
 def _model_fingerprint(path: str, name: str) -> str:
@@ -63,6 +91,9 @@ class TransformersEngine:
         if not getattr(self.tokenizer, "chat_template", None):
             raise PrefdataError(f"model '{cfg.model}' has no chat template; prefdata sends chat messages")
         self.model.eval()
+        if getattr(self.model.config, "_attn_implementation", None) == "sdpa":
+            _register_attention()
+            self.model.set_attn_implementation(GQA_SDPA)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -98,100 +129,32 @@ class TransformersEngine:
 
     def generate_samples(self, items: list[tuple[ChatRequest, int]], params: SamplingParams,
                          on_batch=None) -> list[Completion]:
+        """Continuous batching: up to max_batch_size rows decode together; when a quarter of them
+        have finished, they leave the KV cache and waiting prompts are prefilled and join, so the
+        batch stays full instead of idling until its longest row ends (Yu et al., "Orca", OSDI 2022,
+        call it iteration-level scheduling). A row's text depends only on its prompt, seed and own
+        step count, never on when it joined or who shares its batch."""
         from prefdata.progress import progress_bar
 
         ids = [self._encode(r) for r, _ in items]
         seeds = [row_seed(r, params, s) for r, s in items]
         out: list[Completion | None] = [None] * len(items)
-        batches = self._batches([len(x) for x in ids], params.max_tokens)
         t0, produced = time.time(), 0
         with progress_bar("generate", len(items), disable=not self.cfg.progress) as advance:
-            for batch in batches:
-                texts, finishes, ntoks, lps = self._decode([ids[i] for i in batch], [seeds[i] for i in batch], params)
-                for j, i in enumerate(batch):
-                    out[i] = Completion(text=texts[j], finish_reason=finishes[j], num_tokens=ntoks[j],
-                                        logprob=lps[j] if params.logprobs else None)
+            def finished(rows: list[int], comps: list[Completion]) -> None:
+                nonlocal produced
+                for i, c in zip(rows, comps):
+                    out[i] = c
                 if on_batch is not None:
-                    on_batch(batch, [out[i] for i in batch])
-                produced += sum(ntoks)
-                advance(len(batch), note=f"{produced / max(time.time() - t0, 1e-6):.0f} tok/s")
+                    on_batch(rows, comps)
+                produced += sum(c.num_tokens for c in comps)
+                advance(len(rows), note=f"{produced / max(time.time() - t0, 1e-6):.0f} tok/s")
+
+            if items:
+                _Decoder(self, ids, seeds, params, finished).run()
         self.stats["generated_tokens"] += produced
         self.stats["requests"] += len(items)
         return out  # type: ignore[return-value]
-
-    @torch.inference_mode()
-    def _decode(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams):
-        pad = self.tokenizer.pad_token_id
-        b, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for k, p in enumerate(prompts):
-            input_ids[k, width - len(p):] = torch.tensor(p)
-            mask[k, width - len(p):] = 1
-        keys = stream_keys(seeds)  # each row's counter-based stream: its draws depend on (seed, step) only
-        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
-        # A row grows until it stops and never after, so tokens[k, :n_gen[k]] is its output.
-        tokens = torch.zeros((b, params.max_tokens), dtype=torch.long)
-        token_lp = torch.zeros((b, params.max_tokens), dtype=torch.float64)  # per token: a stop cut drops the tail's
-        n_gen = torch.zeros(b, dtype=torch.long)
-        done = torch.zeros(b, dtype=torch.bool)
-        stopped = torch.zeros(b, dtype=torch.bool)  # ended by EOS or a stop string rather than the length
-        past = None
-        at = torch.arange(b)  # the original row of each row still in the batch
-        cur_ids, positions = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)
-        for step in range(params.max_tokens):
-            # Only the last position's logits are ever used: in the prefill that saves width - 1 rows
-            # of (b, vocab) lm-head output (the LM head is a fifth of SmolLM2's matmul parameters).
-            outputs = self.model(input_ids=cur_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = outputs.past_key_values
-            logits = outputs.logits[:, -1, :].float()  # (rows in the batch, vocab)
-            nxt = sample(logits, uniforms(keys[at.numpy()], step), params.temperature, params.top_p)  # (live,)
-            live = ~done[at]  # (live,) rows finished since the last compaction still ride along
-            hit_eos = live & torch.isin(nxt, eos)
-            tokens[at, step] = nxt
-            if params.logprobs:
-                chosen = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-                token_lp[at, step] = (chosen - torch.logsumexp(logits, dim=-1)).double()
-            grow = at[live & ~hit_eos]
-            n_gen[grow] += 1
-            done[at[hit_eos]] = True
-            stopped[at[hit_eos]] = True
-            if params.stop and len(grow):
-                # Decode the tail only: a stop string can't start earlier than ~its length back. Every
-                # growing row has step + 1 tokens, so the tails are one slice.
-                tails = self.tokenizer.batch_decode(tokens[grow, max(0, step - 15):step + 1].tolist(),
-                                                    skip_special_tokens=True)
-                hit = grow[torch.tensor([any(s in t for s in params.stop) for t in tails])]
-                done[hit] = True
-                stopped[hit] = True
-            keep = ~done[at]  # (live,)
-            if not bool(keep.any()):
-                break
-            if int(keep.sum()) <= 3 * len(at) // 4:
-                # A quarter of the batch has finished: drop those rows from the KV cache rather than
-                # compute them to the end. Each remaining row's own computation is unchanged.
-                idx = keep.nonzero().squeeze(-1)
-                past.batch_select_indices(idx)
-                at, nxt, mask, positions = at[idx], nxt[idx], mask[idx], positions[idx]
-            cur_ids = nxt.view(-1, 1)
-            mask = torch.cat([mask, torch.ones((len(at), 1), dtype=torch.long)], dim=1)
-            positions = positions[:, -1:] + 1
-        n_list = n_gen.tolist()
-        generated = [tokens[k, :n].tolist() for k, n in enumerate(n_list)]
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        kept = list(n_list)
-        finish = ["stop" if s else "length" for s in stopped.tolist()]
-        for k, full in enumerate(texts):
-            hit = min((full.find(s) for s in params.stop if s in full), default=-1)
-            if hit >= 0:
-                texts[k], finish[k] = full[:hit], "stop"
-                kept[k] = self._tokens_covering(generated[k], hit)
-        # num_tokens and logprob describe the returned text: the stop string and what followed it
-        # were generated but cut, so they must not count (a judge's logprob would mix in the tail).
-        kept_t = torch.tensor(kept)
-        lps = (token_lp * (torch.arange(params.max_tokens) < kept_t.unsqueeze(-1))).sum(-1).tolist()
-        return texts, finish, kept, lps
 
     def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
         """The fewest leading tokens whose text spans the first n_chars characters (a token that
@@ -281,3 +244,167 @@ class TransformersEngine:
                 or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)):
             return None
         return decoder(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+
+
+class _Decoder:
+    """One `generate_samples` call's decode loop: a queue of prompts, a live batch of slots.
+
+    Each slot holds one (request, sample) row. A row's t-th token is drawn with the uniform of its own
+    stream at its own step t (not the loop's), so joining late changes nothing it computes. The loop:
+    admit waiting prompts when a quarter of the slots are free (one prefill for all of them, their
+    cache left-padded to the batch's length or the batch's to theirs), decode one token for every
+    live row, and retire the finished rows once a quarter of the batch has ended (one `on_batch` call
+    for them: the request cache commits per call)."""
+
+    def __init__(self, eng: TransformersEngine, prompts: list[list[int]], seeds: list[int],
+                 params: SamplingParams, finished):
+        self.eng, self.p, self.prompts, self.finished = eng, params, prompts, finished
+        n, t = len(prompts), params.max_tokens
+        self.queue = sorted(range(n), key=lambda i: len(prompts[i]))  # pop() takes the longest
+        self.keys = stream_keys(seeds)
+        self.eos = torch.tensor(sorted(eng.eos_ids), dtype=torch.long)
+        # Per row; a row grows until it stops and never after, so tokens[r, :n_gen[r]] is its output.
+        self.tokens = torch.zeros((n, t), dtype=torch.long)
+        self.token_lp = torch.zeros((n, t), dtype=torch.float64)  # per token: a stop cut drops the tail's
+        self.n_gen = torch.zeros(n, dtype=torch.long)
+        self.stopped = torch.zeros(n, dtype=torch.bool)  # ended by EOS or a stop string, not the length
+        # Per slot of the live batch.
+        self.at = torch.zeros(0, dtype=torch.long)  # the row in each slot
+        self.steps = torch.zeros(0, dtype=torch.long)  # tokens sampled so far
+        self.done = torch.zeros(0, dtype=torch.bool)
+        self.cur = torch.zeros((0, 1), dtype=torch.long)  # the next input token
+        self.pos = torch.zeros((0, 1), dtype=torch.long)  # and its position
+        self.mask = torch.zeros((0, 0), dtype=torch.long)  # (slots, cache columns)
+        self.refill = kvcache.supports(eng.model.config)
+        self.cache = None
+
+    def run(self) -> None:
+        slots = self.eng.cfg.max_batch_size
+        while self.queue or len(self.at):
+            free = slots - len(self.at)
+            if self.queue and (not len(self.at) or (self.refill and free >= max(1, slots // 4))):
+                self._admit(free)
+            if bool((~self.done).any()):
+                self._step()
+            n_done = int(self.done.sum())
+            if n_done and (n_done == len(self.at) or n_done >= max(1, len(self.at) // 4)):
+                self._retire()
+
+    def _admit(self, free: int) -> None:
+        """Prefill the longest waiting prompts that fit the slots and the token budget, and join them."""
+        t, cols, live = self.p.max_tokens, self.mask.shape[1], len(self.at)
+        w = len(self.prompts[self.queue[-1]])
+        width = max(cols, w)
+        # The batch's cache may grow to this many columns before every row now in it has ended: the
+        # newcomers end at most t columns after joining; old rows' first columns are kept until they end.
+        first = int(self.mask.argmax(-1).min()) + width - cols if live else width
+        span = width + t - min(first, width - w)
+        k = min(free, len(self.queue), max(self.eng.cfg.token_budget // span - live, 0 if live else 1))
+        if k == 0:
+            return
+        rows = [self.queue.pop() for _ in range(k)]
+        ids = torch.full((k, w), self.eng.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((k, w), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, w - len(self.prompts[r]):] = torch.tensor(self.prompts[r])
+            mask[j, w - len(self.prompts[r]):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = kvcache.SlotCache() if self.refill else None
+        # Only the last position's logits are ever used: in the prefill that saves w - 1 rows of
+        # (k, vocab) LM-head output (the LM head is a fifth of SmolLM2's matmul parameters).
+        out = self.eng.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        at = torch.tensor(rows)
+        steps, done = torch.zeros(k, dtype=torch.long), torch.zeros(k, dtype=torch.bool)
+        nxt = self._sample(out.logits[:, -1, :].float(), at, steps, done)
+        if not live:
+            self.cache, self.mask = out.past_key_values, mask
+        else:
+            if width > cols:
+                self.cache.pad_left(width - cols)
+                self.mask = torch.cat([torch.zeros((live, width - cols), dtype=torch.long), self.mask], dim=1)
+            if width > w:
+                cache.pad_left(width - w)
+                mask = torch.cat([torch.zeros((k, width - w), dtype=torch.long), mask], dim=1)
+            self.cache.extend(cache)
+            self.mask = torch.cat([self.mask, mask])
+        self.at, self.steps = torch.cat([self.at, at]), torch.cat([self.steps, steps])
+        self.done = torch.cat([self.done, done])
+        self.cur = torch.cat([self.cur, nxt.view(-1, 1)])
+        self.pos = torch.cat([self.pos, pos[:, -1:] + 1])
+
+    def _step(self) -> None:
+        """One token for every live slot (finished slots not yet retired ride along, ignored)."""
+        self.mask = torch.cat([self.mask, torch.ones((len(self.at), 1), dtype=torch.long)], dim=1)
+        out = self.eng.model(input_ids=self.cur, attention_mask=self.mask, position_ids=self.pos,
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        nxt = self._sample(out.logits[:, -1, :].float(), self.at, self.steps, self.done)
+        self.cur, self.pos = nxt.view(-1, 1), self.pos + 1
+
+    def _sample(self, logits: torch.Tensor, at: torch.Tensor, steps: torch.Tensor, done: torch.Tensor):
+        """Sample each slot's next token at its own step, record it, and mark the slots that ended
+        (EOS, a stop string, or max_tokens). Updates steps and done in place."""
+        p = self.p
+        nxt = sample(logits, uniforms(self.keys[at.numpy()], steps.numpy()), p.temperature, p.top_p)
+        live = (~done).nonzero().squeeze(-1)
+        rows, step = at[live], steps[live]
+        self.tokens[rows, step] = nxt[live]
+        if p.logprobs:
+            chosen = logits[live].gather(-1, nxt[live].unsqueeze(-1)).squeeze(-1)
+            self.token_lp[rows, step] = (chosen - torch.logsumexp(logits[live], dim=-1)).double()
+        eos = torch.isin(nxt[live], self.eos)
+        self.n_gen[rows[~eos]] += 1
+        steps[live] += 1
+        ended = eos | (steps[live] >= p.max_tokens)
+        if p.stop:
+            # Decode the tail only: a stop string can't start earlier than ~its length back.
+            grow, n = rows[~eos], step[~eos] + 1
+            lo = (n - 16).clamp(min=0)
+            tails = self.eng.tokenizer.batch_decode(
+                [self.tokens[r, a:b].tolist() for r, a, b in zip(grow.tolist(), lo.tolist(), n.tolist())],
+                skip_special_tokens=True)
+            hit = torch.zeros(len(live), dtype=torch.bool)
+            hit[(~eos).nonzero().squeeze(-1)] = torch.tensor([any(s in t for s in p.stop) for t in tails],
+                                                             dtype=torch.bool)
+            ended |= hit
+            eos = eos | hit
+        self.stopped[rows[eos]] = True
+        done[live[ended]] = True
+        return nxt
+
+    def _retire(self) -> None:
+        """Hand the finished rows over and drop them from the batch and its cache."""
+        gone, keep = self.at[self.done].tolist(), (~self.done).nonzero().squeeze(-1)
+        self.finished(gone, self._completions(gone))
+        if len(keep) < len(self.at):
+            self.cache.batch_select_indices(keep)
+            self.at, self.steps, self.done = self.at[keep], self.steps[keep], self.done[keep]
+            self.cur, self.pos, self.mask = self.cur[keep], self.pos[keep], self.mask[keep]
+        if self.refill and len(self.at):
+            # Columns no remaining row can see: forget them, so the cache follows the rows in it.
+            lead = int(self.mask.argmax(-1).min())
+            if lead:
+                self.cache.trim(lead)
+                self.mask = self.mask[:, lead:]
+        if not len(self.at):
+            self.cache, self.mask = None, self.mask[:, :0]
+
+    def _completions(self, rows: list[int]) -> list[Completion]:
+        eng, p = self.eng, self.p
+        n_list = self.n_gen[rows].tolist()
+        generated = [self.tokens[r, :n].tolist() for r, n in zip(rows, n_list)]
+        texts = eng.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        kept = list(n_list)
+        finish = ["stop" if s else "length" for s in self.stopped[rows].tolist()]
+        for k, full in enumerate(texts):
+            hit = min((full.find(s) for s in p.stop if s in full), default=-1)
+            if hit >= 0:
+                texts[k], finish[k] = full[:hit], "stop"
+                kept[k] = eng._tokens_covering(generated[k], hit)
+        # num_tokens and logprob describe the returned text: the stop string and what followed it
+        # were generated but cut, so they must not count (a judge's logprob would mix in the tail).
+        upto = torch.arange(p.max_tokens) < torch.tensor(kept).unsqueeze(-1)
+        lps = (self.token_lp[rows] * upto).sum(-1).tolist()
+        return [Completion(text=texts[k], finish_reason=finish[k], num_tokens=kept[k],
+                           logprob=lps[k] if p.logprobs else None) for k in range(len(rows))]
