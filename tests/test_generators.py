@@ -123,7 +123,7 @@ def test_self_reward_empty_input_and_step_card():
     stats = dict(res.card_sections)["Judge statistics"]
     assert "unparseable rate" in stats and "exact agreement" in stats and "distribution" in stats
     assert set(res.figures) == {"judge_scores", "lengths"} and res.side_tables["candidates"][0] == "completion"
-    assert res.lineage["templates"]["rubric_judge"] == "rubric-judge-1"
+    assert res.lineage["templates"]["rubric_judge"] == "rubric-judge-2"
 
 
 # ----------------------------------------------------------------------------- conditional
