@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -100,6 +101,24 @@ def _billed_usage(content: bytes) -> tuple[int, int]:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     except (ValueError, AttributeError, TypeError):
         return 0, 0
+
+
+@contextlib.contextmanager
+def _old_objects_frozen():
+    """Keep the objects that exist before a call out of the garbage collector's full passes during
+    it. Such a pass walks every tracked object (about 230,000 in the benchmark's process: imports,
+    the caller's rows), and the event loop, with all its requests in flight, stands still meanwhile:
+    one took 169 ms of a 4.8 s call at 256 in flight. Objects made during the call are collected as
+    usual, and unfreeze() returns the old ones to the collector afterwards, so nothing is kept alive
+    for longer than the call. Left alone when someone else has frozen objects (a pre-fork server)."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _shutdown(loop: asyncio.AbstractEventLoop, clients: list) -> None:
@@ -345,7 +364,7 @@ class OpenAIEngine:
                 if on_batch is not None:
                     on_batch(pos, comps)
 
-            with self._lock:
+            with self._lock, _old_objects_frozen():
                 out = self._call(self._run(items, params, done))
         self.stats["last_call_s"] = round(time.time() - t0, 3)
         return out
