@@ -370,3 +370,22 @@ def test_http_client_is_an_engine_config_field_and_not_in_the_fingerprint():
     fps = {fingerprint(Step(), NoConfig(), EngineConfig(**base, http_client=c), "digest", 0) for c in
            ("auto", "openai", "lean")}
     assert len(fps) == 1  # which client fetched the rows does not change them
+
+
+def test_old_objects_are_frozen_out_of_gc_only_during_a_call():
+    import gc
+
+    seen = []
+    with FaultServer() as s:
+        eng = backend(s.url, "lean")
+        eng.generate_samples([(r, 0) for r in reqs(5)], SamplingParams(),
+                             on_batch=lambda p, c: seen.append(gc.get_freeze_count()))
+        assert seen and min(seen) > 0 and gc.get_freeze_count() == 0  # frozen during, given back after
+        gc.freeze()  # someone else's freeze (a pre-fork server) is theirs to undo
+        try:
+            frozen = gc.get_freeze_count()
+            eng.generate_samples([(r, 1) for r in reqs(5)], SamplingParams())
+            assert gc.get_freeze_count() == frozen
+        finally:
+            gc.unfreeze()
+        eng.close()
