@@ -316,6 +316,20 @@ def test_a_corrupt_request_cache_names_the_file_and_cache_clear_fixes_it(tmp_pat
         assert code == 0, err
 
 
+def test_cache_clear_also_removes_left_over_ray_shards(capsys):
+    """Shards a crashed Ray run left beside the cache would be merged back in by the next run."""
+    from prefdata.engines.cache import shard_dir
+
+    cache = home() / "cache" / "requests.sqlite"
+    cache.parent.mkdir(parents=True)
+    sqlite3.connect(cache).close()
+    shards = shard_dir(cache)
+    shards.mkdir()
+    (shards / "driver-worker.sqlite").write_bytes(b"x")
+    code, out, _ = cli(capsys, "cache", "clear")
+    assert code == 0 and not cache.exists() and not shards.exists() and str(shards) in out
+
+
 def test_undecodable_cache_rows_name_the_file(tmp_path, capsys):
     with FaultServer() as s:
         code, _, err = cli(capsys, "run", openai_pipeline(tmp_path, s.url, limit=2))

@@ -5,6 +5,7 @@ Caches only ever hold work that can be redone: clearing one costs regeneration t
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
@@ -44,6 +45,17 @@ def clear(path: Path = typer.Argument(None, help="A cache file (an engine.cache_
         cache_dir = home() / "cache"
         targets = sorted(p for p in cache_dir.glob("*.sqlite")) if cache_dir.is_dir() else []
     gone = [f for t in targets for f in _remove(t)]
+    # A crashed Ray run's worker shards would otherwise be merged back in by the next run.
+    from prefdata.engines.cache import shard_dir
+
+    for t in targets:
+        d = shard_dir(t)
+        if d.is_dir():
+            try:
+                shutil.rmtree(d)
+            except OSError as e:
+                raise PrefdataError(f"cannot delete {d}: {e.strerror or e}") from None
+            gone.append(d)
     if not gone:
         typer.echo("no cache files to clear")
         return
