@@ -47,6 +47,14 @@ class EngineConfig(BaseModel):
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the API key; "
                              "the key itself never appears in configs, logs or cards.")
     concurrency: int = Field(16, ge=1, le=4096, description="openai backend: requests in flight.")
+    http_client: Literal["auto", "openai", "lean"] = Field(
+        "auto", description="openai backend: the HTTP client. openai: the official client (proxies from the "
+        "environment). lean: prefdata's asyncio HTTP/1.1 client (prefdata/engines/http.py), about a tenth of the "
+        "official client's CPU per request, no proxy support. auto: the official client below 64 requests in "
+        "flight and the lean one from 64, where one event loop cannot carry the official client's CPU "
+        "(benchmarks/RESULTS.md, OpenAI-compatible client efficiency); the official one whenever a proxy variable "
+        "applies to base_url or base_url has credentials or a query string. Same request body, retries, usage "
+        "and error texts either way.")
     max_retries: int = Field(5, ge=0, le=50)
     timeout_s: float = Field(60.0, gt=0)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend: share of GPU memory.")
