@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
 Messages = list[dict[str, str]]  # [{"role": "user", "content": "..."}], TRL/vLLM conversational format
@@ -26,7 +26,9 @@ class SamplingParams:
 
     def cache_fields(self) -> dict:
         """The fields that change the output. Batch size and concurrency never go in a cache key."""
-        d = asdict(self)
+        # Field by field rather than dataclasses.asdict, whose recursive copy cost ~28 us per request
+        # key (one key per sample, all computed before the first request is sent).
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["stop"] = list(self.stop)
         return d
 
