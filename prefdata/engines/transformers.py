@@ -150,7 +150,11 @@ class TransformersEngine:
                 produced += sum(c.num_tokens for c in comps)
                 advance(len(rows), note=f"{produced / max(time.time() - t0, 1e-6):.0f} tok/s")
 
-            if items:
+            if items and params.max_tokens < 1:  # nothing to generate: every row ends by length at once
+                finished(list(range(len(items))), [Completion(text="", finish_reason="length", num_tokens=0,
+                                                              logprob=0.0 if params.logprobs else None)
+                                                   for _ in items])
+            elif items:
                 _Decoder(self, ids, seeds, params, finished).run()
         self.stats["generated_tokens"] += produced
         self.stats["requests"] += len(items)
