@@ -282,6 +282,7 @@ class _Decoder:
         self.refill = kvcache.supports(eng.model.config)
         self.cache = None
 
+    @torch.inference_mode()  # no autograd graph: without it every step's graph stays alive through the cache
     def run(self) -> None:
         slots = self.eng.cfg.max_batch_size
         while self.queue or len(self.at):
