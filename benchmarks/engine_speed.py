@@ -30,7 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Each change of issue 14 on its own; the first is the engine before it.
 REVISIONS = [("before (ba1fe86)", "ba1fe86"), ("1. last-position logits", "1b1c932"),
-             ("2. + top-k prefilter", "c891dec"), ("3. + vectorised counter-based sampling", "212c5c8")]
+             ("2. + top-k prefilter", "c891dec"), ("3. + vectorised counter-based sampling", "212c5c8"),
+             ("4-5. + chunked score(), finished rows leave the batch", "297d553")]
+# The current engine with one of this session's changes switched off (--variants): each change's share.
+VARIANTS = {"no-refill": "6-8 without continuous batching (static batches, transformers' DynamicCache)",
+            "no-gqa": "6-8 without grouped-head SDPA (transformers' sdpa, which repeats KV heads)"}
 
 
 def _rss_mib() -> float:
@@ -68,7 +72,14 @@ def worker(a) -> None:
     assert str(Path(prefdata.__file__).resolve()).startswith(str(Path(a.tree).resolve())), prefdata.__file__
     if a.threads:
         torch.set_num_threads(a.threads)
-    eng = TransformersEngine(EngineConfig(model=a.model, cache=False, progress=False))
+    eng = TransformersEngine(EngineConfig(model=a.model, cache=False, progress=False,
+                                          max_batch_size=a.batch_size))
+    if a.variant == "no-gqa":
+        eng.model.set_attn_implementation("sdpa")
+    elif a.variant == "no-refill":
+        from prefdata.engines import kvcache
+
+        kvcache.supports = lambda config: False  # the decoder then keeps DynamicCache and never refills
     res = {}
     if a.mode == "generate":
         reqs = prompts(a.prompts)
@@ -129,11 +140,11 @@ def _export(rev: str, dest: Path) -> Path:
     return tree
 
 
-def _run(tree: Path, mode: str, model: str, a) -> dict:
+def _run(tree: Path, mode: str, model: str, a, variant: str = "") -> dict:
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT / 'benchmarks'}"}
     cmd = [sys.executable, __file__, "--worker", "--tree", str(tree), "--mode", mode, "--model", model,
            "--prompts", str(a.prompts), "--new-tokens", str(a.new_tokens), "--pairs", str(a.pairs),
-           "--threads", str(a.threads)]
+           "--threads", str(a.threads), "--batch-size", str(a.batch_size), "--variant", variant]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree, check=False)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -150,6 +161,13 @@ def main() -> None:
     ap.add_argument("--head", default="HEAD", help="the revision measured last (the current engine)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per engine and for the ceiling; "
                     "0 = torch's default. 1 holds up better on an oversubscribed machine.")
+    ap.add_argument("--batch-size", type=int, default=64, help="the engine's max_batch_size (its default: 64); "
+                    "with fewer than --prompts, continuous batching has rows to refill")
+    ap.add_argument("--revisions", nargs="*", help="git revisions to compare with HEAD (default: every change "
+                    "of issue 14 in order)")
+    ap.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                    help="also run HEAD with one change switched off")
+    ap.add_argument("--variant", default="")
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--tree")
     ap.add_argument("--mode")
@@ -170,21 +188,25 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.head], check=True,
                           capture_output=True, text=True).stdout.strip()
-    revs = REVISIONS + [(f"4-5. + chunked score(), finished rows leave the batch (now, {head})", head)]
+    base = REVISIONS if a.revisions is None else [(f"`{r}`", r) for r in a.revisions]
+    # A revision may run more than once (variants of HEAD): runs are keyed by label.
+    revs = base + [(VARIANTS[v], head) for v in a.variants] + [
+        (f"6-8. + continuous batching, in-place KV cache, grouped-head SDPA (now, {head})", head)]
+    variant_of = {VARIANTS[v]: v for v in a.variants}
     model = resolve_model(DEFAULT_MODEL)
     mcfg = AutoConfig.from_pretrained(model)
     P = matmul_params(mcfg)
     load0 = os.getloadavg()[0]
     ceil = [ceiling(mcfg, rows=(64, 256))]
-    gen: dict[str, list[dict]] = {rev: [] for _, rev in revs}
+    gen: dict[str, list[dict]] = {label: [] for label, _ in revs}
     scores: dict[str, list[dict]] = {revs[0][1]: [], head: []}
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {rev: _export(rev, Path(tmp)) for _, rev in revs}
+        trees = {rev: _export(rev, Path(tmp)) for rev in dict.fromkeys(rev for _, rev in revs)}
         for r in range(a.rounds):
             order = revs if r % 2 == 0 else list(reversed(revs))
             for label, rev in order:
-                gen[rev].append(_run(trees[rev], "generate", model, a))
-                print(label, "generate", gen[rev][-1], flush=True)
+                gen[label].append(_run(trees[rev], "generate", model, a, variant_of.get(label, "")))
+                print(label, "generate", gen[label][-1], flush=True)
             for rev in (scores if r % 2 == 0 else list(reversed(scores))):
                 scores[rev].append(_run(trees[rev], "score", model, a))
                 print(rev, "score", scores[rev][-1], flush=True)
@@ -194,12 +216,12 @@ def main() -> None:
 
     rows, prev, first, cfirst = [], None, None, None
     for label, rev in revs:
-        best = min(gen[rev], key=lambda x: x["seconds"])
+        best = min(gen[label], key=lambda x: x["seconds"])
         tps = best["tokens"] / best["seconds"]
         share = 2 * P * (best["tokens"] + best["prompt_tokens"]) / best["seconds"] / top
         first = first or tps
         vs_prev = f"{tps / prev:.2f}x" if prev else "-"
-        cpu = min(gen[rev], key=lambda x: x["cpu_seconds"])  # CPU time: what the load disturbs least
+        cpu = min(gen[label], key=lambda x: x["cpu_seconds"])  # CPU time: what the load disturbs least
         ctps = cpu["tokens"] / cpu["cpu_seconds"]
         cfirst = cfirst or ctps
         rows.append(f"| {label} | `{rev}` | {best['tokens']:,} | {best['seconds']:.1f} | {tps:.0f} | {vs_prev} | "
@@ -219,13 +241,17 @@ def main() -> None:
                      f"{max(r['peak_extra_mib'] for r in runs):.0f} | {best['scores_head'][:2]} |")
     ceil_line = "; ".join(", ".join(f"{m} rows {f / 1e9:.0f} GFLOP/s" for m, f in c.items()) for c in ceil)
     cmd = (f".venv/bin/python benchmarks/engine_speed.py --prompts {a.prompts} --new-tokens {a.new_tokens} "
-           f"--pairs {a.pairs} --rounds {a.rounds}" + (f" --threads {a.threads}" if a.threads else ""))
+           f"--pairs {a.pairs} --rounds {a.rounds} --batch-size {a.batch_size}"
+           + (f" --threads {a.threads}" if a.threads else "")
+           + (f" --revisions {' '.join(a.revisions)}" if a.revisions is not None else "")
+           + (f" --variants {' '.join(a.variants)}" if a.variants else ""))
     run = (f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores shared with other "
         f"work (load average {load0:.1f} at the start, {load1:.1f} at the end), SmolLM2-135M float32, "
         f"{a.prompts} prompts x up to {a.new_tokens} new tokens, T 0.7, top-p 0.9, best of {a.rounds} "
         "interleaved rounds, torch threads "
            f"{torch.get_num_threads()}; rows that ended by EOS or a stop: "
-           f"{', '.join(str(gen[rev][0]['finished_by_eos']) for _, rev in revs)}.")
+           f"{', '.join(str(gen[label][0]['finished_by_eos']) for label, _ in revs)}; engine max_batch_size "
+           f"{a.batch_size}.")
     print("\n".join([
         f"Command: `{cmd}`", run, "",
         ("| engine | revision | generated tokens | seconds | tokens/s | vs previous | vs before | share of ceiling "
