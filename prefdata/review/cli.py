@@ -61,6 +61,9 @@ def serve(ref: str, *, host: str, port: int, annotator: str, budget: int | None,
     except OSError as e:
         sock.close()
         raise PrefdataError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    # Listening before the URL is printed: a browser (or a test) that connects at once is queued in
+    # the backlog until uvicorn accepts, instead of refused while the app is still starting.
+    sock.listen(128)
     real_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if not _loopback(host):
