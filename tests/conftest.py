@@ -40,3 +40,19 @@ def embedded_model() -> str:
         else:
             os.environ["PREFDATA_HOME"] = old
     return path
+
+
+@pytest.fixture
+def ray_engines(monkeypatch) -> list:
+    """Every RayEngine the test creates, in order (the executor makes one per engine config and run)."""
+    from prefdata.executors import ray as ray_executor
+
+    engines: list = []
+    real_init = ray_executor.RayEngine.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        engines.append(self)
+
+    monkeypatch.setattr(ray_executor.RayEngine, "__init__", spy)
+    return engines

@@ -207,22 +207,14 @@ def test_executor_block_is_checked_and_overridden_in_the_documented_order(tmp_pa
 
 
 
-def test_pool_lives_for_the_run_and_is_shut_down_when_the_run_fails(local_ray, tmp_path, monkeypatch):
+def test_pool_lives_for_the_run_and_is_shut_down_when_the_run_fails(local_ray, tmp_path, monkeypatch, ray_engines):
     import yaml
 
     from prefdata.engines.faultserver import FaultServer
     from prefdata.errors import PrefdataError
-    from prefdata.executors import ray as ray_executor
     from prefdata.pipeline import run_pipeline
 
-    engines: list = []
-    real_init = ray_executor.RayEngine.__init__
-
-    def spy(self, *a, **k):
-        real_init(self, *a, **k)
-        engines.append(self)
-
-    monkeypatch.setattr(ray_executor.RayEngine, "__init__", spy)
+    engines = ray_engines
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "h"))
     with FaultServer() as s:
         step = {"uses": "rlcd", "input": "builtin:quickstart_prompts", "limit": 4, "config": {"max_retries": 0}}

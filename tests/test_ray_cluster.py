@@ -201,20 +201,12 @@ def _pipeline(tmp_path: Path, url: str) -> Path:
 
 
 def test_worker_node_killed_mid_run_the_run_carries_on_and_commits_the_local_version(
-        two_nodes, tmp_path, monkeypatch):
+        two_nodes, tmp_path, monkeypatch, ray_engines):
     from prefdata.engines.faultserver import FaultServer
-    from prefdata.executors import ray as ray_executor
     from prefdata.pipeline import run_pipeline
 
     cluster, worker = two_nodes
-    engines: list = []
-    real_init = ray_executor.RayEngine.__init__
-
-    def spy(self, *a, **k):
-        real_init(self, *a, **k)
-        engines.append(self)
-
-    monkeypatch.setattr(ray_executor.RayEngine, "__init__", spy)
+    engines = ray_engines
     with FaultServer(latency=0.4) as server:
         path = _pipeline(tmp_path, server.url)
         monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "local"))
