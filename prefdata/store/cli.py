@@ -230,7 +230,10 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
                dedup: bool = typer.Option(False, "--dedup", help="Drop rows repeating an earlier id or content."),
                allow_empty: str = typer.Option("none", "--allow-empty",
                                                help="Keep pairs with an empty answer on this side: "
-                                                    "none | chosen | rejected | both.")):
+                                                    "none | chosen | rejected | both."),
+               force_kind: bool = typer.Option(False, "--force-kind",
+                                               help="Commit even when the kind differs from NAME@latest's "
+                                                    "(e.g. prompts under a pair dataset's name).")):
     """Validate a file and commit it as a new version (HH transcripts and TRL formats accepted)."""
     from prefdata import io
     from prefdata.store import check_name, commit, quarantine_path
@@ -247,7 +250,8 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
         step["dedup_dropped"] = dropped
         typer.echo(f"dropped {dropped} duplicate rows", err=True)
     parent = source if "@" in source and not Path(source).exists() else str(Path(source).resolve())
-    v = commit(name, table, kind=kind, lineage={"parents": [parent], "step": step},
+    v = commit(name, table, kind=kind, lineage={"parents": [parent], "step": step}, allow_kind_change=force_kind,
                command=f"prefdata datasets import {source} --name {name}" + (" --dedup" if dedup else "")
-               + (f" --allow-empty {allow_empty}" if allow_empty != "none" else ""))
+               + (f" --allow-empty {allow_empty}" if allow_empty != "none" else "")
+               + (" --force-kind" if force_kind else ""))
     typer.echo(f"{v.ref}  card: {v.card_path}")

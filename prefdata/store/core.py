@@ -12,6 +12,12 @@ commit removes the temp dir once its owner pid is gone. Numbers are handed out u
 `flock` so two writers, in any processes, never share a `vN`. `manifest.sha256` lives outside the
 manifest so a rewritten manifest is caught; a version that fails that or does not parse is reported
 as corrupt (`scan`, `CorruptVersion`) while every other version keeps working.
+
+`verify` recomputes the content hash from the data files as a commit does, so a data file rewritten
+with its checksum updated in a re-summed manifest is still caught, and a commit reuses a version of
+the same content hash only once that version verifies. A dataset or version directory must be a
+real directory at its own place: a symlink leading anywhere else is refused for writing and reported
+as corrupt for reading (`escape_reason`).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from prefdata.redact import redact, redact_obj
 from prefdata.errors import PrefdataError, RefError
 
 SCHEMA_VERSION = 2  # 2: manifest.sha256 beside manifest.json
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSION_RE = re.compile(r"^v(\d+)$")
+# Always used with fullmatch: `$` would also match before a trailing newline ('nl\n').
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_VERSION_RE = re.compile(r"v(\d+)")
+_SPLIT_RE = re.compile(r"[A-Za-z0-9_]+")
 
 
 def home() -> Path:
@@ -81,6 +89,29 @@ class Version:
         return out
 
 
+def escape_reason(path: Path) -> str | None:
+    """Why a path named inside the store does not lead to its own place there, or None.
+
+    A dataset directory `datasets/<name>` or a version `datasets/<name>/vN` must be a real directory
+    at that place: one that is (or sits under) a symlink leading anywhere else, outside the store
+    or onto another version, is refused for writing and reported as corrupt for reading. A path not
+    named under the store (a version directory copied elsewhere, given by path) is not judged here."""
+    root = datasets_dir()
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        return None
+    try:
+        real_root = root.resolve()
+        want, got = real_root.joinpath(*rel.parts), Path(path).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        return f"{path} cannot be resolved ({getattr(e, 'strerror', None) or e})"
+    if got == want:
+        return None
+    where = "outside the store" if got != real_root and real_root not in got.parents else "elsewhere in the store"
+    return f"{path} is a symlink to {got}, {where} {real_root}"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -90,8 +121,8 @@ def sha256_file(path: Path) -> str:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise PrefdataError(f"invalid dataset name '{name}': use letters, digits, '.', '_' or '-' (max 128)")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise PrefdataError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (max 128)")
     return name
 
 
@@ -150,6 +181,8 @@ def _read_sum(sum_file: Path, ref: str) -> str:
 
 def _read_version(path: Path) -> Version:
     ref = _ref_of(path)
+    if (why := escape_reason(path)) is not None:
+        raise CorruptVersion(ref, why)
     try:
         raw = (path / "manifest.json").read_bytes()
     except OSError as e:
@@ -165,11 +198,15 @@ def _read_version(path: Path) -> Version:
     if not sum_file.is_file() and (not isinstance(man.get("schema_version"), int) or man["schema_version"] >= 2):
         # Versions since schema 2 always carry the sum; only older ones may lack it.
         raise CorruptVersion(ref, f"{MANIFEST_SUM} is missing")
+    # A stat per listed file (no hashing): a deleted card or data file shows in `list`, not only in `verify`.
+    for rel in man["files"]:
+        if not (path / rel).is_file():
+            raise CorruptVersion(ref, f"missing file {rel}")
     return Version(name=man["name"], version=path.name, sha=man["content_hash"], path=path, manifest=man)
 
 
 def _version_numbers(d: Path) -> list[int]:
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_RE.match(p.name)) and p.is_dir())
+    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_RE.fullmatch(p.name)) and p.is_dir())
 
 
 def scan(name: str | None = None) -> list[Version | Corrupt]:
@@ -202,10 +239,13 @@ def resolve(ref: str) -> Version:
         raise RefError("empty dataset ref")
     p = Path(ref).expanduser()
     if (p / "manifest.json").is_file():
+        # A path inside the store must be the version's own directory, not a symlink to elsewhere.
+        if (why := escape_reason(p)) is not None:
+            raise CorruptVersion(_ref_of(Path(os.path.abspath(p))), why)
         return _read_version(p.resolve())
     name, _, sel = ref.partition("@")
     sel = sel or "latest"
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise RefError(f"malformed dataset ref '{ref}' (expected name@vN, name@latest or name@sha:<prefix>)")
     entries = scan(name)
     versions = [v for v in entries if isinstance(v, Version)]
@@ -230,7 +270,7 @@ def resolve(ref: str) -> Version:
         if not hits:
             raise RefError(f"no version of '{name}' has content hash {prefix}… (versions: {have})")
         return hits[0]
-    if not _VERSION_RE.match(sel):
+    if not _VERSION_RE.fullmatch(sel):
         raise RefError(f"malformed version '{sel}' in '{ref}' (expected vN, latest or sha:<prefix>)")
     for v in versions:
         if v.version == sel:
@@ -239,26 +279,46 @@ def resolve(ref: str) -> Version:
 
 
 def verify(version: Version, split: str | None = None) -> None:
-    """Recompute the sha256 of every file the manifest lists (data, card, plots) and compare, and
-    check the manifest's row counts against the Parquet footers. Raises CorruptVersion."""
+    """Recompute the sha256 of every file the manifest lists (data, card, plots) and compare,
+    recompute the content hash from the data files exactly as a commit does and compare it with the
+    manifest's, and check the manifest's row counts against the Parquet footers. A version directory
+    that is a symlink to elsewhere, or a listed file that is a symlink or leads out of the version,
+    is corrupt too. Raises CorruptVersion.
+
+    The content hash is what `@sha:` refs and commit-time dedup trust, so a parquet rewritten with
+    its sha256 updated in a re-summed manifest (consistent tampering) is caught here."""
     version.data_files(split)  # unknown split -> clear error
     ref = version.ref
+    if (why := escape_reason(version.path)) is not None:
+        raise CorruptVersion(ref, why)
+    real = version.path.resolve()
     sum_file = version.path / MANIFEST_SUM
+    seen: dict[str, str] = {}
 
-    def digest(f: Path) -> str:
-        try:
-            return sha256_file(f)
-        except OSError as e:
-            raise CorruptVersion(ref, f"{f.name} unreadable ({e.strerror or e})") from None
-
-    if sum_file.is_file() and _read_sum(sum_file, ref) != digest(version.path / "manifest.json"):
-        raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
-    for rel, expected in version.manifest["files"].items():
+    def digest(rel: str) -> str:
+        if rel in seen:
+            return seen[rel]
         f = version.path / rel
+        if f.is_symlink() or (f.exists() and real not in f.resolve().parents):
+            raise CorruptVersion(ref, f"{rel} is a symlink; a version holds its own files")
         if not f.is_file():
             raise CorruptVersion(ref, f"missing file {rel}")
-        if digest(f) != expected:
+        try:
+            seen[rel] = sha256_file(f)
+        except OSError as e:
+            raise CorruptVersion(ref, f"{rel} unreadable ({e.strerror or e})") from None
+        return seen[rel]
+
+    if sum_file.is_file() and _read_sum(sum_file, ref) != digest("manifest.json"):
+        raise CorruptVersion(ref, f"manifest.json does not match {MANIFEST_SUM} (changed after commit)")
+    for rel, expected in version.manifest["files"].items():
+        if digest(rel) != expected:
             raise CorruptVersion(ref, f"checksum mismatch: {rel} was changed after commit")
+    split_files = {s: info["files"] for s, info in version.manifest["splits"].items()}
+    actual = content_hash(split_files, {rel: digest(rel) for fs in split_files.values() for rel in fs})
+    if actual != version.manifest["content_hash"]:
+        raise CorruptVersion(ref, f"content hash recomputed from the data is {actual[:12]}…, the manifest says "
+                                  f"{version.manifest['content_hash'][:12]}… (data changed after commit)")
     for s, info in version.manifest["splits"].items():
         if split and s != split:
             continue
@@ -372,6 +432,44 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def _refuse_escape(dataset_dir: Path) -> None:
+    """A commit never writes through a symlink that leads out of the dataset's place in the store."""
+    if (dataset_dir.exists() or dataset_dir.is_symlink()) and (why := escape_reason(dataset_dir)) is not None:
+        raise PrefdataError(f"refusing to write the dataset there: {why}")
+
+
+def _reusable(name: str, chash: str, checked: dict[str, bool]) -> Version | None:
+    """The existing version of `name` whose content hash is `chash` and that still verifies (its
+    files re-hashed, its content hash recomputed), or None. A match that fails is passed over with a
+    warning, so re-importing good data commits a good version instead of returning a damaged one.
+    `checked` remembers verdicts across the two looks a commit takes (before and under the lock)."""
+    import sys
+
+    for v in list_versions(name):
+        if v.sha != chash:
+            continue
+        if v.ref not in checked:
+            try:
+                verify(v)
+                checked[v.ref] = True
+            except CorruptVersion as e:
+                checked[v.ref] = False
+                print(f"warning: {v.ref} has this content hash but is corrupt ({e.reason}); committing a new version",
+                      file=sys.stderr)
+        if checked[v.ref]:
+            return v
+    return None
+
+
+def _refuse_kind_change(name: str, kind: str) -> None:
+    """Refuse a commit whose kind differs from the latest readable version's: `name@latest` would
+    silently start holding another kind of rows (prompts where pairs were)."""
+    versions = list_versions(name)
+    if versions and (had := versions[-1].manifest.get("kind")) != kind:
+        raise PrefdataError(f"{versions[-1].ref} holds '{had}' rows and this commit holds '{kind}' rows; "
+                            f"use another --name, or --force-kind to make {name}@latest a '{kind}' dataset")
+
+
 class VersionWriter:
     """A version written shard by shard: `write(split, table)` spools each shard to disk beside the
     version's temp dir, `commit(...)` lays the rows out in data files of FILE_ROWS rows with row
@@ -391,6 +489,7 @@ class VersionWriter:
         check_name(name)
         self.name = name
         self.dest_dir = datasets_dir() / name
+        _refuse_escape(self.dest_dir)
         try:
             self.dest_dir.mkdir(parents=True, exist_ok=True)
             probe = self.dest_dir / f".probe-{uuid.uuid4().hex}"
@@ -398,6 +497,7 @@ class VersionWriter:
             probe.unlink()
         except OSError as e:
             raise PrefdataError(f"store directory is not writable: {self.dest_dir} ({e.strerror or e})") from None
+        _refuse_escape(self.dest_dir)  # raced with a symlink swapped in before mkdir
         _sweep_stale(self.dest_dir)
         self.tmp = self.dest_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         (self.tmp / "spool").mkdir(parents=True)
@@ -429,7 +529,7 @@ class VersionWriter:
         from prefdata.store.card import summarize
         from prefdata.store.checks import DuplicateCounter, check_values
 
-        if not re.match(r"^[A-Za-z0-9_]+$", split):
+        if not _SPLIT_RE.fullmatch(split):
             raise PrefdataError(f"invalid split name '{split}'")
         if not isinstance(table, pa.Table):
             raise PrefdataError(f"split '{split}' must be a pyarrow Table, got {type(table).__name__}")
@@ -484,14 +584,19 @@ class VersionWriter:
         return rels, {r: sha256_file(self.tmp / r) for r in rels}
 
     def commit(self, *, kind: str = "pair", lineage: dict | None = None, command: str | None = None,
-               card_sections: list[tuple[str, str]] | None = None, figures: dict | None = None) -> Version:
-        """Write the version and return it; identical content returns the existing version."""
+               card_sections: list[tuple[str, str]] | None = None, figures: dict | None = None,
+               allow_kind_change: bool = True) -> Version:
+        """Write the version and return it; identical content returns the existing version once it
+        verifies (a corrupt or tampered match is passed over and a new version committed).
+        `allow_kind_change=False` refuses a kind other than the latest version's (`--force-kind`)."""
         from prefdata.store.card import render_card
 
         if self._done:
             raise PrefdataError(f"version writer for '{self.name}' is already closed")
         if not self._parts:
             raise PrefdataError(f"nothing to commit for '{self.name}': no splits")
+        if not allow_kind_change:
+            _refuse_kind_change(self.name, kind)
         lineage = dict(lineage or {})
         dest_dir, tmp = self.dest_dir, self.tmp
         try:
@@ -502,10 +607,10 @@ class VersionWriter:
                 hashes.update(h)
             shutil.rmtree(tmp / "spool", ignore_errors=True)
             chash = content_hash(split_files, hashes)
-            for v in list_versions(self.name):
-                if v.sha == chash:
-                    self.abort()
-                    return v
+            checked: dict[str, bool] = {}
+            if (same := _reusable(self.name, chash, checked)) is not None:
+                self.abort()
+                return same
             images = {}
             for fig_name, fig in (figures or {}).items():
                 fn = f"{fig_name}.png"
@@ -534,10 +639,12 @@ class VersionWriter:
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
             with _lock(dest_dir):
-                for v in list_versions(self.name):
-                    if v.sha == chash:
-                        self.abort()
-                        return v
+                _refuse_escape(dest_dir)
+                if not allow_kind_change:
+                    _refuse_kind_change(self.name, kind)
+                if (same := _reusable(self.name, chash, checked)) is not None:
+                    self.abort()
+                    return same
                 # Numbered past every vN directory, corrupt ones included, so a new version never
                 # lands on (or is refused by) a damaged one.
                 nums = _version_numbers(dest_dir)
@@ -559,6 +666,7 @@ class VersionWriter:
                     # Test hook: a window in which the commit can be killed before the rename.
                     time.sleep(float(os.environ["PREFDATA_TEST_COMMIT_PAUSE"]))
                 final = dest_dir / f"v{number}"
+                _refuse_escape(dest_dir)
                 os.rename(tmp, final)
                 self._done = True
                 _fsync_dir(dest_dir)
@@ -569,20 +677,25 @@ class VersionWriter:
 
 
 def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, command: str | None = None,
-           card_sections: list[tuple[str, str]] | None = None, figures: dict | None = None) -> Version:
-    """Write a new immutable version and return it; identical content returns the existing version.
-    `data`: a table (the train split) or {split: table}; for data that does not fit in memory, write
-    it in shards with `VersionWriter` (same layout, same content hash)."""
+           card_sections: list[tuple[str, str]] | None = None, figures: dict | None = None,
+           allow_kind_change: bool = True) -> Version:
+    """Write a new immutable version and return it; identical content returns the existing version
+    (once it verifies). `data`: a table (the train split) or {split: table}; for data that does not
+    fit in memory, write it in shards with `VersionWriter` (same layout, same content hash).
+    `allow_kind_change=False` refuses to commit a kind other than the latest version's."""
+    if not allow_kind_change:
+        _refuse_kind_change(check_name(name), kind)  # before any row is written
     check_name(name)
     splits: dict[str, pa.Table] = data if isinstance(data, dict) else {"train": data}
     if not splits:
         raise PrefdataError(f"nothing to commit for '{name}': no splits")
     for s, t in splits.items():
-        if not re.match(r"^[A-Za-z0-9_]+$", s):
+        if not _SPLIT_RE.fullmatch(s):
             raise PrefdataError(f"invalid split name '{s}'")
         if not isinstance(t, pa.Table):
             raise PrefdataError(f"split '{s}' must be a pyarrow Table, got {type(t).__name__}")
     with VersionWriter(name) as w:
         for s, t in splits.items():
             w.write(s, t)
-        return w.commit(kind=kind, lineage=lineage, command=command, card_sections=card_sections, figures=figures)
+        return w.commit(kind=kind, lineage=lineage, command=command, card_sections=card_sections, figures=figures,
+                        allow_kind_change=allow_kind_change)

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from prefdata.errors import PrefdataError, RefError
-from prefdata.store.core import Corrupt, CorruptVersion, Version, load_table, resolve
+from prefdata.store.core import Corrupt, CorruptVersion, Version, datasets_dir, load_table, resolve
 
 
 def log(ref: str) -> list[tuple[int, Version | Corrupt | str]]:
@@ -71,10 +71,24 @@ def _last_text(col: str) -> pl.Expr:
     return pl.col(col).list.last().struct.field("content")
 
 
+def _refuse_inside_store(out: Path) -> None:
+    """An export never writes into the store: it would replace a committed version's file (or a
+    lock or temp dir) in place. Symlinks are followed, on the file and on its folders."""
+    root = datasets_dir().resolve()
+    try:
+        target = out.expanduser().resolve()
+    except (OSError, RuntimeError) as e:
+        raise PrefdataError(f"--out {out}: cannot resolve the path ({getattr(e, 'strerror', None) or e})") from None
+    if target == root or root in target.parents:
+        raise PrefdataError(f"--out {out} is inside the dataset store {root}; committed versions are never "
+                            "written over: choose a path outside it")
+
+
 def export(ref: str, out: str | Path, fmt: str = "conversational", split: str = "train") -> Path:
     """standard: TRL string columns; conversational: TRL message lists; jsonl/parquet: our schema.
     The file type follows `out`'s extension (.jsonl or .parquet)."""
     out = Path(out)
+    _refuse_inside_store(out)
     v = resolve(ref)
     table = load_table(str(v.path), split)
     if fmt in ("standard", "conversational"):
