@@ -2,29 +2,41 @@
 
 The setting is crowdsourcing (Dawid and Skene 1979): several imperfect annotators, no gold labels.
 The annotators here are the dataset's own label and one vote per voter *family* (a backbone's heads,
-a reward model, a judge). Heads of one family are not independent annotators, so they arrive here
-already averaged into one vote (`vote.combine`).
+a reward model, an LLM judge under several prompts and both orders, a human annotator). Members of
+one family are not independent annotators (they share a model, a prompt style or a person), so they
+arrive here already averaged into one family vote (`vote.combine`); their correlation is what the
+average absorbs, and the family then counts once.
 
 Model, written in the label's orientation (a positive vote supports the stored label):
-- a latent y_i = 1 when the stored label is right, 0 when it is wrong; the label itself is a one-coin
-  annotator with accuracy alpha, so P(y_i = 1) = alpha before any vote is seen;
-- family f's vote s_if given y_i is Gaussian, N(+mu_f, sigma_f^2) if the label is right and
-  N(-mu_f, sigma_f^2) if it is wrong. The sign flip is exact for pairwise scorers: swapping the two
-  answers negates r(a) - r(b). A continuous vote keeps how sure the family is, which the binary
-  two-coin model would throw away;
-- families are conditionally independent given y_i (the assumption that makes one vote per family,
-  never one per head, necessary).
+- a latent y_i = 1 when the stored label is right, 0 when it is wrong; P(y_i = 1) = alpha;
+- every family is symmetric: its vote about a pair whose label is wrong is distributed like its vote
+  about a right one, negated. This is exact whenever the noise does not depend on which side was
+  stored as chosen (voters never see that side), and halves the parameters, which matters on the
+  few dozen pairs of a hard subset;
+- a *score* family (reward-model margin, heads, log-prob) is Gaussian: N(+mu_f, sigma_f^2) when the
+  label is right, N(-mu_f, sigma_f^2) when wrong; its log-likelihood ratio is (2 mu_f / sigma_f^2) s;
+- a *verdict* family (judges, annotators: +1, -1, 0 for a tie, averaged over its members into
+  [-1, 1]) is categorical over seven bins: a tie, and weak / clear / strong agreement on either side
+  (|v| in (0, 1/3], (1/3, 2/3], (2/3, 1]). Bin k has probability theta_f[k] when the label is right
+  and theta_f[-k] when it is wrong, so its log-likelihood ratio is log theta_f[k] - log theta_f[-k]:
+  a tie carries none, and a family that is reliably wrong gets negative ratios (it is read backwards,
+  not clipped to zero). theta has a symmetric Dirichlet prior of `VERDICT_PRIOR` pseudo-pairs per bin,
+  which keeps a family seen on 50 pairs from claiming certainty;
+- a missing vote (NaN) contributes nothing: it is marginalised, never counted as wrong;
+- families are conditionally independent given y_i.
 
-Then the posterior log-odds that the label is right is linear in the votes:
+The posterior log-odds that the label is right is logit(alpha) plus the families' summed ratios.
+EM fits everything without gold. It starts from "the stored label is right with probability alpha0",
+so each family's first direction is its agreement with the labels; alpha is kept in [0.5, 0.999], the
+stored labels being assumed better than a coin: that fixes the model's one symmetry (relabel every
+pair and read every family backwards).
 
-    log-odds_i = logit(alpha) + sum_f (2 mu_f / sigma_f^2) s_if
-
-EM fits alpha, mu_f and sigma_f without gold: E-step q_i = sigmoid(log-odds_i); M-step
-alpha = mean q, mu_f = mean((2q - 1) s_f), sigma_f^2 = mean(s_f^2) - mu_f^2. A family's accuracy is
-Phi(mu_f / sigma_f): the chance its vote's sign matches the truth. alpha is kept in [0.5, 0.999]: the
-stored label is assumed better than a coin, which fixes the model's one symmetry (relabelling every
-pair). With uninformative families alpha stays near its start (0.8), and the bootstrap interval on the
-noise rate is then wide, which is the honest answer.
+Honest uncertainty (see `interval`):
+- the noise rate's interval resamples pairs, refits EM, and draws the wrong labels from each refit's
+  posterior, so it holds both the parameters' uncertainty and the labels' own;
+- `separation` is the model's own ROC-AUC between right and wrong labels (each pair weighted by its
+  posterior). Near 0.5 the families cannot tell the classes apart, every posterior is about the
+  prior, and no label can be judged (`JUDGE_MIN_SEPARATION`).
 
 A small gold set (pairs whose label is verified right or wrong) recalibrates the log-odds by Platt
 scaling; `calibration_error` is the expected calibration error (ECE) on it.
@@ -36,6 +48,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SCORE, VERDICT = "score", "verdict"
+VERDICT_EDGES = (1 / 3, 2 / 3)  # |v| bin edges above 0 (a tie is exactly 0)
+VERDICT_PRIOR = 2.0  # Dirichlet pseudo-pairs per bin (measured on the LLMBar dev panels, RESULTS.md)
+JUDGE_MIN_SEPARATION = 0.7  # below this model-implied AUC the voters cannot judge single labels
+ALPHA_MAX = 0.999
+ALPHA_GRID = np.r_[np.linspace(0.5, 0.95, 19), 0.97, 0.985, 0.995]  # label accuracies the profile visits
+_BINS = 2 * (len(VERDICT_EDGES) + 1) + 1  # 7: -3 .. +3
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
@@ -45,72 +65,276 @@ def _logit(p: float) -> float:
     return float(np.log(p) - np.log1p(-p))
 
 
+def verdict_bins(v: np.ndarray) -> np.ndarray:
+    """Signed bin index of each verdict value in [-1, 1] (0 = tie), -99 where missing."""
+    a = np.abs(v)
+    k = 1 + np.searchsorted(np.asarray(VERDICT_EDGES), np.nan_to_num(a), side="left")
+    k = np.where(a == 0, 0, k) * np.sign(np.nan_to_num(v))
+    return np.where(np.isfinite(v), k, -99).astype(np.int64)
+
+
+@dataclass
+class _Panel:
+    """The votes as the EM reads them: (n, F) in label orientation, NaN where a family did not vote."""
+
+    s: np.ndarray
+    verdict: np.ndarray  # (F,) bool: categorical family
+    obs: np.ndarray  # (n, F) bool
+    onehot: np.ndarray  # (n, V, 7) verdict bins of the verdict families (V of them)
+
+    @classmethod
+    def of(cls, votes: np.ndarray, kinds: list[str]) -> "_Panel":
+        s = np.asarray(votes, dtype=np.float64)
+        verdict = np.array([k == VERDICT for k in kinds], dtype=bool)
+        b = verdict_bins(s[:, verdict])  # (n, V)
+        onehot = (b[:, :, None] == np.arange(-(_BINS // 2), _BINS // 2 + 1)[None, None, :]).astype(np.float64)
+        return cls(s=s, verdict=verdict, obs=np.isfinite(s), onehot=onehot)
+
+    def take(self, idx: np.ndarray) -> "_Panel":
+        return _Panel(s=self.s[idx], verdict=self.verdict, obs=self.obs[idx], onehot=self.onehot[idx])
+
+
+@dataclass
+class _Params:
+    alpha: float
+    mu: np.ndarray  # (F,) score families (0 for verdict ones)
+    sigma: np.ndarray  # (F,)
+    theta: np.ndarray  # (V, 7) bin probabilities when the label is right
+
+
+def _mstep(p: _Panel, q: np.ndarray, fixed_alpha: float | None = None) -> _Params:
+    F = p.s.shape[1]
+    mu, sigma = np.zeros(F), np.ones(F)
+    sc = ~p.verdict
+    if sc.any():
+        s0 = np.where(p.obs[:, sc], p.s[:, sc], 0.0)
+        nobs = np.maximum(p.obs[:, sc].sum(0), 1)
+        m = ((2 * q - 1)[:, None] * s0).sum(0) / nobs
+        mu[sc] = m
+        sigma[sc] = np.sqrt(np.maximum((s0 ** 2).sum(0) / nobs - m ** 2, 1e-6))
+    # A right label's bin k is a wrong label's bin -k: pool both into one count per bin.
+    cnt = np.einsum("i,ivk->vk", q, p.onehot) + np.einsum("i,ivk->vk", 1 - q, p.onehot[:, :, ::-1]) + VERDICT_PRIOR
+    theta = cnt / cnt.sum(1, keepdims=True)
+    alpha = float(np.clip(q.mean(), 0.5, ALPHA_MAX)) if fixed_alpha is None else fixed_alpha
+    return _Params(alpha=alpha, mu=mu, sigma=sigma, theta=theta)
+
+
+def _contrib(p: _Panel, par: _Params) -> np.ndarray:
+    """(n, F) each family's log-likelihood ratio (label right vs wrong) for each pair; 0 if it did not vote."""
+    out = np.where(p.obs, p.s, 0.0) * (2 * par.mu / par.sigma ** 2)[None, :]
+    if p.verdict.any():
+        llr = np.log(par.theta) - np.log(par.theta[:, ::-1])  # (V, 7)
+        out[:, p.verdict] = np.einsum("ivk,vk->iv", p.onehot, llr)
+    return out
+
+
+def _em(p: _Panel, alpha0: float, iters: int, tol: float, q: np.ndarray | None = None,
+        fixed_alpha: float | None = None):
+    """EM from q (default: every label right with probability alpha0). With `fixed_alpha` the label's
+    accuracy is held there and only the families are fitted (one point of the profile likelihood)."""
+    q = np.full(p.s.shape[0], alpha0 if fixed_alpha is None else fixed_alpha) if q is None else q
+    it = 0
+    for it in range(1, iters + 1):
+        par = _mstep(p, q, fixed_alpha)
+        contrib = _contrib(p, par)
+        q_new = _sigmoid(_logit(par.alpha) + contrib.sum(1))
+        done = np.max(np.abs(q_new - q), initial=0.0) < tol
+        q = q_new
+        if done:
+            break
+    par = _mstep(p, q, fixed_alpha)
+    return par, _contrib(p, par), it
+
+
+def separation(q: np.ndarray, log_odds: np.ndarray) -> float:
+    """The model's own ROC-AUC between right and wrong labels: P(log-odds of a right label > that of a
+    wrong one), each pair counted as right with weight q and wrong with weight 1 - q (ties half)."""
+    q = np.asarray(q, float)
+    if q.size == 0 or q.sum() <= 0 or (1 - q).sum() <= 0:
+        return 0.5
+    vals, inv = np.unique(np.round(log_odds, 9), return_inverse=True)
+    right = np.bincount(inv, weights=q, minlength=vals.size)
+    wrong = np.bincount(inv, weights=1 - q, minlength=vals.size)
+    below = np.cumsum(wrong) - wrong  # wrong weight strictly below each value
+    return float((right * (below + 0.5 * wrong)).sum() / (right.sum() * wrong.sum()))
+
+
 @dataclass
 class Posterior:
     label_prob: np.ndarray  # (n,) P(stored label is right | label, votes)
     log_odds: np.ndarray  # (n,) logit of label_prob
     evidence: np.ndarray  # (n,) sum over families of their log-likelihood ratios (log_odds minus the prior)
     alpha: float  # estimated accuracy of the stored labels
-    mu: np.ndarray  # (F,) family mean vote when the label is right
+    mu: np.ndarray  # (F,) score family: mean vote when the label is right (0 for verdict families)
     sigma: np.ndarray  # (F,)
     families: list[str]
     iterations: int
+    kinds: list[str] = field(default_factory=list)
+    theta: np.ndarray | None = None  # (V, 7) verdict families' bin probabilities when the label is right
+    contrib: np.ndarray | None = None  # (n, F) each family's log-likelihood ratio per pair
+    voted: np.ndarray | None = None  # (F,) share of pairs each family voted on
+    ties: np.ndarray | None = None  # (F,) share of its votes that were ties
     calibration: tuple[float, float] | None = None  # Platt (a, b) when a gold set was given
     extra: dict = field(default_factory=dict)
 
+    def _verdict_index(self) -> dict[int, int]:
+        idx = [f for f, k in enumerate(self.kinds) if k == VERDICT]
+        return {f: v for v, f in enumerate(idx)}
+
     @property
     def family_accuracy(self) -> dict[str, float]:
+        """P(a family's vote points to the better answer | it voted and did not tie)."""
         from math import erf, sqrt
 
-        return {f: float(0.5 * (1 + erf(m / s / sqrt(2)))) for f, m, s in zip(self.families, self.mu, self.sigma)}
+        vi = self._verdict_index()
+        out = {}
+        for f, name in enumerate(self.families):
+            if f in vi:
+                th = self.theta[vi[f]]
+                out[name] = float(th[4:].sum() / max(th[4:].sum() + th[:3].sum(), 1e-12))
+            else:
+                out[name] = float(0.5 * (1 + erf(self.mu[f] / self.sigma[f] / sqrt(2))))
+        return out
 
     @property
     def weights(self) -> dict[str, float]:
-        return {f: float(2 * m / s ** 2) for f, m, s in zip(self.families, self.mu, self.sigma)}
+        """Log-odds a family adds for a full vote for the stored label: 2 mu / sigma^2 per unit of a
+        score family's vote; log theta[+3] - log theta[-3] for a unanimous verdict. Negative: read backwards."""
+        vi = self._verdict_index()
+        return {name: float(np.log(self.theta[vi[f], -1] / self.theta[vi[f], 0]) if f in vi
+                            else 2 * self.mu[f] / self.sigma[f] ** 2) for f, name in enumerate(self.families)}
 
     @property
     def noise_rate(self) -> float:
         return float(1.0 - self.label_prob.mean())
 
+    @property
+    def separation(self) -> float:
+        return separation(self.label_prob, self.log_odds)
 
-def _em(s: np.ndarray, alpha0: float, iters: int, tol: float):
-    n, _ = s.shape
-    alpha = alpha0
-    q = np.full(n, alpha0)
-    mu = ((2 * q - 1)[:, None] * s).mean(0)
-    sigma2 = np.maximum((s ** 2).mean(0) - mu ** 2, 1e-6)
-    it = 0
-    for it in range(1, iters + 1):
-        evidence = s @ (2 * mu / sigma2)
-        q = _sigmoid(_logit(alpha) + evidence)
-        alpha_new = float(np.clip(q.mean(), 0.5, 0.999))
-        mu_new = ((2 * q - 1)[:, None] * s).mean(0)
-        sigma2 = np.maximum((s ** 2).mean(0) - mu_new ** 2, 1e-6)
-        done = abs(alpha_new - alpha) < tol and np.max(np.abs(mu_new - mu)) < tol
-        alpha, mu = alpha_new, mu_new
-        if done:
-            break
-    evidence = s @ (2 * mu / sigma2)
-    return alpha, mu, np.sqrt(sigma2), evidence, it
+    @property
+    def can_judge(self) -> bool:
+        return self.separation >= JUDGE_MIN_SEPARATION
 
 
-def fit(votes: np.ndarray, families: list[str] | None = None, *, alpha0: float = 0.8, iters: int = 500,
-        tol: float = 1e-9, gold: np.ndarray | None = None) -> Posterior:
-    """Fit the model to an (n, F) matrix of family votes in label orientation.
+def _kinds(kinds, F: int) -> list[str]:
+    kinds = list(kinds) if kinds is not None else [SCORE] * F
+    if len(kinds) != F or any(k not in (SCORE, VERDICT) for k in kinds):
+        raise ValueError(f"kinds must be {F} of {SCORE!r}/{VERDICT!r}, got {kinds}")
+    return kinds
 
+
+def _draws(rng, weights: np.ndarray, mean: np.ndarray, sd: np.ndarray, size: int = 4000) -> np.ndarray:
+    """Samples of a mixture of normals (one component per profile point)."""
+    comp = rng.choice(weights.size, size=size, p=weights)
+    return rng.normal(mean[comp], sd[comp])
+
+
+def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str] | None = None,
+        alpha0: float = 0.8, iters: int = 500, tol: float = 1e-7, gold: np.ndarray | None = None,
+        level: float = 0.9, seed: int = 0) -> Posterior:
+    """Fit the model to an (n, F) matrix of family votes in label orientation (NaN: no vote).
+
+    `kinds`: per family "score" (continuous, the default) or "verdict" (in [-1, 1], ties 0).
     `gold` (optional, (n,) floats): 1 where the stored label is verified right, 0 where verified wrong,
-    NaN where unknown. With at least 10 verified pairs of both kinds it calibrates the log-odds."""
+    NaN where unknown. With at least 10 verified pairs of both kinds it calibrates the log-odds.
+
+    The label accuracy alpha is integrated out rather than set to its maximum-likelihood value: the
+    families are refitted at each alpha of `ALPHA_GRID` (warm-started from the free fit), each point
+    weighted by its likelihood (a flat prior on [0.5, 1]). When the families are weak the likelihood is
+    flat in alpha, and a free fit runs to a boundary (every label right); the average does not, and the
+    noise rate's interval then spans what the data cannot rule out. `extra["noise_interval"]` (at
+    `level`) holds both that uncertainty and the binomial spread of which labels are wrong;
+    `extra["accuracy_interval"]` gives each family's accuracy interval the same way."""
     s = np.asarray(votes, dtype=np.float64)
     if s.ndim == 1:
         s = s[:, None]
-    families = families or [f"family{i}" for i in range(s.shape[1])]
-    alpha, mu, sigma, evidence, it = _em(s, alpha0, iters, tol)
-    log_odds = _logit(alpha) + evidence
-    post = Posterior(label_prob=_sigmoid(log_odds), log_odds=log_odds, evidence=evidence, alpha=alpha, mu=mu,
-                     sigma=sigma, families=list(families), iterations=it)
+    families = list(families or [f"family{i}" for i in range(s.shape[1])])
+    kinds = _kinds(kinds, s.shape[1])
+    p = _Panel.of(s, kinds)
+    n, F = s.shape
+    free, c0, it = _em(p, alpha0, iters, tol)
+    q0 = _sigmoid(_logit(free.alpha) + c0.sum(1))
+    grid = np.unique(np.r_[ALPHA_GRID, free.alpha])
+    fits, ll = [], []
+    for a in grid:
+        par, _, _ = _em(p, alpha0, iters, 1e-5, q=q0, fixed_alpha=float(a))
+        fits.append(par)
+        ll.append(_loglik(p, par))
+    w = np.exp(np.asarray(ll) - max(ll))
+    w /= w.sum()
+    label_prob = np.zeros(n)
+    contrib = np.zeros((n, F))
+    mu, sigma = np.zeros(F), np.zeros(F)
+    theta = np.zeros_like(free.theta)
+    means, sds, accs = [], [], []
+    obs = p.obs
+    nontie = (obs & (s != 0)).sum(0).astype(float)
+    for wa, par in zip(w, fits):
+        c = _contrib(p, par)
+        q = _sigmoid(_logit(par.alpha) + c.sum(1))
+        means.append(float((1 - q).mean()))
+        sds.append(float(np.sqrt((q * (1 - q)).sum()) / max(n, 1)))
+        accs.append(_accuracy(kinds, par))
+        if wa < 1e-12:
+            continue
+        label_prob += wa * q
+        contrib += wa * c
+        mu += wa * par.mu
+        sigma += wa * par.sigma
+        theta += wa * par.theta
+    label_prob = np.clip(label_prob, 1e-12, 1 - 1e-12)
+    log_odds = np.log(label_prob) - np.log1p(-label_prob)
+    voted = obs.mean(0)
+    ties = np.where(obs.sum(0) > 0, ((s == 0) & obs).sum(0) / np.maximum(obs.sum(0), 1), 0.0)
+    post = Posterior(label_prob=label_prob, log_odds=log_odds, evidence=contrib.sum(1), alpha=float(w @ grid),
+                     mu=mu, sigma=sigma, families=families, iterations=it, kinds=kinds, theta=theta,
+                     contrib=contrib, voted=voted, ties=ties)
+    rng = np.random.default_rng(seed)
+    qs = [(1 - level) / 2, 1 - (1 - level) / 2]
+    noise = np.clip(_draws(rng, w, np.asarray(means), np.asarray(sds)), 0, 1)
+    post.extra["noise_interval"] = tuple(float(x) for x in np.quantile(noise, qs))
+    accs = np.asarray(accs)  # (grid, F)
+    acc_iv = []
+    for f in range(F):
+        comp = rng.choice(w.size, size=4000, p=w)
+        a = accs[comp, f]
+        k = max(nontie[f], 1.0)
+        acc_iv.append(tuple(float(x) for x in np.quantile(rng.beta(a * k + 1, (1 - a) * k + 1), qs)))
+    post.extra["accuracy_interval"] = acc_iv
+    post.extra["alpha_profile"] = {"grid": [round(float(x), 4) for x in grid], "weight": [round(float(x), 4) for x in w]}
     if gold is not None:
         calibrate(post, np.asarray(gold, dtype=np.float64))
     return post
+
+
+def _accuracy(kinds: list[str], par: _Params) -> np.ndarray:
+    """(F,) P(a family's vote points to the better answer | it voted and did not tie)."""
+    from math import erf, sqrt
+
+    out, v = np.zeros(len(kinds)), 0
+    for f, k in enumerate(kinds):
+        if k == VERDICT:
+            th = par.theta[v]
+            out[f] = th[4:].sum() / max(th[4:].sum() + th[:3].sum(), 1e-12)
+            v += 1
+        else:
+            out[f] = 0.5 * (1 + erf(par.mu[f] / par.sigma[f] / sqrt(2)))
+    return out
+
+
+def interval(votes: np.ndarray, kinds: list[str] | None = None, *, level: float = 0.9, seed: int = 0,
+             alpha0: float = 0.8) -> dict:
+    """The noise rate's and each family's accuracy interval at `level` (see `fit`)."""
+    post = fit(votes, kinds=kinds, alpha0=alpha0, level=level, seed=seed)
+    return {"noise": post.extra["noise_interval"], "accuracy": post.extra["accuracy_interval"]}
+
+
+def noise_interval(votes: np.ndarray, *, rounds: int | None = None, seed: int = 0, level: float = 0.9,
+                   alpha0: float = 0.8, kinds: list[str] | None = None) -> tuple[float, float]:
+    """Interval (90% by default) of the noise rate of these pairs: see `fit`. `rounds` is accepted for
+    older callers (the interval no longer bootstraps)."""
+    return interval(votes, kinds, level=level, seed=seed, alpha0=alpha0)["noise"]
 
 
 def calibrate(post: Posterior, gold: np.ndarray) -> None:
@@ -179,16 +403,19 @@ def ece(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     return float(np.sum(np.abs(conf[used] - hits[used])) / max(prob.size, 1))
 
 
-def noise_interval(votes: np.ndarray, *, rounds: int = 200, seed: int = 0, level: float = 0.9,
-                   alpha0: float = 0.8) -> tuple[float, float]:
-    """Bootstrap interval (pairs resampled with replacement, EM refitted) for the noise rate 1 - alpha."""
-    s = np.asarray(votes, dtype=np.float64)
-    s = s[:, None] if s.ndim == 1 else s
-    rng = np.random.default_rng(seed)
-    rates = []
-    for _ in range(rounds):
-        idx = rng.integers(0, s.shape[0], s.shape[0])
-        alpha, *_ = _em(s[idx], alpha0, 200, 1e-7)
-        rates.append(1.0 - alpha)
-    lo, hi = np.quantile(rates, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+def _loglik(p: _Panel, par: _Params) -> float:
+    """Marginal log-likelihood of the votes (the label's prior included), summed over pairs."""
+    right = np.zeros(p.s.shape[0])
+    sc = ~p.verdict
+    if sc.any():
+        s0 = np.where(p.obs[:, sc], p.s[:, sc], 0.0)
+        z = lambda m: np.where(p.obs[:, sc], -0.5 * ((s0 - m) / par.sigma[sc]) ** 2 - np.log(par.sigma[sc]), 0.0)
+        right += z(par.mu[sc]).sum(1)
+        wrong = z(-par.mu[sc]).sum(1)
+    else:
+        wrong = np.zeros_like(right)
+    if p.verdict.any():
+        lt = np.log(par.theta)
+        right = right + np.einsum("ivk,vk->i", p.onehot, lt)
+        wrong = wrong + np.einsum("ivk,vk->i", p.onehot, lt[:, ::-1])
+    return float(np.logaddexp(np.log(par.alpha) + right, np.log1p(-par.alpha) + wrong).sum())
