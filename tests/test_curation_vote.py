@@ -43,15 +43,19 @@ def test_separate_families_stay_separate_and_are_not_centred():
     assert all(x[1] > 0 for x in v.frame["votes"].to_list())  # b always prefers chosen: kept positive
 
 
-def test_posterior_matches_the_closed_form():
+def test_posterior_matches_the_closed_form_where_alpha_is_pinned_down():
+    # With strong voters on many pairs the likelihood pins the label accuracy to one grid point, and
+    # the alpha-averaged posterior is the closed form at that point.
     rng = np.random.default_rng(0)
-    s = rng.normal(1.0, 1.0, size=(200, 2))
-    v = combine(list(range(200)), {"a": s[:, 0], "b": s[:, 1]}, length_control=False, interval=False)
+    y = rng.random(3000) < 0.8
+    s = rng.normal(np.where(y, 1.5, -1.5)[:, None], 1.0, size=(3000, 2))
+    v = combine(list(range(3000)), {"a": s[:, 0], "b": s[:, 1]}, length_control=False, interval=False)
     post = v.posterior
     z = v.controlled
+    assert max(post.extra["alpha_profile"]["weight"]) > 0.5
     logit = math.log(post.alpha / (1 - post.alpha)) + z @ (2 * post.mu / post.sigma ** 2)
-    assert np.allclose(v.frame["label_prob"].to_numpy(), 1 / (1 + np.exp(-logit)))
-    assert np.allclose(v.frame["strength_mean"].to_numpy(), z @ (2 * post.mu / post.sigma ** 2))
+    assert np.allclose(v.frame["label_prob"].to_numpy(), 1 / (1 + np.exp(-logit)), atol=0.02)
+    assert np.allclose(v.frame["strength_mean"].to_numpy(), z @ (2 * post.mu / post.sigma ** 2), rtol=0.05, atol=0.05)
 
 
 def test_length_control_removes_the_length_slope():

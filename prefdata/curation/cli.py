@@ -83,8 +83,10 @@ def register(app: typer.Typer) -> None:
     @ev.command("gold")
     def gold_cmd(dataset: str = typer.Option(..., "--dataset", help="Store ref or file with pairs.",
                                              autocompletion=complete_ref),
-                 gold: str = typer.Option(..., "--gold", help="Store ref or file of verified pairs (chosen = truly better).",
-                                       autocompletion=complete_ref),
+                 gold: str = typer.Option(None, "--gold", help="Store ref or file of verified pairs (chosen = truly better).",
+                                          autocompletion=complete_ref),
+                 gold_column: str = typer.Option(None, "--gold-column", help="Or a column of the dataset: 1 where the "
+                                                 "stored label is verified right, 0 where wrong, empty where unknown."),
                  seed: int = typer.Option(0),
                  config: Path = typer.Option(None, "--config", help="YAML of HumanEvalConfig (clean: voters, policy)."),
                  out: Path = typer.Option(None, "--out", help="Also write the report as JSON here."),
@@ -93,8 +95,13 @@ def register(app: typer.Typer) -> None:
         from prefdata import io
         from prefdata.curation.human import HumanEvalConfig, format_gold, run_gold
 
+        from prefdata.errors import ConfigError
+
+        if (gold is None) == (gold_column is None):
+            raise ConfigError("eval gold needs one of --gold FILE or --gold-column COLUMN")
         cfg = _config(HumanEvalConfig, config, seed=seed)
-        report = run_gold(_read(dataset, "eval-gold"), io.read(gold, "pair"), cfg)
+        report = run_gold(_read(dataset, "eval-gold"), io.read(gold, "pair") if gold else None, cfg,
+                          gold_column=gold_column)
         _emit("gold", report, format_gold(report), out, as_json)
 
     app.add_typer(ev, name="eval", help="Measure curation quality.")

@@ -96,24 +96,44 @@ def run_agreement(table: pa.Table, column: str, cfg: HumanEvalConfig, progress: 
     table, agree, repeats = merge_repeated_pairs(table, agree, column)
     unanimous = agree == top
     result, raw, flips, drops = _run(table, cfg, progress)
+    from prefdata.curation.baselines import scores as baseline_scores
+
     scores = {"posterior": result.posterior.log_odds, "no length control": raw.posterior.log_odds,
-              "length only": length_only(result.ell)}
+              "length only": length_only(result.ell), **baseline_scores(result.controlled, result.families)}
     by_score = {k: {"spearman_rho": round(_spearman(s, agree), 4),
                     "auc_unanimous_vs_split": round(auc(unanimous, s), 4)} for k, s in scores.items()}
     n_u = int(unanimous.sum())
-    return {"pairs": table.num_rows, "rows": rows, "repeated": repeats, "unanimous": n_u,
+    summary = result.summary()
+    return {"verdict": summary.get("verdict", "the voters can judge single labels"), "can_judge": summary["can_judge"],
+            "pairs": table.num_rows, "rows": rows, "repeated": repeats, "unanimous": n_u,
             "split": int((~unanimous).sum()), "by_score": by_score,
             "policy": cfg.clean.policy.model_dump(exclude_defaults=True),
             "unanimous_flipped": int((flips & unanimous).sum()), "unanimous_dropped": int((drops & unanimous).sum()),
             "unanimous_flipped_share": round(float((flips & unanimous).sum() / max(n_u, 1)), 4),
-            "split_flipped": int((flips & ~unanimous).sum()), "posterior": result.summary()}
+            "split_flipped": int((flips & ~unanimous).sum()), "posterior": summary}
 
 
-def run_gold(table: pa.Table, gold: pa.Table, cfg: HumanEvalConfig, progress: bool = True) -> dict:
+def gold_from_column(table: pa.Table, column: str) -> np.ndarray:
+    """1 / 0 / NaN per pair from a dataset column (the stored label verified right / wrong / unknown)."""
+    import polars as pl
+
+    if column not in table.column_names:
+        raise DataError(f"gold column '{column}' is not in the dataset", field=column)
+    g = pl.from_arrow(table.select([column])).to_series().cast(pl.Float64, strict=False).to_numpy().astype(np.float64)
+    bad = np.flatnonzero(np.isfinite(g) & (g != 0) & (g != 1))
+    if bad.size:
+        raise DataError("a gold value must be 1, 0 or empty", row=int(bad[0]) + 1, field=column)
+    return g
+
+
+def run_gold(table: pa.Table, gold: pa.Table | None, cfg: HumanEvalConfig, progress: bool = True,
+             gold_column: str | None = None) -> dict:
+    """`gold`: verified pairs matched by text; or `gold_column`: 1/0/null in the dataset itself."""
+    from prefdata.curation.baselines import compare, remedies
     from prefdata.curation.posterior import ece
 
     table = conform(table, "pair")
-    g = match_gold(table, conform(gold, "pair"))
+    g = gold_from_column(table, gold_column) if gold_column else match_gold(table, conform(gold, "pair"))
     known = np.isfinite(g)
     if known.sum() == 0:
         raise DataError("no pair of the dataset is in the gold file (pairs match by prompt and both answers)")
@@ -127,7 +147,17 @@ def run_gold(table: pa.Table, gold: pa.Table, cfg: HumanEvalConfig, progress: bo
     from prefdata.curation.posterior import _sigmoid
 
     ell = length_only(result.ell)
-    return {"pairs": table.num_rows, "matched": int(known.sum()), "true_noise_rate": round(float((y == 0).mean()), 4),
+    summary = result.summary()
+    cut = cfg.clean.policy.flip_max_prob if cfg.clean.policy.flip_max_prob is not None else 0.1
+    lo_, hi_ = result.posterior.extra.get("noise_interval", (np.nan, np.nan))
+    true_rate = float((y == 0).mean())
+    return {"verdict": summary.get("verdict", "the voters can judge single labels"),
+            "can_judge": summary["can_judge"], "separation": summary["separation"],
+            "baselines_auc_wrong_labels": compare(result.controlled[known], result.families,
+                                                  result.posterior.log_odds[known], y == 0, auc),
+            "remedies_at_cut": {"cut": cut, **remedies(result.posterior.label_prob[known], y == 1, cut)},
+            "noise_interval_covers_truth": bool(lo_ <= true_rate <= hi_),
+            "pairs": table.num_rows, "matched": int(known.sum()), "true_noise_rate": round(float((y == 0).mean()), 4),
             "estimated_noise_rate": round(result.posterior.noise_rate, 4),
             "noise_interval": [round(x, 4) for x in result.posterior.extra.get("noise_interval", (np.nan, np.nan))],
             "posterior": figures(result.posterior.label_prob),
@@ -137,7 +167,7 @@ def run_gold(table: pa.Table, gold: pa.Table, cfg: HumanEvalConfig, progress: bo
             "stored labels": {"accuracy": round(float(y.mean()), 4)},
             "policy": cfg.clean.policy.model_dump(exclude_defaults=True),
             "policy_flips_right": int((flips[known] & (y == 0)).sum()), "policy_flips_wrong": int((flips[known] & (y == 1)).sum()),
-            "policy_drops": int(drops[known].sum()), "families": result.summary()["families"]}
+            "policy_drops": int(drops[known].sum()), "families": summary["families"]}
 
 
 def format_agreement(r: dict) -> str:
@@ -146,7 +176,8 @@ def format_agreement(r: dict) -> str:
     merged = (f"; {rep['rows']} of {r['rows']} rows repeat an earlier row's pair and were merged into it "
               f"({rep['pairs']} pairs, annotators pooled: agreement is the mean of the rows, "
               f"{rep['mixed']} with rows that differ)" if rep.get("rows") else "")
-    return (f"pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']}){merged}\n\n"
+    head = "" if r.get("can_judge", True) else f"CANNOT JUDGE: {r['verdict']}\n"
+    return (f"{head}pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']}){merged}\n\n"
             f"| score | Spearman rho with agreement | AUC unanimous vs split |\n|---|---|---|\n{rows}\n\n"
             f"policy {r['policy']}: flipped {r['unanimous_flipped']} unanimous pairs "
             f"({r['unanimous_flipped_share']:.1%}), dropped {r['unanimous_dropped']}; flipped {r['split_flipped']} split pairs")
@@ -157,9 +188,26 @@ def format_gold(r: dict) -> str:
                      f"{r[k].get('auc_wrong_labels', float('nan')):.3f} |"
                      for k in ("posterior", "no length control", "length only", "stored labels"))
     lo, hi = r["noise_interval"]
-    return (f"pairs {r['pairs']}, matched to gold {r['matched']}\n"
-            f"noise rate: estimated {r['estimated_noise_rate']:.3f} (90% interval {lo:.3f} – {hi:.3f}), "
-            f"true {r['true_noise_rate']:.3f}\n\n"
+    base = r.get("baselines_auc_wrong_labels", {})
+    brows = "\n".join(f"| {k} | {v:.3f} |" for k, v in base.items() if isinstance(v, float))
+    rem = r.get("remedies_at_cut", {})
+    fl = rem.get("flip", {})
+    fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+    remedy = (f"\n\nat the flip cut {rem.get('cut')}: flips {fl.get('acted')} (precision {fmt(fl.get('precision'))}, "
+              f"recall {fmt(fl.get('recall'))}); label accuracy stored {fmt(rem['stored']['label_accuracy'])}, "
+              f"after flipping {fmt(fl.get('label_accuracy'))}, after dropping the doubted "
+              f"{fmt(rem['drop']['label_accuracy'])} on {rem['drop']['pairs']} pairs, soft labels "
+              f"{fmt(rem['soft']['label_accuracy'])}" if rem else "")
+    fams = "\n".join(f"| {f} | {v['kind']} | {v['accuracy']:.3f} ({v['accuracy_interval'][0]:.2f}–{v['accuracy_interval'][1]:.2f}) | "
+                      f"{v['weight']:+.2f} | {v['voted']:.0%} | {v['ties']:.0%} |" for f, v in r.get("families", {}).items())
+    head = ("" if r.get("can_judge", True) else f"CANNOT JUDGE: {r['verdict']}\n")
+    noise = (f"noise rate: estimated {r['estimated_noise_rate']:.3f} (90% interval {lo:.3f} – {hi:.3f}), "
+             if r.get("can_judge", True) else f"noise rate: unknown (90% interval {lo:.3f} – {hi:.3f}), ")
+    return (f"{head}pairs {r['pairs']}, matched to gold {r['matched']}\n"
+            f"{noise}true {r['true_noise_rate']:.3f}\n\n"
+            f"| family | kind | accuracy (90% interval) | weight | voted | ties |\n|---|---|---|---|---|---|\n{fams}\n\n"
+            f"| ROC-AUC for finding wrong labels | |\n|---|---|\n{brows}\n"
+            f"(best single family in hindsight: {base.get('best single family is', '—')}){remedy}\n\n"
             f"| labels from | accuracy vs gold | ECE | AUC for wrong labels |\n|---|---|---|---|\n{rows}\n\n"
             f"policy {r['policy']}: flips that fixed a label {r['policy_flips_right']}, flips that broke one "
             f"{r['policy_flips_wrong']}, drops {r['policy_drops']}")

@@ -41,13 +41,19 @@ class NoiseEvalConfig(BaseModel):
     rm_backbone: HeadsVoter = Field(default_factory=HeadsVoter,
                                     description="Backbone (features) of the reward head trained in step 5.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the held-out pairs for intervals.")
+    reward_model: bool = Field(True, description="Step 5: train a reward head on noisy, cleaned, dropped, soft and "
+                               "oracle data (loads the rm_backbone). False reports the label-level figures only.")
 
 
-def swap(table: pa.Table, mask: np.ndarray) -> pa.Table:
+def swap(table: pa.Table, mask: np.ndarray, columns=()) -> pa.Table:
+    """Reverse the pairs where `mask` holds; vote columns of `columns` (column voters) turn with them."""
+    from prefdata.rewards.columns import flip_exprs
+
     df = pl.from_arrow(table).with_columns(pl.Series("_m", mask))
     df = df.with_columns(
         pl.when(pl.col("_m")).then(pl.col("rejected")).otherwise(pl.col("chosen")).alias("chosen"),
         pl.when(pl.col("_m")).then(pl.col("chosen")).otherwise(pl.col("rejected")).alias("rejected"),
+        *flip_exprs(columns, dict(df.schema), pl.col("_m")),
     ).drop("_m")
     return conform(df.to_arrow(), "pair")
 
@@ -95,7 +101,7 @@ def bootstrap_diff(correct: dict[str, np.ndarray], base: str, rounds: int, seed:
     return out
 
 
-def split_and_inject(table: pa.Table, seed: int, inject: float, test_fraction: float):
+def split_and_inject(table: pa.Table, seed: int, inject: float, test_fraction: float, columns=()):
     """(train, held-out test, noisy train, injected mask). The split is by group in tenths (pairs that
     share a prompt or an answer stay on one side); `inject` of the train labels are then flipped."""
     from prefdata.rewards.heads import group_folds, pair_groups
@@ -106,7 +112,7 @@ def split_and_inject(table: pa.Table, seed: int, inject: float, test_fraction: f
     train, test = table.take(np.flatnonzero(~is_test)), table.take(np.flatnonzero(is_test))
     injected = np.zeros(train.num_rows, dtype=bool)
     injected[rng.choice(train.num_rows, size=int(round(inject * train.num_rows)), replace=False)] = True
-    return train, test, swap(train, injected), injected
+    return train, test, swap(train, injected, columns), injected
 
 
 def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True) -> dict:
@@ -115,7 +121,8 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
     from prefdata.rewards.heads import fit_reward
 
     table = conform(table, "pair")
-    train, test, noisy, injected = split_and_inject(table, cfg.seed, cfg.inject, cfg.test_fraction)
+    train, test, noisy, injected = split_and_inject(table, cfg.seed, cfg.inject, cfg.test_fraction,
+                                                    S.column_specs(cfg.clean))
 
     votes = S.collect_votes(  # through the module: patchable, never a stale binding
         noisy, cfg.clean, seed=cfg.seed, progress=progress)
@@ -133,32 +140,44 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
         return {"acted": int(mask.sum()), "precision": round(tp / max(int(mask.sum()), 1), 4),
                 "recall": round(tp / max(int(injected.sum()), 1), 4)}
 
-    # Step 5: the same reward head on each version of the train data.
-    bb = Backbone(cfg.rm_backbone.backbone, max_length=cfg.rm_backbone.max_length, pooling=cfg.rm_backbone.pooling,
-                  layer=cfg.rm_backbone.layer)
-    cache = FeatureCache()
-    tc, tr = pair_features(test, bb, cache, progress)
-    nc, nr = pair_features(noisy, bb, cache, progress)
-
-    def swapped(mask):
-        return np.where(mask[:, None], nr, nc), np.where(mask[:, None], nc, nr)
-
-    fc, fr = swapped(flips)
-    keep = ~drops
-    soft_p = np.where(flips, 1 - lp, lp)[keep]  # the label each cleaned pair carries, softened
-    variants = {
-        "noisy": (nc, nr, None),
-        "cleaned (policy)": (fc[keep], fr[keep], None),
-        "soft labels (posterior)": (np.concatenate([fc[keep], fr[keep]]), np.concatenate([fr[keep], fc[keep]]),
-                                    np.concatenate([soft_p, 1 - soft_p])),
-        "oracle (injected flips undone)": (*swapped(injected), None),
-    }
     correct = {}
-    for k, (c, r, w) in variants.items():
-        head = fit_reward(c, r, seed=cfg.seed, l2=cfg.rm_backbone.l2, weights=w)
-        correct[k] = (head(tc) > head(tr)).astype(np.float64)
+    if cfg.reward_model:
+        # Step 5: the same reward head on each version of the train data.
+        bb = Backbone(cfg.rm_backbone.backbone, max_length=cfg.rm_backbone.max_length, pooling=cfg.rm_backbone.pooling,
+                      layer=cfg.rm_backbone.layer)
+        cache = FeatureCache()
+        tc, tr = pair_features(test, bb, cache, progress)
+        nc, nr = pair_features(noisy, bb, cache, progress)
+
+        def swapped(mask):
+            return np.where(mask[:, None], nr, nc), np.where(mask[:, None], nc, nr)
+
+        fc, fr = swapped(flips)
+        keep = ~drops
+        soft_p = np.where(flips, 1 - lp, lp)[keep]  # the label each cleaned pair carries, softened
+        variants = {
+            "noisy": (nc, nr, None),
+            "cleaned (policy)": (fc[keep], fr[keep], None),
+            "soft labels (posterior)": (np.concatenate([fc[keep], fr[keep]]), np.concatenate([fr[keep], fc[keep]]),
+                                        np.concatenate([soft_p, 1 - soft_p])),
+            "doubted pairs dropped instead (posterior < 0.5)": (nc[lp >= 0.5], nr[lp >= 0.5], None),
+            "oracle (injected flips undone)": (*swapped(injected), None),
+        }
+        for k, (c, r, w) in variants.items():
+            head = fit_reward(c, r, seed=cfg.seed, l2=cfg.rm_backbone.l2, weights=w)
+            correct[k] = (head(tc) > head(tr)).astype(np.float64)
     truth = (~injected).astype(float)
+    from prefdata.curation.baselines import compare, remedies
+
+    summary = result.summary()
+    cut = cfg.clean.policy.flip_max_prob if cfg.clean.policy.flip_max_prob is not None else 0.1
+    lo_, hi_ = result.posterior.extra.get("noise_interval", (np.nan, np.nan))
     return {
+        "verdict": summary.get("verdict", "the voters can judge single labels"), "can_judge": summary["can_judge"],
+        "baselines_auc": compare(result.controlled, result.families, result.posterior.log_odds, injected, auc),
+        "remedies_at_cut": {"cut": cut, **remedies(lp, ~injected, cut)},
+        "noise_interval": [round(lo_, 4), round(hi_, 4)],
+        "noise_interval_covers_truth": bool(lo_ <= float(injected.mean()) <= hi_),
         "pairs": table.num_rows, "train": train.num_rows, "test": test.num_rows, "injected": int(injected.sum()),
         "voters": list(votes), "families": result.families,
         "roc_auc": round(auc(injected, -result.posterior.log_odds), 4),
@@ -171,22 +190,29 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
         "posterior_accuracy": round(float(((lp >= 0.5) == (truth == 1)).mean()), 4),
         "rm_heldout_accuracy": {k: round(float(v.mean()), 4) for k, v in correct.items()},
         "rm_diff_vs_noisy_90ci": bootstrap_diff(correct, "noisy", cfg.bootstrap, cfg.seed),
-        "posterior": result.summary(),
+        "posterior": summary,
     }
 
 
 def format_report(r: dict) -> str:
     ci = r.get("rm_diff_vs_noisy_90ci", {})
+    base = r.get("baselines_auc", {})
+    brows = " | ".join(f"{k} {v:.3f}" for k, v in base.items() if isinstance(v, float))
+    head = "" if r.get("can_judge", True) else f"CANNOT JUDGE: {r['verdict']}\n"
     acc = "\n".join(f"| {k} | {v:.3f} | {'—' if k not in ci else f'{ci[k][0]:+.3f} … {ci[k][1]:+.3f}'} |"
                     for k, v in r["rm_heldout_accuracy"].items())
     fams = ", ".join(f"{f} (acc {v['accuracy']:.2f}, length corr {v['length_corr']:+.2f})"
                      for f, v in r["posterior"]["families"].items())
-    return (f"pairs {r['pairs']} (train {r['train']}, held-out {r['test']}), injected flips {r['injected']}\n"
+    lo, hi = r.get("noise_interval", (float("nan"), float("nan")))
+    table = (f"\n\n| reward model trained on | held-out pairwise accuracy | minus noisy, 90% CI |\n|---|---|---|\n{acc}"
+             if acc else "")
+    return (f"{head}pairs {r['pairs']} (train {r['train']}, held-out {r['test']}), injected flips {r['injected']}\n"
             f"families: {fams}\n"
             f"ROC-AUC posterior {r['roc_auc']:.3f} | without length control {r['roc_auc_no_length_control']:.3f} | "
             f"length only {r['roc_auc_length_only']:.3f}\n"
             f"policy {json.dumps(r['policy'])}: acted on {r['acted']} pairs, precision {r['precision']:.3f}, "
             f"recall {r['recall']:.3f} (flipped {r['flipped']['acted']}, dropped {r['dropped']['acted']})\n"
-            f"noise rate estimated {r['estimated_noise_rate']:.3f} vs true {r['true_noise_rate']:.3f}; "
-            f"posterior accuracy {r['posterior_accuracy']:.3f}, ECE {r['posterior_ece']:.3f}\n\n"
-            f"| reward model trained on | held-out pairwise accuracy | minus noisy, 90% CI |\n|---|---|---|\n{acc}")
+            f"ROC-AUC against the baselines: {brows}\n"
+            f"noise rate estimated {r['estimated_noise_rate']:.3f} (90% interval {lo:.3f} – {hi:.3f}) vs true "
+            f"{r['true_noise_rate']:.3f}; posterior accuracy {r['posterior_accuracy']:.3f}, ECE {r['posterior_ece']:.3f}"
+            f"{table}")

@@ -54,11 +54,12 @@ _SWAPS = (("chosen", "rejected"), ("chosen_score", "rejected_score"))
 _NEGATE = ("strength_mean", "margin", "length_ratio", "vote_mean")
 
 
-def flip(df: pl.DataFrame, mask: pl.Expr | str) -> pl.DataFrame:
+def flip(df: pl.DataFrame, mask: pl.Expr | str, columns=()) -> pl.DataFrame:
     """Reverse the label of the pairs where `mask` (a boolean expression or column name) holds:
     swap chosen/rejected and their scores, negate votes and strength_mean, set label_prob to
     1 - label_prob and toggle `flipped`. `margin` (chosen ahead by m) and the log length ratio change
     sign with the sides. strength_std (and agreement) are unchanged by a sign flip.
+    Vote columns of `columns` (column voters, `rewards.columns`) are turned around with the pair.
     Applying it twice with the same mask returns the frame unchanged. A null mask means "no"."""
     m = (pl.col(mask) if isinstance(mask, str) else mask).fill_null(False)
     df = df.with_columns(m.alias("_flip"))
@@ -70,6 +71,10 @@ def flip(df: pl.DataFrame, mask: pl.Expr | str) -> pl.DataFrame:
     if "votes" in df.columns:
         exprs.append(when("votes", pl.col("votes").list.eval(-pl.element())))
     exprs += [when(c, -pl.col(c)) for c in _NEGATE if c in df.columns]
+    if columns:
+        from prefdata.rewards.columns import flip_exprs
+
+        exprs += flip_exprs(columns, dict(df.schema), pl.col("_flip"))
     if "label_prob" in df.columns:
         exprs.append(when("label_prob", 1.0 - pl.col("label_prob")))
     flipped = pl.col("flipped").fill_null(False) if "flipped" in df.columns else pl.lit(False)
@@ -102,7 +107,7 @@ def _join_votes(pairs: pl.DataFrame, votes: pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig, columns=()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return (kept pairs with vote columns, dropped pairs with `drop_reason`).
 
     Joins `votes` (from `vote.combine`) onto `pairs` by id; every pair needs exactly one vote.
@@ -136,7 +141,7 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig) -> tuple[
         flip_rule = flip_rule | (pl.col("strength_mean") < -cfg.flip_below)
     # Quantiles are taken over all pairs (before dropping), so a pair's fate does not depend on
     # which other pairs happened to be dropped.
-    df = flip(df, flip_rule & pl.col("drop_reason").is_null())
+    df = flip(df, flip_rule & pl.col("drop_reason").is_null(), columns)
     if not cfg.soft_label:
         df = df.with_columns(pl.lit(1.0).alias("label_prob"))
     if cfg.margin_from_strength:

@@ -52,7 +52,11 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
         raise DataError("the dataset has no pairs to vote on", file=source)
     out: dict[str, np.ndarray] = {}
     for spec in cfg.voters:
-        if isinstance(spec, V.HeadsVoter):
+        if isinstance(spec, V.ColumnVoter):
+            from prefdata.rewards.columns import column_votes
+
+            out.update(column_votes(table, spec, source=source))
+        elif isinstance(spec, V.HeadsVoter):
             out.update(V.heads_votes(table, spec, seed=seed, progress=progress))
         elif isinstance(spec, V.RewardModelVoter):
             out.update(V.reward_model_votes(table, spec, progress=progress))
@@ -102,11 +106,35 @@ def gold_vector(table: pa.Table, cfg: CleanLabelsConfig) -> np.ndarray | None:
     return None
 
 
+def family_kinds(cfg: CleanLabelsConfig) -> dict[str, str]:
+    """Families read from columns and how the posterior models them ("verdict" or "score")."""
+    from prefdata.rewards.columns import ColumnVoter
+
+    return {v.family: v.posterior_kind for v in cfg.voters if isinstance(v, ColumnVoter)}
+
+
+def column_specs(cfg: CleanLabelsConfig) -> list:
+    from prefdata.rewards.columns import ColumnVoter
+
+    return [v for v in cfg.voters if isinstance(v, ColumnVoter)]
+
+
 def vote(table: pa.Table, votes: dict[str, np.ndarray], cfg: CleanLabelsConfig, source: str = "clean_labels"):
     """The posterior for every pair of `table` from its voters' scores (see `curation.vote`)."""
     lc, lr = answer_lengths(table)
     return combine(table.column("id").to_pylist(), votes, ell=length_ratio(lc, lr), length_control=cfg.length_control,
-                   length_family=cfg.length_family, gold=gold_vector(table, cfg), source=source)
+                   length_family=cfg.length_family, gold=gold_vector(table, cfg), source=source,
+                   kinds=family_kinds(cfg))
+
+
+def acting_policy(result, policy: PolicyConfig) -> PolicyConfig:
+    """The policy as given when the voters can judge; otherwise one that changes and drops nothing
+    (posteriors near the prior would make every cut arbitrary). Soft labels stay: they are the prior."""
+    if result.posterior.can_judge:
+        return policy
+    return policy.model_copy(update={"flip_max_prob": None, "drop_prob_below": None, "flip_bottom_q": 0.0,
+                                     "flip_below": None, "drop_abs_below": None, "drop_std_above": None,
+                                     "drop_bottom_q": 0.0, "margin_from_strength": False})
 
 
 def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for=None, votes: dict | None = None,
@@ -117,7 +145,7 @@ def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for
     result = vote(table, votes, cfg, source)
     voter_ids = json.dumps(list(votes))
     pairs = pl.from_arrow(table)
-    kept, dropped = apply(pairs, result.frame, cfg.policy)
+    kept, dropped = apply(pairs, result.frame, acting_policy(result, cfg.policy), columns=column_specs(cfg))
     to_table = lambda df: conform(df.with_columns(pl.lit(voter_ids).alias("voters")).to_arrow(), "pair")
     return to_table(kept), to_table(dropped), result
 

@@ -31,8 +31,10 @@ from prefdata.errors import DataError
 _HEAD = re.compile(r"^(?P<family>.+):(?P<head>\d+)$")
 
 
-def check_voters(n_pairs: int, voter_scores: dict[str, np.ndarray], source: str = "vote") -> np.ndarray:
-    """Stack voters into an (n_pairs, n_voters) matrix, or fail naming the voter and row."""
+def check_voters(n_pairs: int, voter_scores: dict[str, np.ndarray], source: str = "vote",
+                 missing_ok=()) -> np.ndarray:
+    """Stack voters into an (n_pairs, n_voters) matrix, or fail naming the voter and row. Voters of a
+    family in `missing_ok` (votes read from columns) may hold NaN: no vote on that pair."""
     if n_pairs == 0:
         raise DataError("the dataset has no pairs to vote on", file=source)
     if not voter_scores:
@@ -42,7 +44,7 @@ def check_voters(n_pairs: int, voter_scores: dict[str, np.ndarray], source: str 
         a = np.asarray(arr, dtype=np.float64).reshape(-1)
         if a.shape[0] != n_pairs:
             raise DataError(f"voter '{name}' scored {a.shape[0]} rows but the dataset has {n_pairs} pairs", file=source)
-        bad = np.flatnonzero(~np.isfinite(a))
+        bad = np.flatnonzero(np.isinf(a) if family_of(name) in missing_ok else ~np.isfinite(a))
         if bad.size:
             raise DataError(f"voter '{name}' gave a non-finite score ({a[bad[0]]})", file=source,
                             row=int(bad[0]) + 1, field=f"votes.{name}")
@@ -55,10 +57,14 @@ def family_of(voter: str) -> str:
     return m.group("family") if m else voter
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Divide each column by its standard deviation (a constant column is left as is)."""
-    sd = x.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
+def _unit(x: np.ndarray, keep=None) -> np.ndarray:
+    """Divide each column by its standard deviation over the pairs it voted on (a constant or empty
+    column, and the columns where `keep` is true, are left as they are)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.nanstd(np.where(np.isfinite(x), x, np.nan), axis=0) if x.size else np.ones(x.shape[1])
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    if keep is not None:
+        sd = np.where(keep, 1.0, sd)
     return x / sd
 
 
@@ -67,13 +73,19 @@ def length_ratio(chosen_len, rejected_len) -> np.ndarray:
 
 
 def remove_length(v: np.ndarray, ell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of v: (v - b * ell, b) with b the least-squares slope of v on ell (with intercept)."""
-    lc = ell - ell.mean()
-    var = float(lc @ lc)
-    if var <= 1e-12 * max(len(ell), 1) * (1.0 + float(ell @ ell)):  # constant ratio: no slope to estimate
-        return v.copy(), np.zeros(v.shape[1])
-    b = (lc @ (v - v.mean(0))) / var  # (F,)
-    return v - ell[:, None] * b[None, :], b
+    """Per column of v: (v - b * ell, b) with b the least-squares slope of v on ell (with intercept),
+    fitted on the pairs the column voted on (NaN stays NaN)."""
+    out, b = v.copy(), np.zeros(v.shape[1])
+    for f in range(v.shape[1]):  # a loop over families, never pairs
+        m = np.isfinite(v[:, f])
+        e = ell[m]
+        lc = e - e.mean() if e.size else e
+        var = float(lc @ lc)
+        if e.size < 3 or var <= 1e-12 * max(len(e), 1) * (1.0 + float(e @ e)):  # no slope to estimate
+            continue
+        b[f] = float(lc @ (v[m, f] - v[m, f].mean())) / var
+        out[:, f] = v[:, f] - ell * b[f]
+    return out, b
 
 
 @dataclass
@@ -91,21 +103,39 @@ class Vote:
 
     def summary(self) -> dict:
         post = self.posterior
-        acc = post.family_accuracy
-        out = {"families": {f: {"accuracy": round(acc[f], 4), "weight": round(post.weights[f], 4),
+        acc, w = post.family_accuracy, post.weights
+        iv = post.extra.get("accuracy_interval") or [(float("nan"), float("nan"))] * len(self.families)
+        out = {"families": {f: {"kind": post.kinds[i], "accuracy": round(acc[f], 4),
+                                "accuracy_interval": [round(x, 4) for x in iv[i]], "weight": round(w[f], 4),
+                                "voted": round(float(post.voted[i]), 4), "ties": round(float(post.ties[i]), 4),
                                 "length_corr": round(float(self.length_corr[i]), 4),
                                 "length_slope": round(float(self.length_slope[i]), 4)}
                             for i, f in enumerate(self.families)},
                "label_accuracy": round(post.alpha, 4), "noise_rate": round(post.noise_rate, 4),
+               "separation": round(post.separation, 4), "can_judge": post.can_judge,
                "length_control": self.length_control, "em_iterations": post.iterations}
+        if not post.can_judge:
+            out["verdict"] = cannot_judge_reason(post)
         if "noise_interval" in post.extra:
             out["noise_interval"] = [round(x, 4) for x in post.extra["noise_interval"]]
         if len(self.families) > 1:
-            c = np.corrcoef(self.controlled.T)
-            out["family_corr"] = round(float(c[np.triu_indices_from(c, 1)].mean()), 4)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c = pl.DataFrame(np.nan_to_num(self.controlled)).corr().to_numpy() if self.controlled.shape[0] > 2 else np.eye(2)
+            vals = c[np.triu_indices_from(c, 1)]
+            out["family_corr"] = round(float(np.nanmean(vals)), 4) if np.isfinite(vals).any() else None
         if "gold" in post.extra:
             out["gold"] = post.extra["gold"]
         return out
+
+
+def cannot_judge_reason(post: P.Posterior) -> str:
+    """One plain sentence, with the measured reason, for voters too weak to judge single labels."""
+    acc = post.family_accuracy
+    best = max(acc, key=lambda f: abs(acc[f] - 0.5)) if acc else None
+    fams = ", ".join(f"{f} {a:.2f}" for f, a in acc.items())
+    return (f"voters near chance: they separate right from wrong labels with AUC {post.separation:.2f} (below "
+            f"{P.JUDGE_MIN_SEPARATION}); family accuracies {fams}; the posterior is the prior, so no label can be "
+            f"judged and none was changed" + (f" (strongest: {best})" if best else ""))
 
 
 LENGTH_FAMILY = "length-prior"
@@ -113,50 +143,73 @@ LENGTH_FAMILY = "length-prior"
 
 def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, ell: np.ndarray | None = None,
             length_control: bool = True, length_family: bool = False, gold: np.ndarray | None = None,
-            interval: bool = True, source: str = "vote") -> Vote:
-    """Families, length control and the posterior for every pair (see the module docstring)."""
+            interval: bool = True, source: str = "vote", kinds: dict[str, str] | None = None) -> Vote:
+    """Families, length control and the posterior for every pair (see the module docstring).
+
+    `kinds` maps a family to "verdict" (votes in [-1, 1] read as they are, ties 0, NaN missing: judges
+    and annotators from columns) or "score" (the default: standardised, length-controlled). Families
+    in `kinds` may have missing votes (NaN). `interval` is kept for callers; the posterior always
+    carries its intervals now (`posterior.fit`)."""
+    kinds = dict(kinds or {})
     ids = list(pair_ids) if not isinstance(pair_ids, pl.Series) else pair_ids
     n = len(ids)
-    d = _unit(check_voters(n, voter_scores, source))  # (n, m)
     names = list(voter_scores)
     fams = list(dict.fromkeys(family_of(v) for v in names))
+    fam_kind = [kinds.get(f, P.SCORE) for f in fams]
     member = np.array([fams.index(family_of(v)) for v in names])  # (m,)
+    raw_votes = check_voters(n, voter_scores, source, missing_ok=set(kinds))
+    verdict_member = np.array([fam_kind[f] == P.VERDICT for f in member])
+    d = _unit(raw_votes, keep=verdict_member)  # (n, m): verdicts keep their [-1, 1] scale
     onehot = (member[None, :] == np.arange(len(fams))[:, None]).astype(np.float64)  # (F, m)
-    count = onehot.sum(1)
-    mean = d @ onehot.T / count  # (n, F)
-    spread = np.sqrt(np.maximum((d ** 2) @ onehot.T / count - mean ** 2, 0.0))
-    raw = _unit(mean)
+    seen = np.isfinite(d)
+    d0 = np.where(seen, d, 0.0)
+    count = seen.astype(np.float64) @ onehot.T  # (n, F) members that voted
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, d0 @ onehot.T / np.maximum(count, 1), np.nan)  # (n, F)
+        spread = np.sqrt(np.maximum((d0 ** 2) @ onehot.T / np.maximum(count, 1) - np.nan_to_num(mean) ** 2, 0.0))
+    is_verdict = np.array([k == P.VERDICT for k in fam_kind], dtype=bool)
+    raw = np.where(is_verdict[None, :], mean, _unit(mean))
     ell = np.zeros(n) if ell is None else np.asarray(ell, dtype=np.float64).reshape(-1)
     if ell.shape[0] != n:
         raise DataError(f"length ratios for {ell.shape[0]} pairs but the dataset has {n}", file=source)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.array([np.corrcoef(raw[:, f], ell)[0, 1] if ell.std() > 0 and raw[:, f].std() > 0 else 0.0
-                         for f in range(len(fams))])
-    controlled, slope = remove_length(raw, ell) if length_control else (raw, np.zeros(len(fams)))
-    controlled = _unit(controlled)
+    corr = np.zeros(len(fams))
+    for f in range(len(fams)):  # a loop over families, never pairs
+        m = np.isfinite(raw[:, f])
+        if m.sum() > 2 and ell[m].std() > 0 and raw[m, f].std() > 0:
+            corr[f] = np.corrcoef(raw[m, f], ell[m])[0, 1]
+    controlled, slope = raw.copy(), np.zeros(len(fams))
+    if length_control and (~is_verdict).any():
+        # Length control regresses a continuous vote on the length ratio; a verdict is a category, and
+        # its length bias is the judge's own, which the posterior weighs through its accuracy.
+        sc = ~is_verdict
+        controlled[:, sc], slope[sc] = remove_length(raw[:, sc], ell)
+        controlled[:, sc] = _unit(controlled[:, sc])
     if length_family and ell.std() > 0:
         # The length prior as an annotator of its own, with a reliability the model estimates, beside
         # families that no longer carry it: its weight is explicit instead of hidden in every family.
         fams = [*fams, LENGTH_FAMILY]
+        fam_kind = [*fam_kind, P.SCORE]
         raw = np.column_stack([raw, ell / ell.std()])
         controlled = np.column_stack([controlled, ell / ell.std()])
         spread = np.column_stack([spread, np.zeros(n)])
         slope = np.r_[slope, 0.0]
         corr = np.r_[corr, 1.0]
-    post = P.fit(controlled, fams, gold=gold)
-    if interval:
-        post.extra["noise_interval"] = P.noise_interval(controlled, rounds=100)
-    z_mean = controlled.mean(1)
-    agree = (np.sign(controlled) == np.sign(post.evidence)[:, None]).mean(axis=1)
+    post = P.fit(controlled, fams, kinds=fam_kind, gold=gold)
+    with np.errstate(invalid="ignore"):
+        z_mean = np.nanmean(np.where(np.isfinite(controlled), controlled, np.nan), axis=1) if controlled.size else np.zeros(n)
+        signs = np.where(np.isfinite(controlled), np.sign(controlled) == np.sign(post.evidence)[:, None], np.nan)
+        agree = np.nanmean(signs, axis=1)
+        std = (np.nanstd(np.where(np.isfinite(controlled), controlled, np.nan), axis=1)
+               if controlled.shape[1] > 1 else spread[:, 0])
     frame = pl.DataFrame({
         "id": ids,
         "votes": pl.Series("votes", controlled, dtype=pl.Array(pl.Float64, controlled.shape[1])).cast(pl.List(pl.Float64)),
         "strength_mean": post.evidence,
-        "strength_std": controlled.std(axis=1) if controlled.shape[1] > 1 else spread[:, 0],
+        "strength_std": np.nan_to_num(std),
         "label_prob": post.label_prob,
-        "agreement": agree,
+        "agreement": np.nan_to_num(agree, nan=0.5),
         "length_ratio": ell,
-        "vote_mean": z_mean,
-    })
+        "vote_mean": np.nan_to_num(z_mean),
+    }).with_columns(pl.col("votes").list.eval(pl.element().fill_nan(None)))
     return Vote(frame=frame, families=fams, raw=raw, controlled=controlled, spread=spread, length_slope=slope,
                 length_corr=np.nan_to_num(corr), ell=ell, posterior=post, length_control=length_control)

@@ -3,6 +3,7 @@
 - `heads`: K cross-fitted Bradley-Terry heads on a frozen backbone (one backbone pass for all K);
 - `reward_model`: any HF sequence-classification model with a single output;
 - `finetuned_rm`: a reward model LoRA-fine-tuned on the other folds (cross-fitted), see `finetuned.py`;
+- `column`: votes computed elsewhere, read from the dataset or a side file (`columns.py`);
 - `judge`: the pairwise judge (`prefdata.judges.pairwise`) through any engine that scores, shown both
   orders (A/B then B/A), scored by the log-probability of answering "A" versus "B", so position bias
   cancels out.
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prefdata.engines import EngineOverrides
 from prefdata.judges.jury import JurorConfig
 from prefdata.models import DEFAULT_MODEL
+from prefdata.rewards.columns import ColumnVoter
 from prefdata.rewards.reward_model import RewardModelVoter  # defined there (score.py needs it too)
 
 
@@ -96,7 +98,7 @@ class JuryVoter(BaseModel):
     seed: int = Field(0, description="Sampling seed passed to every juror's engine.")
 
 
-VoterSpec = Annotated[HeadsVoter | RewardModelVoter | JudgeVoter | FinetunedRMVoter | JuryVoter,
+VoterSpec = Annotated[HeadsVoter | RewardModelVoter | JudgeVoter | FinetunedRMVoter | JuryVoter | ColumnVoter,
                       Field(discriminator="type")]
 
 

@@ -231,6 +231,8 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
                allow_empty: str = typer.Option("none", "--allow-empty",
                                                help="Keep pairs with an empty answer on this side: "
                                                     "none | chosen | rejected | both."),
+               layout: str = typer.Option(None, "--layout", help="Read a multi-annotator layout: pandalm (see "
+                                          "prefdata/annotators.py): annotators become vote columns."),
                force_kind: bool = typer.Option(False, "--force-kind",
                                                help="Commit even when the kind differs from NAME@latest's "
                                                     "(e.g. prompts under a pair dataset's name).")):
@@ -242,7 +244,20 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
     # The name is checked before the input is even opened: it becomes part of paths.
     check_name(name)
     quarantine = quarantine_path(name) if on_error == "quarantine" else None
-    table = io.read(source, kind, on_error=on_error, quarantine_path=quarantine, allow_empty=allow_empty)
+    if layout is not None:
+        from prefdata.annotators import LAYOUTS, pandalm
+        from prefdata.errors import ConfigError
+        from prefdata.schema import validate
+
+        if layout not in LAYOUTS:
+            raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        raw, info = pandalm(source)
+        typer.echo(f"{layout}: {info['pairs']} pairs, {info['annotators']} annotators; {info['ties_left_out']} rows "
+                   "whose majority was a tie left out", err=True)
+        table = validate(raw.to_pylist(), "pair", source=source, on_error=on_error, quarantine_path=quarantine,
+                         normalise=lambda row, k: io.normalise_row(row, k, io.allow_empty_sides(allow_empty)))
+    else:
+        table = io.read(source, kind, on_error=on_error, quarantine_path=quarantine, allow_empty=allow_empty)
     kind = kind or io.infer_kind(table.column_names)
     step = {"uses": "import", "source": source, **({"allow_empty": allow_empty} if allow_empty != "none" else {})}
     if dedup:
@@ -253,5 +268,5 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
     v = commit(name, table, kind=kind, lineage={"parents": [parent], "step": step}, allow_kind_change=force_kind,
                command=f"prefdata datasets import {source} --name {name}" + (" --dedup" if dedup else "")
                + (f" --allow-empty {allow_empty}" if allow_empty != "none" else "")
-               + (" --force-kind" if force_kind else ""))
+               + (f" --layout {layout}" if layout else "") + (" --force-kind" if force_kind else ""))
     typer.echo(f"{v.ref}  card: {v.card_path}")
