@@ -109,23 +109,31 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
 
     ell = vote.ell
     longer = float(((ell > 0).sum() + 0.5 * (ell == 0).sum()) / max(n, 1))
-    rows = ["| family | voters | estimated accuracy | weight | agrees with the label (raw) | "
-            "(length-controlled) | corr with length |", "|---|---|---|---|---|---|---|"]
+    rows = ["| family | kind | members | estimated accuracy (90% interval) | weight | voted | ties | "
+            "agrees with the label (raw) | corr with length |", "|---|---|---|---|---|---|---|---|---|"]
     for i, f in enumerate(vote.families):
         k = sum(1 for v in votes if v == f or v.startswith(f + ":"))
-        rows.append(f"| `{cell(f)}` | {k} | {summary['families'][f]['accuracy']:.3f} | "
-                    f"{summary['families'][f]['weight']:.3f} | {(vote.raw[:, i] > 0).mean():.3f} | "
-                    f"{(vote.controlled[:, i] > 0).mean():.3f} | {vote.length_corr[i]:+.3f} |")
-    rows.append(f"| length only (longer answer wins) | — | — | — | {longer:.3f} | — | +1.000 |")
+        fs = summary["families"][f]
+        lo_a, hi_a = fs["accuracy_interval"]
+        seen = np.isfinite(vote.raw[:, i])
+        agree = float((vote.raw[seen, i] > 0).mean()) if seen.any() else float("nan")
+        rows.append(f"| `{cell(f)}` | {fs['kind']} | {k} | {fs['accuracy']:.3f} ({lo_a:.2f}–{hi_a:.2f}) | "
+                    f"{fs['weight']:+.2f} | {fs['voted']:.0%} | {fs['ties']:.0%} | {agree:.3f} | "
+                    f"{vote.length_corr[i]:+.3f} |")
+    rows.append(f"| length only (longer answer wins) | — | — | — | — | — | — | {longer:.3f} | +1.000 |")
     lo, hi = summary.get("noise_interval", (float("nan"), float("nan")))
+    noise = (f"estimated noise rate **{post.noise_rate:.1%}** (90% interval {lo:.1%} – {hi:.1%}, which holds both "
+             "the fit's uncertainty and which labels are wrong)" if post.can_judge else
+             f"noise rate **unknown**: the voters cannot tell (anything in {lo:.0%} – {hi:.0%} fits the votes)")
     text = [
         "The stored label and each voter family are treated as annotators of a latent \"label is right\" "
-        "(a latent-class model; see `prefdata/curation/posterior.py`). Heads of one family count once.",
+        "(a latent-class model; see `prefdata/curation/posterior.py`). Members of one family count once; a "
+        "negative weight means the family is reliably wrong and is read backwards; ties and missing votes "
+        "carry no evidence.",
         "", *rows, "",
-        f"Estimated accuracy of the stored labels: **{post.alpha:.3f}**; estimated noise rate "
-        f"**{post.noise_rate:.1%}** (90% bootstrap interval {lo:.1%} – {hi:.1%}).",
-        f"Length control: {'on' if vote.length_control else 'off'} (each family's vote minus its slope on the log "
-        "length ratio of the two answers).",
+        f"Estimated accuracy of the stored labels: **{post.alpha:.3f}**; {noise}.",
+        f"Length control: {'on' if vote.length_control else 'off'} for score families (each family's vote minus "
+        "its slope on the log length ratio of the two answers); verdict families are used as given.",
     ]
     if "family_corr" in summary:
         text.append(f"Mean correlation between families: {summary['family_corr']:.3f}.")
@@ -146,9 +154,35 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
         p = lookup[r["id"]]
         disputed.append(f"| {r['label_prob']:.3f} | {r['strength_mean']:.2f} | {clip(p['prompt'])} | "
                         f"{clip(p['chosen'])} | {clip(p['rejected'])} |")
-    sections = [("Label cleaning", counts), ("Posterior and voter families", "\n".join(text)),
+    sections = [("Verdict", verdict_text(vote, summary, policy)), ("Label cleaning", counts),
+                ("Posterior and voter families", "\n".join(text)),
                 ("Ten most doubtful pairs (lowest posterior, before policies)", "\n".join(disputed))]
     return _figures(vote, policy), sections
+
+
+def verdict_text(vote, summary: dict, policy) -> str:
+    """The card's first words: can these voters judge single labels, what was done, against baselines."""
+    from prefdata.curation.baselines import binary_dawid_skene
+
+    post = vote.posterior
+    if not post.can_judge:
+        return (f"**Cannot judge: {summary['verdict']}.** The labels are kept as they were; the soft labels are "
+                "the prior. Bring stronger voters (a reward model, an API judge, annotators: `type: column`).")
+    cut = policy.flip_max_prob if policy.flip_max_prob is not None else 0.1
+    lo, hi = summary.get("noise_interval", (float("nan"), float("nan")))
+    v = np.where(np.isfinite(vote.controlled), vote.controlled, 0.0)
+    majority = int((np.sign(v).sum(1) < 0).sum())
+    ds = int((binary_dawid_skene(vote.controlled) <= np.log(cut / (1 - cut))).sum())
+    ours = int((post.label_prob <= cut).sum())
+    return (f"**The voters can judge single labels** (they separate right from wrong labels with AUC "
+            f"{post.separation:.2f} by the model's own account). Estimated noise rate {post.noise_rate:.1%} "
+            f"(90% interval {lo:.1%} – {hi:.1%}).\n\n"
+            "| method, on the same votes | labels it would flip |\n|---|---|\n"
+            f"| this posterior, at P(label right) <= {cut} | {ours} |\n"
+            f"| majority vote of the families against the label | {majority} |\n"
+            f"| binary Dawid-Skene at the same cut | {ds} |\n\n"
+            "Majority vote ignores that some families are reliably wrong; `prefdata eval gold` and `eval noise` "
+            "measure all three against known truth.")
 
 
 def jury_bias(juries: list, table: pa.Table, source: str | None = None) -> tuple[list[dict], list[tuple[str, str]]]:

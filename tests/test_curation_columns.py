@@ -1,0 +1,253 @@
+"""Votes computed elsewhere (column families) and the posterior on real-shaped votes: categorical
+verdicts with ties and missing votes, adversarial families, honest intervals, the cannot-judge verdict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from prefdata.curation import posterior as P
+from prefdata.curation.baselines import binary_dawid_skene
+from prefdata.curation.noise import auc, swap
+from prefdata.curation.policies import flip
+from prefdata.curation.step import CleanLabelsConfig, column_specs, curate
+from prefdata.errors import DataError
+from prefdata.rewards.columns import ColumnVoter, column_votes
+from prefdata.schema import validate
+
+
+def panel(n=400, noise=0.2, seed=0, accs=(0.85, 0.75, 0.2), members=3, missing=0.0, ties=0.1):
+    """Synthetic judge panel with known truth: family f's members vote for the better answer with
+    probability accs[f] (0.2: reliably wrong), tie with `ties`, and skip with `missing`."""
+    rng = np.random.default_rng(seed)
+    right = rng.random(n) >= noise
+    cols, fams = [], []
+    for f, a in enumerate(accs):
+        for _ in range(members):
+            truth_vote = np.where(rng.random(n) < a, 1.0, -1.0)
+            truth_vote[rng.random(n) < ties] = 0.0
+            v = truth_vote * np.where(right, 1, -1)  # label orientation
+            v[rng.random(n) < missing] = np.nan
+            cols.append(v)
+            fams.append(f)
+    return np.stack(cols, 1), np.array(fams), right
+
+
+def family_means(x, fams):
+    out = []
+    for f in np.unique(fams):
+        m = x[:, fams == f]
+        c = np.isfinite(m).sum(1)
+        with np.errstate(invalid="ignore"):
+            out.append(np.where(c > 0, np.nansum(m, 1) / np.maximum(c, 1), np.nan))
+    return np.stack(out, 1)
+
+
+def test_adversarial_family_gets_a_negative_weight_and_is_read_backwards():
+    x, fams, right = panel(missing=0.5)
+    v = family_means(x, fams)
+    post = P.fit(v, ["good", "fair", "liar"], kinds=["verdict"] * 3)
+    w = post.weights
+    assert w["good"] > 0 and w["fair"] > 0 and w["liar"] < -1.0
+    acc = post.family_accuracy
+    assert acc["liar"] < 0.3 and acc["good"] > 0.8
+    lo, hi = post.extra["accuracy_interval"][2]
+    assert lo < acc["liar"] < hi < 0.5
+    assert abs(post.voted[0] - 0.875) < 0.05  # 3 members each missing half: 1 - 0.5**3 voted
+    assert auc(~right, -post.log_odds) > 0.9
+    # Missing votes are marginalised, not counted against the label: a pair nobody voted on keeps the prior.
+    none = ~np.isfinite(v).any(1)
+    if none.any():
+        assert np.allclose(post.label_prob[none], post.alpha, atol=0.02)
+    flips = post.label_prob <= 0.1
+    assert flips.sum() > 10 and (~right[flips]).mean() >= 0.9
+
+
+def test_ties_carry_no_evidence():
+    v = np.array([[1.0], [0.0], [-1.0]] * 100)
+    post = P.fit(v, kinds=["verdict"])
+    assert post.contrib[1, 0] == pytest.approx(0.0, abs=1e-9)
+    assert post.ties[0] == pytest.approx(1 / 3)
+
+
+def test_beats_binary_dawid_skene_when_members_disagree_in_strength():
+    aucs, ds = [], []
+    for seed in range(5):
+        x, fams, right = panel(n=150, seed=seed, accs=(0.7, 0.65, 0.35, 0.6), members=5, ties=0.0)
+        v = family_means(x, fams)
+        aucs.append(auc(~right, -P.fit(v, kinds=["verdict"] * 4).log_odds))
+        ds.append(auc(~right, -binary_dawid_skene(v)))
+    assert np.mean(aucs) > np.mean(ds)
+
+
+def test_noise_interval_covers_the_truth_on_synthetic_panels():
+    hits, runs = 0, 0
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        noise = rng.uniform(0.05, 0.35)
+        accs = tuple(rng.uniform(0.55, 0.9, size=3))
+        x, fams, right = panel(n=int(rng.integers(80, 300)), noise=noise, seed=seed, accs=accs, members=2,
+                               missing=float(rng.uniform(0, 0.5)))
+        post = P.fit(family_means(x, fams), kinds=["verdict"] * 3, seed=seed)
+        lo, hi = post.extra["noise_interval"]
+        hits += lo <= (~right).mean() <= hi
+        runs += 1
+    assert hits / runs >= 0.85
+
+
+def test_weak_voters_cannot_judge_and_change_no_label():
+    rng = np.random.default_rng(0)
+    n = 600
+    right = rng.random(n) < 0.8
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}",
+             "rm": float(rng.normal(0.03 * (1 if r else -1), 1)), "j": int(rng.choice([-1, 1]))}
+            for i, r in enumerate(right)]
+    table = validate(rows, "pair")
+    cfg = CleanLabelsConfig(voters=[{"type": "column", "family": "rm", "columns": ["rm"], "kind": "score"},
+                                    {"type": "column", "family": "coin", "columns": ["j"], "kind": "verdict"}])
+    kept, dropped, result = curate(table, cfg, progress=False)
+    assert not result.posterior.can_judge
+    assert "voters near chance" in result.summary()["verdict"]
+    assert dropped.num_rows == 0 and not any(kept.column("flipped").to_pylist())
+    lo, hi = result.posterior.extra["noise_interval"]
+    assert hi - lo > 0.15  # the interval says the rate is unknown
+
+
+def rows_with_votes(n=120, seed=0, noise=0.25):
+    rng = np.random.default_rng(seed)
+    right = rng.random(n) >= noise
+    out = []
+    for i in range(n):
+        s = 1 if right[i] else -1
+        vote = lambda a: (s if rng.random() < a else -s)  # noqa: E731
+        out.append({"prompt": f"question {i}", "chosen": f"answer one {i}", "rejected": f"answer two {i}",
+                    "judge_ab": vote(0.9), "judge_ba": vote(0.85) if rng.random() > 0.3 else None,
+                    "rm_c": float(rng.normal(s, 1.0)), "rm_r": 0.0,
+                    "ann": ("A" if vote(0.8) > 0 else "B") if i % 2 else ("B" if vote(0.8) > 0 else "A"),
+                    "shown_a": "chosen" if i % 2 else "rejected", "verified": None if i % 3 else int(right[i])})
+    return out, right
+
+
+def test_column_kinds_read_into_the_chosen_orientation(tmp_path):
+    rows, right = rows_with_votes()
+    table = validate(rows, "pair")
+    ab = column_votes(table, ColumnVoter(family="ann", columns=["ann"], kind="ab", order="shown_a"))["ann:0"]
+    assert ((ab > 0) == right).mean() > 0.7
+    sc = column_votes(table, ColumnVoter(family="rm", columns=["rm_c", "rm_r"], kind="scores"))["rm:0"]
+    assert np.allclose(sc, [r["rm_c"] for r in rows])
+    v = column_votes(table, ColumnVoter(family="j", columns=["judge_ab", "judge_ba"]))
+    assert np.isnan(v["j:1"]).sum() == sum(r["judge_ba"] is None for r in rows)
+    bad = validate([dict(rows[0], judge_ab=3)], "pair")
+    with pytest.raises(DataError) as e:
+        column_votes(bad, ColumnVoter(family="j", columns=["judge_ab"]))
+    assert "row 1" in str(e.value) and "judge_ab" in str(e.value)
+
+
+def test_side_file_joins_by_id_and_by_text_in_either_order(tmp_path):
+    rows, right = rows_with_votes(n=40)
+    table = validate([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], "pair")
+    ids = table.column("id").to_pylist()
+    side = tmp_path / "votes.jsonl"
+    lines = []
+    for i, r in enumerate(rows[:30]):  # the last 10 pairs are absent: missing votes, not an error
+        rev = i % 2 == 0
+        lines.append({"prompt": r["prompt"], "chosen": r["rejected"] if rev else r["chosen"],
+                      "rejected": r["chosen"] if rev else r["rejected"],
+                      "v": -r["judge_ab"] if rev else r["judge_ab"]})
+    side.write_text("\n".join(json.dumps(x) for x in lines))
+    got = column_votes(table, ColumnVoter(family="j", columns=["v"], source=str(side)))["j:0"]
+    assert np.array_equal(got[:30], [r["judge_ab"] for r in rows[:30]]) and np.isnan(got[30:]).all()
+    by_id = tmp_path / "by_id.csv"
+    pl.DataFrame({"id": ids[:20], "v": [r["judge_ab"] for r in rows[:20]]}).write_csv(by_id)
+    got = column_votes(table, ColumnVoter(family="j", columns=["v"], source=str(by_id), join="id"))["j:0"]
+    assert np.array_equal(got[:20], [r["judge_ab"] for r in rows[:20]]) and np.isnan(got[20:]).all()
+
+
+def test_flipping_a_pair_turns_its_vote_columns_around():
+    rows, _ = rows_with_votes(n=10)
+    table = validate(rows, "pair")
+    cfg = CleanLabelsConfig(voters=[{"type": "column", "family": "j", "columns": ["judge_ab"]},
+                                    {"type": "column", "family": "rm", "columns": ["rm_c", "rm_r"], "kind": "scores"},
+                                    {"type": "column", "family": "a", "columns": ["ann"], "kind": "ab", "order": "shown_a"}])
+    mask = np.arange(10) % 2 == 0
+    before = {f: column_votes(table, s) for f, s in zip("jra", column_specs(cfg))}
+    after_t = swap(table, mask, column_specs(cfg))
+    after = {f: column_votes(after_t, s) for f, s in zip("jra", column_specs(cfg))}
+    for f in before:
+        for k in before[f]:
+            assert np.allclose(after[f][k], np.where(mask, -1, 1) * before[f][k], equal_nan=True)
+    df = pl.from_arrow(table)
+    twice = flip(flip(df, pl.lit(pl.Series(mask)), column_specs(cfg)), pl.lit(pl.Series(mask)), column_specs(cfg))
+    assert twice.select(["judge_ab", "rm_c", "rm_r", "shown_a"]).equals(df.select(["judge_ab", "rm_c", "rm_r", "shown_a"]))
+
+
+def test_clean_labels_pipeline_and_eval_gold_with_column_families(tmp_path, capsys):
+    from prefdata.cli import main
+
+    rows, right = rows_with_votes(n=200, seed=3)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    voters = [{"type": "column", "family": "judge", "columns": ["judge_ab", "judge_ba"], "kind": "verdict"},
+              {"type": "column", "family": "rm", "columns": ["rm_c", "rm_r"], "kind": "scores"},
+              {"type": "column", "family": "team", "columns": ["ann"], "kind": "ab", "order": "shown_a"}]
+    pipe = {"name": "cj", "steps": [{"name": "clean", "uses": "clean_labels", "input": str(data), "output": "cj",
+                                     "config": {"voters": voters}}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipe))
+    main(["run", str(tmp_path / "p.yaml")])
+    from prefdata import store
+
+    v = store.resolve("cj@latest")
+    card = (v.path / "README.md").read_text()
+    assert "The voters can judge single labels" in card and "binary Dawid-Skene" in card
+    t = store.load_table("cj@latest")
+    flipped = np.array(t.column("flipped").to_pylist(), dtype=bool)
+    ids = t.column("id").to_pylist()
+    assert flipped.sum() >= 5
+    # The flips are right: compare with the truth by prompt.
+    truth = {f"question {i}": r for i, r in enumerate(right)}
+    prompts = [p[-1]["content"] for p in t.column("prompt").to_pylist()]
+    assert np.mean([not truth[p] for p, f in zip(prompts, flipped) if f]) >= 0.9
+    assert len(ids) == 200
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"clean": {"voters": voters}}))
+    out = tmp_path / "g.json"
+    main(["eval", "gold", "--dataset", str(data), "--gold-column", "verified", "--config", str(tmp_path / "g.yaml"),
+          "--out", str(out)])
+    rep = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert rep["can_judge"] and rep["baselines_auc_wrong_labels"]["posterior"] > 0.9
+    assert {"majority vote", "dawid-skene (binary)", "best single family (hindsight)"} <= set(rep["baselines_auc_wrong_labels"])
+    assert rep["remedies_at_cut"]["flip"]["precision"] >= 0.9
+    assert "flips" in printed and "ROC-AUC for finding wrong labels" in printed
+
+
+PANDALM = [{"idx": 0, "instruction": "Fix the grammar.", "input": "he go home", "response1": "He goes home.",
+            "response2": "he go home", "annotator1": 1, "annotator2": 1, "annotator3": 1},
+           {"idx": 2, "instruction": "Name a colour.", "input": "", "response1": "blue", "response2": "Red is one.",
+            "annotator1": 2, "annotator2": 2, "annotator3": 0},
+           {"idx": 4, "instruction": "Say hi.", "input": "", "response1": "hi", "response2": "hello",
+            "annotator1": 0, "annotator2": 0, "annotator3": 1}]
+
+
+def test_pandalm_layout_imports_with_annotators_as_vote_columns(tmp_path, capsys):
+    from prefdata import store
+    from prefdata.cli import main
+
+    f = tmp_path / "pandalm.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in PANDALM * 1))
+    main(["datasets", "import", str(f), "--name", "pl", "--layout", "pandalm"])
+    assert "1 rows whose majority was a tie left out" in capsys.readouterr().err
+    t = store.load_table("pl@latest").to_pylist()
+    assert [r["id"] for r in t] == ["pandalm-0", "pandalm-2"]
+    assert t[1]["chosen"][-1]["content"] == "Red is one." and t[1]["response1_is"] == "rejected"
+    assert (t[1]["annotator1"], t[1]["annotator3"], t[1]["agreement"], t[1]["gold"]) == (1, 0, 2, None)
+    assert t[0]["gold"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(dict(PANDALM[0], annotator2=7)))
+    with pytest.raises(SystemExit):
+        main(["datasets", "import", str(bad), "--name", "pl2", "--layout", "pandalm"])
+    err = capsys.readouterr().err
+    assert "row 1" in err and "annotator2" in err
