@@ -45,8 +45,8 @@ def test_card_shows_counts_families_doubtful_pairs_and_figures(tmp_path, monkeyp
     n_flipped = sum(kept.column("flipped").to_pylist())
     assert n_flipped > 0 and f"| flipped (this step) | {n_flipped} |" in card
     # Two families (three heads count once), each with its accuracy, beside the length-only row.
-    assert "| `heads:bb:linear` | 3 |" in card and "| `rm:other` | 1 |" in card
-    assert "| length only (longer answer wins) |" in card and "estimated noise rate" in card
+    assert "| `heads:bb:linear` | score | 3 |" in card and "| `rm:other` | score | 1 |" in card
+    assert "| length only (longer answer wins) |" in card and ("estimated noise rate" in card or "noise rate **unknown**" in card)
     lineage = v.manifest["lineage"]["posterior"]
     assert set(lineage["families"]) == {"heads:bb:linear", "rm:other"} and 0.5 <= lineage["label_accuracy"] <= 1
     lo, hi = lineage["noise_interval"]
@@ -144,7 +144,10 @@ def test_eval_noise_cli_finds_flips_on_learnable_pairs(tmp_path, tiny_model, cap
     # The policy's own flips, judged against the injected set: well above the 20% base rate.
     assert rep["flipped"]["acted"] > 0 and rep["flipped"]["precision"] >= 0.5  # base rate 0.2
     assert set(rep["rm_heldout_accuracy"]) == {"noisy", "cleaned (policy)", "soft labels (posterior)",
+                                              "doubted pairs dropped instead (posterior < 0.5)",
                                               "oracle (injected flips undone)"}
+    assert {"posterior", "majority vote", "dawid-skene (binary)"} <= set(rep["baselines_auc"])
+    assert rep["remedies_at_cut"]["flip"]["acted"] >= 0 and "drop" in rep["remedies_at_cut"]
     lo, hi = rep["rm_diff_vs_noisy_90ci"]["cleaned (policy)"]
     assert lo <= hi and 0 <= rep["posterior_ece"] <= 1
 
