@@ -305,7 +305,7 @@ def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_dige
     eng = engine_cfg.model_dump() if engine_cfg is not None else {}
     for run_only in ("token_budget", "max_batch_size", "concurrency", "progress", "cache", "cache_path",
                      "max_retries", "timeout_s", "api_key_env", "gpu_memory_utilization", "max_model_len",
-                     "enforce_eager", "http_client"):
+                     "enforce_eager", "http_client", "max_response_mb"):
         eng.pop(run_only, None)
     blob = json.dumps({"uses": step.uses, "config": step_cfg.model_dump(mode="json"), "engine": eng,
                        "input": input_digest, "limit": step.limit, "seed": seed,

@@ -56,7 +56,11 @@ class EngineConfig(BaseModel):
         "applies to base_url or base_url has credentials or a query string. Same request body, retries, usage "
         "and error texts either way.")
     max_retries: int = Field(5, ge=0, le=50)
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="openai backend: the deadline of each attempt, connect to the "
+                             "last byte of the reply, on either HTTP client.")
+    max_response_mb: float = Field(32.0, gt=0, description="openai backend: the largest reply body accepted, in MiB "
+                                   "(as sent and once gunzipped); a larger one fails that request with a clear error "
+                                   "instead of filling memory.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend: share of GPU memory.")
     max_model_len: int = Field(4096, ge=64, description="vllm backend: longest prompt + completion in tokens; "
                                "bounds the KV cache it reserves.")

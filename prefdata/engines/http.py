@@ -15,8 +15,14 @@ official client applies its timeout to connect, write and each read; for a non-s
 completion, where the server sends nothing until the answer is done, the two agree).
 
 What it does not do, on purpose: proxies (`proxy_in_env` lets the engine fall back to the official
-client when one applies), HTTP/2, redirects, streaming, 1xx replies, credentials or a query string
-in the base URL (`Unsupported`: the engine's auto choice then falls back to the official client).
+client when one applies), HTTP/2, redirects (a 3xx with a Location is `RedirectRefused`, one line
+naming where it pointed; the official client follows one only within the base URL's origin),
+streaming, 1xx replies, credentials or a query string in the base URL (`Unsupported`: the engine's
+auto choice then falls back to the official client).
+
+A reply body over `max_body` bytes (engine.max_response_mb, 32 MiB by default), as sent or once
+gunzipped, is `ResponseTooLarge`: refused as soon as its Content-Length says so, or once that many
+bytes have come, so a runaway server costs at most that much memory.
 
 Errors carry the official client's class names and messages ("Error code: 500 - boom",
 "Connection error.", "Request timed out."), so a run reads the same whichever client made it; a
@@ -39,7 +45,8 @@ from prefdata.errors import PrefdataError
 from prefdata.redact import redact
 
 MAX_HEAD = 64 * 1024  # status line plus headers; also the StreamReader's line limit
-MAX_BODY = 64 * 1024 * 1024  # a chat completion is kilobytes; this only stops a runaway server
+MAX_BODY = 32 * 1024 * 1024  # the default limit: a chat completion is kilobytes; this stops a runaway server
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class APIError(PrefdataError):
@@ -59,6 +66,36 @@ class APITimeoutError(APIConnectionError):
 class ProtocolError(APIConnectionError):
     """The server's reply is not HTTP/1.1 we can read. Retried like a dropped connection (the
     official client raises httpx's RemoteProtocolError, which openai turns into a connection error)."""
+
+
+class ResponseTooLarge(APIError):
+    """A reply body over the limit. Not retried: the same request would get the same reply."""
+
+
+class RedirectRefused(APIError):
+    """A redirect this client will not follow (the lean client follows none; the official client
+    none to another origin, which would receive the prompts and the key's bearer header)."""
+
+
+def too_large(shown: str, limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(f"the reply from {shown} is over {_size(limit)}, the limit set by "
+                            "engine.max_response_mb; raise it if such replies are expected")
+
+
+def redirect_refused(shown: str, status: int, target: str, same_origin: bool) -> RedirectRefused:
+    """`target`: the redirect's absolute URL; only its scheme://host:port is shown (a query string
+    may carry a token)."""
+    u = urllib.parse.urlsplit(target)
+    where = f"{u.scheme}://{u.netloc.rpartition('@')[2]}" if u.scheme and u.netloc else "?"
+    if same_origin:
+        return RedirectRefused(f"{shown} answered {status}, a redirect to {where}{u.path[:80]}; the lean HTTP "
+                               "client follows no redirects: set engine.base_url to where the server lives")
+    return RedirectRefused(f"{shown} answered {status}, a redirect to another origin ({where}); refused, so "
+                           "prompts and the API key only ever go to engine.base_url's origin")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 class APIStatusError(APIError):
@@ -88,18 +125,53 @@ def status_error(status: int, headers: dict[str, str], body: bytes) -> APIStatus
 
 
 def _status_message(status: int, body: bytes) -> str:
-    """openai's wording: "Error code: N", plus " - <message>" when the body is JSON with
-    error.message (or a top-level message); newlines folded so it stays one line."""
-    msg = f"Error code: {status}"
+    return status_message(status, body)
+
+
+def server_message(body: bytes | str | None, limit: int = 300) -> str | None:
+    """What the server said in an error body, on one line, or None. OpenAI's `error.message` (or a
+    top-level `message`), as openai's client shows it; and what other servers send: `error` as a
+    string, FastAPI's `detail` (a string, or a list of {loc, msg}: `transformers serve`, pydantic),
+    or a short plain-text body (not an HTML page)."""
+    if body is None:
+        return None
+    raw = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
     try:
-        data = json.loads(body)
+        data = json.loads(raw)
     except ValueError:
-        return msg
-    error = data.get("error", data) if isinstance(data, dict) else None
-    text = error.get("message") if isinstance(error, dict) else None
-    if isinstance(text, str) and text:
-        msg += " - " + " ".join(text.split())
-    return msg
+        data = None
+    text = None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            text = error.get("message")
+            if not (isinstance(text, str) and text) and isinstance(error.get("detail"), (str, list)):
+                text = _detail(error["detail"])
+        elif isinstance(error, str):
+            text = error
+    elif data is None and raw.strip() and not raw.lstrip().startswith("<"):
+        text = raw
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _detail(detail) -> str | None:
+    if isinstance(detail, str):
+        return detail
+    parts = []
+    for d in detail[:5]:
+        if isinstance(d, dict) and isinstance(d.get("msg"), str):
+            loc = ".".join(str(x) for x in d.get("loc") or [] if x != "body")
+            parts.append(f"{loc}: {d['msg']}" if loc else d["msg"])
+    return "; ".join(parts) or None
+
+
+def status_message(status: int, body: bytes | str | None) -> str:
+    """openai's wording: "Error code: N", plus " - <what the server said>" (server_message)."""
+    text = server_message(body)
+    return f"Error code: {status}" + (f" - {text}" if text else "")
 
 
 class Unsupported(PrefdataError):
@@ -108,6 +180,10 @@ class Unsupported(PrefdataError):
 
 class _Malformed(Exception):
     """Raised while parsing; `post` turns it into a ProtocolError naming the server."""
+
+
+class _TooLarge(Exception):
+    """Raised while reading a body over the limit; `post` turns it into ResponseTooLarge."""
 
 
 class Origin:
@@ -149,8 +225,9 @@ def proxy_in_env(origin: Origin) -> str | None:
 class LeanClient:
     """POST JSON to one origin over a keep-alive pool; `post` returns the body of a 2xx reply."""
 
-    def __init__(self, origin: Origin, api_key: str, timeout: float, max_connections: int):
-        self.origin, self.timeout = origin, timeout
+    def __init__(self, origin: Origin, api_key: str, timeout: float, max_connections: int,
+                 max_body: int = MAX_BODY):
+        self.origin, self.timeout, self.max_body = origin, timeout, max_body
         if any(c in api_key for c in "\r\n") or not api_key.isascii():
             # Never echo it: this is the key.
             raise PrefdataError("the API key has characters an HTTP header cannot carry")
@@ -173,6 +250,8 @@ class LeanClient:
                     return await self._exchange(path, payload)
             except TimeoutError:  # before OSError: TimeoutError is one
                 raise APITimeoutError() from None
+            except _TooLarge:
+                raise too_large(self.origin.shown, self.max_body) from None
             except _Malformed as err:
                 raise ProtocolError(f"Connection error: {self.origin.shown} sent a malformed HTTP reply ({err})") \
                     from None
@@ -200,7 +279,7 @@ class LeanClient:
             writer.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
                          % ((self.origin.prefix + path).encode(), self._fixed, len(payload), payload))
             await writer.drain()
-            status, headers, body, reusable = await _read_reply(reader)
+            status, headers, body, reusable = await _read_reply(reader, self.max_body)
         finally:
             # Any error or cancellation leaves the connection mid-exchange: never reuse it.
             if reusable:
@@ -209,6 +288,14 @@ class LeanClient:
                 writer.close()
         if 200 <= status < 300:
             return body
+        if status in REDIRECTS and headers.get("location"):
+            url = f"{self.origin.scheme}://{self.origin.netloc}{self.origin.prefix}{path}"
+            target = urllib.parse.urljoin(url, headers["location"])
+            try:
+                same = Origin(target).shown == self.origin.shown
+            except PrefdataError:  # not even http(s)
+                same = False
+            raise redirect_refused(self.origin.shown, status, target, same)
         raise status_error(status, headers, body)
 
     def _take_idle(self):
@@ -229,7 +316,7 @@ class LeanClient:
         await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bool]:
+async def _read_reply(reader: asyncio.StreamReader, max_body: int = MAX_BODY) -> tuple[int, dict[str, str], bytes, bool]:
     """(status, headers with lower-case names, body, whether the connection can be reused)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].split(b"\r\n")
@@ -251,24 +338,26 @@ async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     if te is not None:
         if te.lower() != "chunked":
             raise _Malformed(f"Transfer-Encoding {te!r}")
-        body = await _read_chunked(reader)
+        body = await _read_chunked(reader, max_body)
     elif length is not None:
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not length.isdigit():
             raise _Malformed(f"Content-Length {length[:30]!r}")
+        if int(length) > max_body:
+            raise _TooLarge()
         body = await reader.readexactly(int(length))
     elif status in (204, 304):
         body = b""
     else:  # neither: the body runs to the end of the connection
-        body, keep = await _read_to_close(reader), False
+        body, keep = await _read_to_close(reader, max_body), False
     encoding = headers.get("content-encoding", "identity").lower()
     if encoding == "gzip":
-        body = _gunzip(body)
+        body = _gunzip(body, max_body)
     elif encoding != "identity":
         raise _Malformed(f"Content-Encoding {encoding!r}, not the gzip it was offered")
     return status, headers, body, keep
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _read_chunked(reader: asyncio.StreamReader, max_body: int = MAX_BODY) -> bytes:
     parts, total = [], 0
     while True:
         line = await reader.readuntil(b"\r\n")
@@ -281,31 +370,31 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
                 pass  # trailer fields: nothing we use
             return b"".join(parts)
         total += n
-        if total > MAX_BODY:
-            raise _Malformed(f"chunked body over {MAX_BODY} bytes")
+        if total > max_body:
+            raise _TooLarge()
         parts.append(await reader.readexactly(n))
         if await reader.readexactly(2) != b"\r\n":
             raise _Malformed("chunk data not followed by CRLF")
 
 
-async def _read_to_close(reader: asyncio.StreamReader) -> bytes:
+async def _read_to_close(reader: asyncio.StreamReader, max_body: int = MAX_BODY) -> bytes:
     parts, total = [], 0
     while chunk := await reader.read(65536):
         total += len(chunk)
-        if total > MAX_BODY:
-            raise _Malformed(f"body over {MAX_BODY} bytes")
+        if total > max_body:
+            raise _TooLarge()
         parts.append(chunk)
     return b"".join(parts)
 
 
-def _gunzip(body: bytes) -> bytes:
+def _gunzip(body: bytes, max_body: int = MAX_BODY) -> bytes:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        out = d.decompress(body, MAX_BODY)
+        out = d.decompress(body, max_body)
     except zlib.error as err:
         raise _Malformed(f"gzip body: {err}") from None
     if d.unconsumed_tail:
-        raise _Malformed(f"gzip body over {MAX_BODY} bytes")
+        raise _TooLarge()
     return out
 
 

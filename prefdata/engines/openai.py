@@ -35,6 +35,17 @@ keeps the official client when a proxy variable applies to the server (the lean 
 support) or the base URL carries credentials or a query string. Both paths share everything but the
 transport: the request body, the retry policy, usage accounting, and error texts (the lean client's
 errors carry openai's class names and messages).
+
+What a hostile or broken server cannot do, on either path (tests/test_reliability_round3_engines.py):
+- hold a request past `timeout_s`: every attempt has one deadline, connect to the last byte (the
+  official client's own timeout is per read, which a server trickling a byte a second never trips);
+- send the prompts elsewhere: a redirect to another origin is refused (RedirectRefused, not retried);
+- fill memory: a reply body over `max_response_mb` is refused (ResponseTooLarge, not retried);
+- hide its reason: a 4xx/5xx shows what the server said (error.message, an error string, FastAPI's
+  `detail`, a short text body), and a 200 whose body is {"error": ...} says so instead of "no choices";
+- break assistant prefixes: vLLM's `continue_final_message`/`add_generation_prompt` are sent until a
+  server refuses them by name with a 400/422; the request is then resent at once without them, and
+  the engine sends them no more (one warning).
 """
 
 from __future__ import annotations
@@ -48,9 +59,18 @@ import random
 import sys
 import threading
 import time
+import urllib.parse
 import weakref
 
 from prefdata.engines.base import ChatRequest, Completion, SamplingParams, row_seed
+from prefdata.engines.http import (
+    MAX_BODY,
+    APITimeoutError,
+    redirect_refused,
+    server_message,
+    status_message,
+    too_large,
+)
 from prefdata.errors import PrefdataError
 from prefdata.redact import redact
 
@@ -79,6 +99,10 @@ def _parse_chat(content: bytes) -> tuple[str, str, int, int, float | None]:
     data = json.loads(content)
     try:
         choices = data.get("choices")
+        if not choices and data.get("error") is not None:
+            # A 200 that carries an error (proxies and gateways relaying an upstream failure).
+            said = server_message(content)
+            raise ValueError("server returned an error instead of a completion" + (f": {said}" if said else ""))
         if not choices:
             raise ValueError("server returned no choices")
         choice = choices[0]
@@ -94,6 +118,94 @@ def _parse_chat(content: bytes) -> tuple[str, str, int, int, float | None]:
                 usage.get("completion_tokens") or 0, logprob)
     except (AttributeError, TypeError, KeyError, IndexError) as err:
         raise ValueError(f"malformed chat completion ({type(err).__name__}: {err})") from None
+
+
+def _shown(url: str) -> str:
+    """scheme://host[:port] of a URL, as the lean client's Origin.shown writes it (no credentials,
+    path or query), so both clients' messages name a server alike."""
+    u = urllib.parse.urlsplit(url)
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    host = u.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{u.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _origin_of(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
+    return scheme.lower(), host.lower(), port or (443 if scheme.lower() == "https" else 80)
+
+
+def _response_guard(base_url: str, limit: int, httpx):
+    """An httpx response hook for the official client (it runs for every reply, redirects and
+    replies through a proxy included, before the body is read): a redirect to another origin than
+    base_url's is refused (httpx would otherwise re-send the prompts and the key there), a declared
+    Content-Length over `limit` is refused at once, and the body stream is capped at `limit` bytes,
+    error bodies included. Built from plain values, so the client holds no reference to the engine."""
+    u = urllib.parse.urlsplit(base_url)
+    try:
+        base_port = u.port
+    except ValueError:
+        base_port = None
+    base = _origin_of(u.scheme, u.hostname or "", base_port)
+    shown = _shown(base_url)
+
+    class Capped(httpx.AsyncByteStream):
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __aiter__(self):
+            total = 0
+            async for chunk in self.inner:
+                total += len(chunk)
+                if total > limit:
+                    raise too_large(shown, limit)
+                yield chunk
+
+        async def aclose(self):
+            await self.inner.aclose()
+
+    async def hook(response) -> None:
+        if response.has_redirect_location:
+            target = response.request.url.join(response.headers["location"])
+            if _origin_of(target.scheme, target.host, target.port) != base:
+                raise redirect_refused(shown, response.status_code, str(target), same_origin=False)
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_large(shown, limit)
+        if isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = Capped(response.stream)
+
+    return hook
+
+
+async def _read_capped(response, limit: int, shown: str) -> bytes:
+    """The decoded body of a streamed httpx response, refused past `limit` bytes (a gzip body is
+    capped again once inflated)."""
+    parts, total = [], 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise too_large(shown, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _status_body(err) -> bytes | None:
+    """The raw body of a status error from either client (None when there is none to read)."""
+    body = getattr(err, "body", None)
+    if isinstance(body, (bytes, bytearray)):  # the lean client's
+        return bytes(body)
+    resp = getattr(err, "response", None)  # openai's: the httpx response, read before the error was raised
+    try:
+        return resp.content if resp is not None else None
+    except Exception:  # noqa: BLE001 - not read: fall back to what openai parsed
+        return json.dumps(body).encode() if body is not None else None
+
+
+# The fields vLLM needs to continue an assistant turn; strict servers (`transformers serve`) refuse them.
+CONTINUE_FIELDS = ("continue_final_message", "add_generation_prompt")
 
 
 def _billed_usage(content: bytes) -> tuple[int, int]:
@@ -176,9 +288,15 @@ class OpenAIEngine:
             # The HTTP library this openai release is built on: httpx2 from 3.x, httpx before.
             self._httpx = sys.modules.get("httpx2") or sys.modules["httpx"]
             self._not_found = (openai.NotFoundError,)
+            # APITimeoutError: the lean module's, raised by our own deadline around each attempt.
             self._retry_on = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-                              openai.InternalServerError, openai.APIResponseValidationError, ValueError)
+                              openai.InternalServerError, openai.APIResponseValidationError, ValueError,
+                              APITimeoutError)
         self.model_id = cfg.model
+        self._max_body = int(getattr(cfg, "max_response_mb", MAX_BODY / 2**20) * 2**20)
+        self._shown = _shown(self.base_url)
+        # Sent with an assistant prefix until a server refuses them by name (400/422); then never again.
+        self._continue_fields = True
         # billed_failures: replies the server generated (and bills, usage included) that were unusable;
         # their tokens are in prompt_tokens/completion_tokens, so cost counts them.
         self.stats = {"requests": 0, "failed": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -214,11 +332,14 @@ class OpenAIEngine:
 
     def _client(self, connections: int):
         if self.http_client == "lean":
-            return self._http.LeanClient(self._origin, self._key, self.cfg.timeout_s, connections)
+            return self._http.LeanClient(self._origin, self._key, self.cfg.timeout_s, connections,
+                                         max_body=self._max_body)
         limits = self._httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        guard = _response_guard(self.base_url, self._max_body, self._httpx)
         return self._openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
                                         timeout=self.cfg.timeout_s,
-                                        http_client=self._openai.DefaultAsyncHttpxClient(limits=limits))
+                                        http_client=self._openai.DefaultAsyncHttpxClient(
+                                            limits=limits, event_hooks={"response": [guard]}))
 
     async def _send(self, client, body: dict) -> bytes:
         """The reply body of a 2xx; anything else raises the client's own error."""
@@ -226,9 +347,46 @@ class OpenAIEngine:
         # engine's finalizer would then run whenever the cyclic GC gets to it.)
         if self.http_client == "lean":
             # Compact UTF-8 JSON, as httpx writes it for the official client.
+            # Its own deadline covers connect, send and the whole reply.
             return await client.post("/chat/completions",
                                      json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
-        return (await client.post("/chat/completions", body=body, cast_to=self._httpx.Response)).content
+        # The official client's timeout applies to connect, write and each read, so a server that
+        # trickles a byte a second never times out: one deadline for the whole attempt, as the lean
+        # client has. Streamed, so the body is read (and capped) here.
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                resp = await client.post("/chat/completions", body=body, cast_to=self._httpx.Response, stream=True)
+                try:
+                    return await _read_capped(resp, self._max_body, self._shown)
+                finally:
+                    await resp.aclose()
+        except TimeoutError:
+            raise APITimeoutError() from None
+
+    def _error_text(self, err) -> str:
+        """One line for a failed attempt: a status error shows what the server said (either client,
+        any of the usual error shapes), anything else its own message."""
+        status = getattr(err, "status_code", None)
+        if isinstance(status, int):
+            return status_message(status, _status_body(err))
+        return str(err)
+
+    def _refuses_continue_fields(self, err, body: dict) -> bool:
+        """Whether `err` is a 400/422 naming vLLM's continuation fields that `body` carried. If so they
+        are dropped from `body` and from every later request of this engine (a warning says so once)."""
+        if getattr(err, "status_code", None) not in (400, 422) or CONTINUE_FIELDS[0] not in body:
+            return False
+        said = (_status_body(err) or b"").decode("utf-8", "replace")
+        if not any(f in said for f in CONTINUE_FIELDS):
+            return False
+        for f in CONTINUE_FIELDS:
+            body.pop(f, None)
+        if self._continue_fields:
+            self._continue_fields = False
+            print(f"warning: {self._shown} refused the vLLM fields {' and '.join(CONTINUE_FIELDS)} "
+                  f"({self._error_text(err)[:200]}); assistant prefixes go without them from now on, and this "
+                  "server may read a prefix as a finished turn instead of continuing it", file=sys.stderr)
+        return True
 
     def _retry_after(self, err) -> float | None:
         headers = getattr(err, "headers", None)  # the lean client's status errors
@@ -253,11 +411,14 @@ class OpenAIEngine:
         if params.logprobs:
             body["logprobs"] = True  # summed into Completion.logprob, as the local engines report it
         if req.assistant_prefix:
-            # vLLM's way to continue an assistant turn; other servers may ignore it.
+            # vLLM's way to continue an assistant turn; other servers may ignore it, and strict ones
+            # refuse it (then _refuses_continue_fields drops it for good).
             body["messages"].append({"role": "assistant", "content": req.assistant_prefix})
-            body.update(continue_final_message=True, add_generation_prompt=False)
+            if self._continue_fields:
+                body.update(continue_final_message=True, add_generation_prompt=False)
         last = "no attempt"
-        for attempt in range(self.cfg.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 content = await self._send(client, body)
                 try:
@@ -273,15 +434,18 @@ class OpenAIEngine:
                 self.stats["completion_tokens"] += completion_tokens
                 return Completion(text=text, finish_reason=finish, num_tokens=completion_tokens, logprob=logprob)
             except Exception as err:  # noqa: BLE001 - classified below
-                last = f"{type(err).__name__}: {_redact(err, self._key)}"
+                last = f"{type(err).__name__}: {_redact(self._error_text(err), self._key)}"
                 if isinstance(err, self._not_found):
                     return self._fail(f"model '{self.cfg.model}' not found on {redact(self.base_url)}: {last}")
+                if self._refuses_continue_fields(err, body):
+                    continue  # at once, and not counted: the request changed, the server is fine
                 if not self._retryable(err) or attempt == self.cfg.max_retries:
                     break
+                attempt += 1
                 self.stats["retries"] += 1
                 wait = self._retry_after(err)
                 if wait is None:
-                    wait = min(30.0, 0.25 * 2 ** attempt) * (0.5 + random.random())  # backoff with jitter
+                    wait = min(30.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random())  # backoff with jitter
                 await asyncio.sleep(wait)  # the worker's slot stays taken: backing off lowers the load
         return self._fail(last)
 
