@@ -11,9 +11,33 @@ import pyarrow as pa
 
 from prefdata.errors import PrefdataError
 
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """OWASP's rule for CSV cells: one that starts like a formula gets a leading single quote, which
+    spreadsheets show as text and never run."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def _no_formulas(df):
+    """Every text cell and every column name of `df` through `neutralise`; numbers stay numbers
+    (a spreadsheet reads -1.5 as a number, never as a formula)."""
+    import polars as pl
+
+    pattern = "^[" + "".join("\\" + c if c in "-+" else c for c in FORMULA_START) + "]"
+    text = [c for c, t in df.schema.items() if t in (pl.String, pl.Categorical) or isinstance(t, pl.Enum)]
+    df = df.with_columns([pl.when(pl.col(c).cast(pl.String).str.contains(pattern))
+                          .then(pl.lit("'") + pl.col(c).cast(pl.String))
+                          .otherwise(pl.col(c).cast(pl.String)).alias(c) for c in text])
+    return df.rename({c: neutralise(c) for c in df.columns if neutralise(c) != c})
+
 
 def write(table: pa.Table, path: str | Path) -> Path:
-    """Write by extension (.jsonl, .parquet, .csv); atomic, so a crash leaves no half file."""
+    """Write by extension (.jsonl, .parquet, .csv); atomic, so a crash leaves no half file. In a
+    .csv, cells and column names that a spreadsheet would run as a formula start with a single
+    quote (`neutralise`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -35,6 +59,7 @@ def write(table: pa.Table, path: str | Path) -> Path:
             df = df.with_columns([pl.Series(c, [None if v is None else json.dumps(v, ensure_ascii=False)
                                                 for v in df[c].to_list()], dtype=pl.String)
                                   for c in nested])
+            df = _no_formulas(df)
             df.write_csv(tmp)
         else:
             raise PrefdataError(f"{path}: unknown output type (use .jsonl, .parquet or .csv)")
