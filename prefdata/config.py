@@ -28,13 +28,50 @@ def fmt_validation(source: str, where: str, err: ValidationError, step_names: li
     return f"{source}: " + "; ".join(parts)
 
 
+# Deeper than any config needs, and far below what the YAML parser, pydantic and json can walk
+# before Python's recursion limit (about 490 levels of lists or mappings in the parser).
+MAX_DEPTH = 100
+TOO_DEEP = f"nested too deeply (over {MAX_DEPTH} levels of lists or mappings)"
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests lists/mappings more than `limit` levels deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = list(node.values()) + list(node.keys())
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, with input nested too deeply for the parser (or for what reads the result:
+    pydantic, json, deepcopy) refused as one ConfigError line that starts with `where`. YAML syntax
+    errors are left to the caller, which words them."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: {TOO_DEEP}; a config is a few levels deep") from None
+    if too_deep(data):
+        raise ConfigError(f"{where}: {TOO_DEEP}; a config is a few levels deep")
+    return data
+
+
 def _parse_value(key: str, text: str) -> Any:
     # YAML scalars give the natural types: 3 -> int, 0.5 -> float, true -> bool, [a, b] -> list.
     try:
-        return yaml.safe_load(text)
+        return safe_yaml(text, f"--set {key}")
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"--set {key}: cannot parse the value '{text}' as YAML ({problem}); "
+        shown = text if len(text) <= 80 else text[:80] + "..."
+        raise ConfigError(f"--set {key}: cannot parse the value '{shown}' as YAML ({problem}); "
                           "quote it to pass a string") from None
 
 
@@ -73,12 +110,14 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
     return raw
 
 
-def read_yaml(path: Path) -> Any:
-    """A pipeline file's YAML, or one ConfigError line (missing, unreadable, not UTF-8, bad syntax)."""
+def read_yaml(path: Path, what: str = "pipeline file") -> Any:
+    """A config file's YAML, or one ConfigError line (missing, unreadable, not UTF-8, bad syntax,
+    nested too deeply)."""
+    path = Path(path)
     if not path.is_file():
-        raise PrefdataError(f"pipeline file not found: {path}")
+        raise PrefdataError(f"{what} not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return safe_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from prefdata.config import _parse_value, read_yaml
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.models import DEFAULT_MODEL
 from trainers.card import write_model_card  # noqa: F401  (re-export)
@@ -83,14 +83,14 @@ def load_config(cls, config_file: str | None, overrides: list[str] | None = None
         p = Path(config_file)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = read_yaml(p, "config file") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of {cls.__name__} keys")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         k, v = item.split("=", 1)
-        raw[k.strip()] = yaml.safe_load(v)
+        raw[k.strip()] = _parse_value(k.strip(), v)
     raw.update({k: v for k, v in given.items() if v is not None})
     try:
         return cls.model_validate(raw)
