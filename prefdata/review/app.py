@@ -5,7 +5,8 @@ Security, for a server that shows private data on a shared machine:
   HttpOnly, SameSite=Strict cookie and redirects to a URL without it (so it leaves the address bar);
   no token is 401, a wrong one 403;
 - every POST carries the CSRF token from the page (header X-CSRF-Token), as JSON, and a foreign
-  Origin is refused, so another site open in the same browser cannot decide for you;
+  Origin is refused, so another site open in the same browser cannot decide for you; a body over
+  MAX_BODY (1 MiB) is refused with 413 before it is read whole;
 - all dataset text is escaped (pages.esc) and a nonce CSP blocks any script that slipped through.
 """
 
@@ -30,6 +31,8 @@ from prefdata.review.rank import priority
 
 # key -> decision when answer 1 is the stored chosen; when the sides are swapped, 1 and 2 trade.
 KEYS = {"1": "keep", "2": "flip", "t": "tie", "d": "drop", "s": "skip"}
+# A decision is {"pair_id", "key"}: bytes. Larger bodies are refused (413) without being read whole.
+MAX_BODY = 1 << 20
 
 
 def is_swapped(annotator: str, pair_id: str) -> bool:
@@ -76,6 +79,22 @@ class ReviewState:
     def votes(self, row: dict) -> list[tuple[str, float]]:
         v = [x for x in (row.get("votes") or []) if x is not None]
         return list(zip(family_names(self.version, len(v)), v))
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The request body, or None once it is over MAX_BODY: refused by its Content-Length before any
+    of it is read, or as soon as that many bytes have come (chunked), so a huge body costs at most
+    MAX_BODY of memory."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.strip().isdigit() or int(length) > MAX_BODY):
+        return None
+    parts, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _ok(given: str | None, want: str) -> bool:
@@ -131,15 +150,15 @@ def create_app(state: ReviewState) -> Starlette:
         wanted = request.query_params.get("pair")
         if wanted is not None and not st.db.has_pair(wanted):
             return _plain("no such pair in this review", 404)
-        pid = wanted or await run_in_threadpool(st.db.next_pair, st.annotator, st.budget, st.overlap)
+        # Looked up and claimed in one transaction: two annotators' servers never both take a pair
+        # that has room for one more.
+        pid = wanted or await run_in_threadpool(st.db.claim_next, st.annotator, st.budget, st.overlap)
         mine = {d["pair_id"]: d["decision"] for d in st.db.live(st.annotator)}
         common = {"ref": st.version.ref, "annotator": st.annotator, "done": len(mine),
                   "total": st.db.offered(st.budget), "recent": st.db.recent(st.annotator), "nonce": nonce,
                   "csrf": st.csrf}
         if pid is None:
             return _secure(HTMLResponse(pages.done_page(**common)), nonce)
-        if wanted is None:
-            await run_in_threadpool(st.db.claim, pid, st.annotator)
         row = st.row(pid)
         swapped = is_swapped(st.annotator, pid)
         html = pages.pair_page(**common, row=row, swapped=swapped, votes=st.votes(row), current=mine.get(pid))
@@ -154,8 +173,11 @@ def create_app(state: ReviewState) -> Starlette:
             return None, _plain("cross-origin request refused", 403)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return None, _plain("expected application/json", 415)
+        raw = await _read_body(request)
+        if raw is None:
+            return None, _plain(f"request body over {MAX_BODY // 1024} KiB", 413)
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(raw or b"{}")
         except ValueError:
             return None, _plain("body is not JSON", 400)
         return (body, None) if isinstance(body, dict) else (None, _plain("body must be a JSON object", 400))

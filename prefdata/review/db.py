@@ -90,20 +90,41 @@ class ReviewDB:
 
     # ------------------------------------------------------------------ queue
 
+    _NEXT = """
+        SELECT p.pair_id FROM pairs p WHERE p.rank < ?
+          AND NOT EXISTS (SELECT 1 FROM live l WHERE l.pair_id = p.pair_id AND l.annotator = ?)
+          AND (SELECT COUNT(*) FROM live l WHERE l.pair_id = p.pair_id AND l.decision != 'skip')
+            + (SELECT COUNT(*) FROM claims c WHERE c.pair_id = p.pair_id AND c.annotator != ? AND c.at > ?
+                 AND NOT EXISTS (SELECT 1 FROM live l WHERE l.pair_id = c.pair_id AND l.annotator = c.annotator))
+            < ?
+        ORDER BY p.rank LIMIT 1"""
+
+    def _next_args(self, annotator: str, budget: int | None, overlap: int) -> tuple:
+        return (budget if budget is not None else 1 << 62, annotator, annotator, time.time() - CLAIM_TTL_S, overlap)
+
     def next_pair(self, annotator: str, budget: int | None, overlap: int) -> str | None:
         """This annotator's next pair: the best-ranked one within the budget that they have not
         decided (or skipped) and that still needs labels: fewer than `overlap` annotators have
-        labelled it or are looking at it now."""
-        cut = time.time() - CLAIM_TTL_S
-        rows = self._run("""
-            SELECT p.pair_id FROM pairs p WHERE p.rank < ?
-              AND NOT EXISTS (SELECT 1 FROM live l WHERE l.pair_id = p.pair_id AND l.annotator = ?)
-              AND (SELECT COUNT(*) FROM live l WHERE l.pair_id = p.pair_id AND l.decision != 'skip')
-                + (SELECT COUNT(*) FROM claims c WHERE c.pair_id = p.pair_id AND c.annotator != ? AND c.at > ?
-                     AND NOT EXISTS (SELECT 1 FROM live l WHERE l.pair_id = c.pair_id AND l.annotator = c.annotator))
-                < ?
-            ORDER BY p.rank LIMIT 1""", (budget if budget is not None else 1 << 62, annotator, annotator, cut, overlap))
+        labelled it or are looking at it now. Only a look: `claim_next` is what a server calls."""
+        rows = self._run(self._NEXT, self._next_args(annotator, budget, overlap))
         return rows[0][0] if rows else None
+
+    def claim_next(self, annotator: str, budget: int | None, overlap: int) -> str | None:
+        """`next_pair`, claimed for this annotator in the same transaction. BEGIN IMMEDIATE takes the
+        file's write lock before the look, so two servers (any processes) never both pick a pair
+        that has room for one more: with next_pair and claim as two transactions, overlap 1 gave
+        one pair to two annotators in 14 of 15 races."""
+        with self._lock, guard(self.path, "review database"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(self._NEXT, self._next_args(annotator, budget, overlap)).fetchone()
+                if row is not None:
+                    self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (row[0], annotator, time.time()))
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        return row[0] if row else None
 
     def claim(self, pair_id: str, annotator: str) -> None:
         self._run("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (pair_id, annotator, time.time()), write=True)
