@@ -80,18 +80,27 @@ class _Panel:
     s: np.ndarray
     verdict: np.ndarray  # (F,) bool: categorical family
     obs: np.ndarray  # (n, F) bool
-    onehot: np.ndarray  # (n, V, 7) verdict bins of the verdict families (V of them)
+    cell: np.ndarray  # (n, V) index v * 7 + (bin + 3) of each verdict family's vote, -1 where missing
+    mcell: np.ndarray  # (n, V) the same with bin k replaced by -k (a wrong label's view of the vote)
 
     @classmethod
     def of(cls, votes: np.ndarray, kinds: list[str]) -> "_Panel":
         s = np.asarray(votes, dtype=np.float64)
         verdict = np.array([k == VERDICT for k in kinds], dtype=bool)
         b = verdict_bins(s[:, verdict])  # (n, V)
-        onehot = (b[:, :, None] == np.arange(-(_BINS // 2), _BINS // 2 + 1)[None, None, :]).astype(np.float64)
-        return cls(s=s, verdict=verdict, obs=np.isfinite(s), onehot=onehot)
+        cell = np.where(b == -99, -1, np.arange(b.shape[1])[None, :] * _BINS + b + _BINS // 2)
+        v, k = np.divmod(cell, _BINS)
+        return cls(s=s, verdict=verdict, obs=np.isfinite(s), cell=cell,
+                   mcell=np.where(cell < 0, -1, v * _BINS + (_BINS - 1 - k)))
 
     def take(self, idx: np.ndarray) -> "_Panel":
-        return _Panel(s=self.s[idx], verdict=self.verdict, obs=self.obs[idx], onehot=self.onehot[idx])
+        return _Panel(s=self.s[idx], verdict=self.verdict, obs=self.obs[idx], cell=self.cell[idx], mcell=self.mcell[idx])
+
+    def gather(self, table: np.ndarray, cell: np.ndarray | None = None) -> np.ndarray:
+        """(n, V) table[v, bin] for each verdict vote, 0 where missing."""
+        cell = self.cell if cell is None else cell
+        flat = np.r_[table.reshape(-1), 0.0]
+        return flat[np.where(cell < 0, flat.size - 1, cell)]
 
 
 @dataclass
@@ -113,7 +122,15 @@ def _mstep(p: _Panel, q: np.ndarray, fixed_alpha: float | None = None) -> _Param
         mu[sc] = m
         sigma[sc] = np.sqrt(np.maximum((s0 ** 2).sum(0) / nobs - m ** 2, 1e-6))
     # A right label's bin k is a wrong label's bin -k: pool both into one count per bin.
-    cnt = np.einsum("i,ivk->vk", q, p.onehot) + np.einsum("i,ivk->vk", 1 - q, p.onehot[:, :, ::-1]) + VERDICT_PRIOR
+    V = p.cell.shape[1]
+    size = V * _BINS
+    if V:
+        seen = p.cell >= 0
+        w1 = np.broadcast_to(q[:, None], p.cell.shape)[seen]
+        cnt = (np.bincount(p.cell[seen], weights=w1, minlength=size)
+               + np.bincount(p.mcell[seen], weights=1 - w1, minlength=size)).reshape(V, _BINS) + VERDICT_PRIOR
+    else:
+        cnt = np.ones((0, _BINS))
     theta = cnt / cnt.sum(1, keepdims=True)
     alpha = float(np.clip(q.mean(), 0.5, ALPHA_MAX)) if fixed_alpha is None else fixed_alpha
     return _Params(alpha=alpha, mu=mu, sigma=sigma, theta=theta)
@@ -124,7 +141,7 @@ def _contrib(p: _Panel, par: _Params) -> np.ndarray:
     out = np.where(p.obs, p.s, 0.0) * (2 * par.mu / par.sigma ** 2)[None, :]
     if p.verdict.any():
         llr = np.log(par.theta) - np.log(par.theta[:, ::-1])  # (V, 7)
-        out[:, p.verdict] = np.einsum("ivk,vk->iv", p.onehot, llr)
+        out[:, p.verdict] = p.gather(llr)
     return out
 
 
@@ -255,12 +272,21 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
     n, F = s.shape
     free, c0, it = _em(p, alpha0, iters, tol)
     q0 = _sigmoid(_logit(free.alpha) + c0.sum(1))
-    grid = np.unique(np.r_[ALPHA_GRID, free.alpha])
-    fits, ll = [], []
-    for a in grid:
-        par, _, _ = _em(p, alpha0, iters, 1e-5, q=q0, fixed_alpha=float(a))
-        fits.append(par)
-        ll.append(_loglik(p, par))
+    full = np.unique(np.r_[ALPHA_GRID, free.alpha])
+    start = int(np.argmin(np.abs(full - free.alpha)))
+    done: dict[int, tuple[_Params, float]] = {}
+    for step in (1, -1):  # walk out from the free fit; stop where the likelihood is negligible (< e^-15)
+        i = start if step == 1 else start - 1
+        while 0 <= i < full.size:
+            par, _, _ = _em(p, alpha0, min(iters, 200), 1e-5, q=q0, fixed_alpha=float(full[i]))
+            done[i] = (par, _loglik(p, par))
+            if done[i][1] < max(v[1] for v in done.values()) - 15:
+                break
+            i += step
+    keys = sorted(done)
+    grid = full[keys]
+    fits = [done[k][0] for k in keys]
+    ll = [done[k][1] for k in keys]
     w = np.exp(np.asarray(ll) - max(ll))
     w /= w.sum()
     label_prob = np.zeros(n)
@@ -416,6 +442,6 @@ def _loglik(p: _Panel, par: _Params) -> float:
         wrong = np.zeros_like(right)
     if p.verdict.any():
         lt = np.log(par.theta)
-        right = right + np.einsum("ivk,vk->i", p.onehot, lt)
-        wrong = wrong + np.einsum("ivk,vk->i", p.onehot, lt[:, ::-1])
+        right = right + p.gather(lt).sum(1)
+        wrong = wrong + p.gather(lt[:, ::-1]).sum(1)
     return float(np.logaddexp(np.log(par.alpha) + right, np.log1p(-par.alpha) + wrong).sum())
