@@ -112,6 +112,9 @@ def test_weak_voters_cannot_judge_and_change_no_label():
     kept, dropped, result = curate(table, cfg, progress=False)
     assert not result.posterior.can_judge
     assert "voters near chance" in result.summary()["verdict"]
+    from prefdata.curation.step import headline
+
+    assert headline(result, kept, dropped).startswith("Labels NOT judged: the voters are near chance")
     assert dropped.num_rows == 0 and not any(kept.column("flipped").to_pylist())
     lo, hi = result.posterior.extra["noise_interval"]
     assert hi - lo > 0.15  # the interval says the rate is unknown
@@ -203,6 +206,8 @@ def test_clean_labels_pipeline_and_eval_gold_with_column_families(tmp_path, caps
     v = store.resolve("cj@latest")
     card = (v.path / "README.md").read_text()
     assert "The voters can judge single labels" in card and "binary Dawid-Skene" in card
+    title_and_first_line = card.split("---\n", 2)[2].strip().splitlines()[:3]
+    assert "Labels cleaned by 3 voter families that can judge them" in title_and_first_line[2]
     t = store.load_table("cj@latest")
     flipped = np.array(t.column("flipped").to_pylist(), dtype=bool)
     ids = t.column("id").to_pylist()

@@ -150,6 +150,21 @@ def curate(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for
     return to_table(kept), to_table(dropped), result
 
 
+def headline(result, kept: pa.Table, dropped: pa.Table) -> str:
+    """The card's first line: can these voters judge, and what was done."""
+    post = result.posterior
+    lo, hi = post.extra.get("noise_interval", (float("nan"), float("nan")))
+    import pyarrow.compute as pc
+
+    flipped = int(pc.sum(kept.column("flipped").cast(pa.int64())).as_py() or 0) if "flipped" in kept.column_names else 0
+    if not post.can_judge:
+        return (f"Labels NOT judged: the voters are near chance (they separate right from wrong labels with AUC "
+                f"{post.separation:.2f}); the noise rate is unknown and no label was changed. See Verdict below.")
+    return (f"Labels cleaned by {len(result.families)} voter families that can judge them (AUC {post.separation:.2f} by "
+            f"the model's own account): estimated noise rate {post.noise_rate:.1%} (90% interval {lo:.1%} – {hi:.1%}); "
+            f"{flipped} flipped, {dropped.num_rows} dropped.")
+
+
 def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
     from prefdata.steps import StepResult
 
@@ -165,6 +180,7 @@ def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):
         sections += jury_sections
         lineage["jury_bias"] = bias
     report = {"input": table.num_rows, "kept": kept.num_rows, "dropped": dropped.num_rows}
+    lineage["description"] = headline(result, kept, dropped)
     return StepResult(tables={"train": kept}, kind="pair", card_sections=sections, figures=figures,
                       lineage=lineage, report=report,
                       side_tables={"dropped": ("pair", dropped)} if dropped.num_rows else {})
