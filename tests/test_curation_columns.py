@@ -256,3 +256,20 @@ def test_pandalm_layout_imports_with_annotators_as_vote_columns(tmp_path, capsys
         main(["datasets", "import", str(bad), "--name", "pl2", "--layout", "pandalm"])
     err = capsys.readouterr().err
     assert "row 1" in err and "annotator2" in err
+
+
+def test_voters_that_overrule_most_labels_are_not_trusted_to_flip_them():
+    # Three judges that agree with each other and contradict 70% of the labels: more likely a shared
+    # bias than a dataset that is mostly wrong. Nothing may be flipped, and the card says why.
+    rng = np.random.default_rng(1)
+    n = 300
+    against = rng.random(n) < 0.7
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}",
+             **{f"j{k}": (-1 if a else 1) * (1 if rng.random() < 0.9 else -1) for k in range(3)}}
+            for i, a in enumerate(against)]
+    table = validate(rows, "pair")
+    cfg = CleanLabelsConfig(voters=[{"type": "column", "family": f"j{k}", "columns": [f"j{k}"]} for k in range(3)])
+    kept, dropped, result = curate(table, cfg, progress=False)
+    assert result.posterior.judge_problem == "against the labels"
+    assert "voters against the labels" in result.summary()["verdict"]
+    assert not any(kept.column("flipped").to_pylist()) and dropped.num_rows == 0

@@ -189,7 +189,7 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
         "posterior_ece": round(ece(lp, truth), 4),
         "posterior_accuracy": round(float(((lp >= 0.5) == (truth == 1)).mean()), 4),
         "rm_heldout_accuracy": {k: round(float(v.mean()), 4) for k, v in correct.items()},
-        "rm_diff_vs_noisy_90ci": bootstrap_diff(correct, "noisy", cfg.bootstrap, cfg.seed),
+        "rm_diff_vs_noisy_90ci": bootstrap_diff(correct, "noisy", cfg.bootstrap, cfg.seed) if correct else {},
         "posterior": summary,
     }
 

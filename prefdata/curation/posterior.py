@@ -51,8 +51,9 @@ import numpy as np
 SCORE, VERDICT = "score", "verdict"
 VERDICT_EDGES = (1 / 3, 2 / 3)  # |v| bin edges above 0 (a tie is exactly 0)
 VERDICT_PRIOR = 2.0  # Dirichlet pseudo-pairs per bin (measured on the LLMBar dev panels, RESULTS.md)
-JUDGE_MIN_SEPARATION = 0.7  # below this model-implied AUC the voters cannot judge single labels
+JUDGE_MIN_SEPARATION = 0.75  # below this model-implied AUC the voters cannot judge single labels (HH + SmolLM2 heads: 0.67; LLMBar Base_9: >= 0.82)
 ALPHA_MAX = 0.999
+MAX_NOISE = 0.45  # a posterior noise rate above this contradicts the anchor (labels beat a coin): not judged
 ALPHA_GRID = np.r_[np.linspace(0.5, 0.95, 19), 0.97, 0.985, 0.995]  # label accuracies the profile visits
 _BINS = 2 * (len(VERDICT_EDGES) + 1) + 1  # 7: -3 .. +3
 
@@ -231,7 +232,19 @@ class Posterior:
 
     @property
     def can_judge(self) -> bool:
-        return self.separation >= JUDGE_MIN_SEPARATION
+        return self.judge_problem is None
+
+    @property
+    def judge_problem(self) -> str | None:
+        """Why these voters cannot judge single labels ("near chance", "against the labels"), or None."""
+        if self.separation < JUDGE_MIN_SEPARATION:
+            return "near chance"
+        if self.noise_rate > MAX_NOISE:
+            # The model's one anchor is that the stored labels beat a coin. Families that overrule most
+            # labels more likely share a bias (the pairs were built to fool judges) than found a
+            # dataset that is mostly wrong; flipping the majority of a dataset is never done silently.
+            return "against the labels"
+        return None
 
 
 def _kinds(kinds, F: int) -> list[str]:

@@ -133,6 +133,11 @@ def cannot_judge_reason(post: P.Posterior) -> str:
     acc = post.family_accuracy
     best = max(acc, key=lambda f: abs(acc[f] - 0.5)) if acc else None
     fams = ", ".join(f"{f} {a:.2f}" for f, a in acc.items())
+    if post.judge_problem == "against the labels":
+        return (f"voters against the labels: together they call {post.noise_rate:.0%} of the stored labels wrong "
+                f"(more than {P.MAX_NOISE:.0%}), which more likely means they share a bias (adversarial pairs, one "
+                f"judge style) than that most labels are wrong; family accuracies as fitted {fams}; no label was "
+                "changed, check a sample by hand or add a different kind of voter")
     return (f"voters near chance: they separate right from wrong labels with AUC {post.separation:.2f} (below "
             f"{P.JUDGE_MIN_SEPARATION}); family accuracies {fams}; the posterior is the prior, so no label can be "
             f"judged and none was changed" + (f" (strongest: {best})" if best else ""))
