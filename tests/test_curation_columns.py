@@ -259,16 +259,22 @@ def test_pandalm_layout_imports_with_annotators_as_vote_columns(tmp_path, capsys
 
 
 def test_voters_that_overrule_most_labels_are_not_trusted_to_flip_them():
-    # Three judges that agree with each other and contradict 70% of the labels: more likely a shared
-    # bias than a dataset that is mostly wrong. Nothing may be flipped, and the card says why.
-    rng = np.random.default_rng(1)
+    # Judges right on one kind of pair and wrong together on another (adversarial pairs, as in pooled
+    # LLMBar subsets): given the truth alone they are correlated, and their consensus overrules most
+    # labels. Nothing may be flipped, and the verdict says why.
+    rng = np.random.default_rng(0)
     n = 300
-    against = rng.random(n) < 0.7
-    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}",
-             **{f"j{k}": (-1 if a else 1) * (1 if rng.random() < 0.9 else -1) for k in range(3)}}
-            for i, a in enumerate(against)]
+    right = rng.random(n) < 0.8
+    fooled = rng.random(n) < 0.7
+    rows = []
+    for i in range(n):
+        row = {"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"}
+        for k in range(4):
+            about_truth = (1 if rng.random() < 0.9 else -1) * (-1 if fooled[i] else 1)
+            row[f"j{k}"] = about_truth * (1 if right[i] else -1)
+        rows.append(row)
     table = validate(rows, "pair")
-    cfg = CleanLabelsConfig(voters=[{"type": "column", "family": f"j{k}", "columns": [f"j{k}"]} for k in range(3)])
+    cfg = CleanLabelsConfig(voters=[{"type": "column", "family": f"j{k}", "columns": [f"j{k}"]} for k in range(4)])
     kept, dropped, result = curate(table, cfg, progress=False)
     assert result.posterior.judge_problem == "against the labels"
     assert "voters against the labels" in result.summary()["verdict"]
