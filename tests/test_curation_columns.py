@@ -265,7 +265,7 @@ def test_voters_that_overrule_most_labels_are_not_trusted_to_flip_them():
     rng = np.random.default_rng(0)
     n = 300
     right = rng.random(n) < 0.8
-    fooled = rng.random(n) < 0.7
+    fooled = rng.random(n) < 0.55
     rows = []
     for i in range(n):
         row = {"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"}
