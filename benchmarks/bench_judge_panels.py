@@ -70,7 +70,7 @@ def run(path: str, seeds: list[int], grouping: str, inject: float) -> dict:
             secs = time.perf_counter() - t
             post = result.posterior
             base = compare(result.controlled, result.families, post.log_odds, injected, auc)
-            rem = remedies(post.label_prob, ~injected, cfg.policy.flip_max_prob)
+            rem = remedies(post.label_prob, ~injected, cfg.policy.flip_max_prob, post.can_judge)
             lo, hi = post.extra["noise_interval"]
             res[(sub, seed)] = {"auc": base["posterior"], "ds": base["dawid-skene (binary)"],
                                 "majority": base["majority vote"], "best": base["best single family (hindsight)"],

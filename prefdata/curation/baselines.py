@@ -48,19 +48,21 @@ def scores(votes: np.ndarray, families: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def remedies(label_prob: np.ndarray, right: np.ndarray, cut: float) -> dict:
+def remedies(label_prob: np.ndarray, right: np.ndarray, cut: float, can_judge: bool = True) -> dict:
     """Flip vs drop vs soft label, against the truth (`right`: 1 where the stored label is right).
 
     - flip: labels with posterior <= cut are reversed; precision and recall of those flips;
     - drop: the same pairs, and the ambiguous ones (posterior < 0.5), are removed; label accuracy of
       what is kept;
     - soft: every pair kept with its posterior as a soft label; the expected share of preference mass
-      on the truly better answer."""
+      on the truly better answer.
+    With `can_judge` false the policy acts on nothing (`step.acting_policy`), and so does this."""
     right = np.asarray(right, bool)
     wrong = ~right
-    flip = label_prob <= cut
+    act = np.full(right.size, can_judge)  # voters that cannot judge change and drop nothing
+    flip = (label_prob <= cut) & act
     after = np.where(flip, wrong, right)
-    keep = label_prob >= 0.5
+    keep = (label_prob >= 0.5) | ~act
     soft = np.where(right, label_prob, 1 - label_prob)
     n = max(right.size, 1)
     return {

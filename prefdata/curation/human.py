@@ -155,7 +155,7 @@ def run_gold(table: pa.Table, gold: pa.Table | None, cfg: HumanEvalConfig, progr
             "can_judge": summary["can_judge"], "separation": summary["separation"],
             "baselines_auc_wrong_labels": compare(result.controlled[known], result.families,
                                                   result.posterior.log_odds[known], y == 0, auc),
-            "remedies_at_cut": {"cut": cut, **remedies(result.posterior.label_prob[known], y == 1, cut)},
+            "remedies_at_cut": {"cut": cut, **remedies(result.posterior.label_prob[known], y == 1, cut, result.posterior.can_judge)},
             "noise_interval_covers_truth": bool(lo_ <= true_rate <= hi_),
             "pairs": table.num_rows, "matched": int(known.sum()), "true_noise_rate": round(float((y == 0).mean()), 4),
             "estimated_noise_rate": round(result.posterior.noise_rate, 4),

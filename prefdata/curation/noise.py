@@ -175,7 +175,7 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
     return {
         "verdict": summary.get("verdict", "the voters can judge single labels"), "can_judge": summary["can_judge"],
         "baselines_auc": compare(result.controlled, result.families, result.posterior.log_odds, injected, auc),
-        "remedies_at_cut": {"cut": cut, **remedies(lp, ~injected, cut)},
+        "remedies_at_cut": {"cut": cut, **remedies(lp, ~injected, cut, result.posterior.can_judge)},
         "noise_interval": [round(lo_, 4), round(hi_, 4)],
         "noise_interval_covers_truth": bool(lo_ <= float(injected.mean()) <= hi_),
         "pairs": table.num_rows, "train": train.num_rows, "test": test.num_rows, "injected": int(injected.sum()),
