@@ -4,7 +4,8 @@ version's vote and the length-only baseline, on the shared dev sets, for several
     .venv/bin/python benchmarks/bench_curation_quality.py --seeds 0 1 2 --out /tmp/curation_quality.json
 
 Data (read from ../shared/data, never copied): HH harmless dev (1,500 crowdworker pairs) and PandaLM dev
-(500 pairs, 3 annotators each; `benchmarks/pandalm.py` makes pairs with an agreement column).
+(500 pairs, 3 annotators each; `prefdata.annotators.pandalm`, the `--layout pandalm` importer, makes
+pairs with an agreement column).
 
 Methods, all on the same votes per seed (10 SmolLM2 heads + SmolLM2 answer log-prob, 512 tokens):
 - posterior: the shipped default (families, length control, latent-class posterior, flip at <= 0.1);
@@ -162,19 +163,18 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"skipped: {DATA} is absent (the shared dev sets)")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from pandalm import convert
-
     from prefdata import io
+    from prefdata.annotators import pandalm
     from prefdata.curation.step import CleanLabelsConfig
+    from prefdata.schema import validate
 
     cfg = CleanLabelsConfig()  # the shipped defaults
     tmp = Path(tempfile.mkdtemp())
-    convert(str(DATA / "pandalm_dev.jsonl.gz"), str(tmp / "pandalm.jsonl"))
+    pl_raw, _ = pandalm(DATA / "pandalm_dev.jsonl.gz")
     tables = {"hh": io.read(str(DATA / "hh_harmless_dev.jsonl.gz"), "pair", on_error="quarantine",
                             quarantine_path=tmp / "hh-q.jsonl"),
-              "pandalm": io.read(str(tmp / "pandalm.jsonl"), "pair", on_error="quarantine",
-                                 quarantine_path=tmp / "pandalm-q.jsonl")}
+              "pandalm": validate(pl_raw.to_pylist(), "pair", source="pandalm_dev.jsonl.gz", on_error="quarantine",
+                                  quarantine_path=tmp / "pandalm-q.jsonl", normalise=io.normalise_row)}
     report = {"config": cfg.model_dump(), "runs": {}}
     for name in args.sets:
         for seed in args.seeds:
