@@ -279,3 +279,20 @@ def test_voters_that_overrule_most_labels_are_not_trusted_to_flip_them():
     assert result.posterior.judge_problem == "against the labels"
     assert "voters against the labels" in result.summary()["verdict"]
     assert not any(kept.column("flipped").to_pylist()) and dropped.num_rows == 0
+
+
+def test_votes_from_another_store_version_join_by_text():
+    from prefdata import store
+
+    rows, _ = rows_with_votes(n=30)
+    table = validate([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], "pair")
+    # The judged copy lists every other pair the other way round, with its vote turned with it.
+    judged = [{"prompt": r["prompt"], "chosen": r["rejected"] if i % 2 else r["chosen"],
+               "rejected": r["chosen"] if i % 2 else r["rejected"], "v": -r["judge_ab"] if i % 2 else r["judge_ab"]}
+              for i, r in enumerate(rows[:25])]
+    store.commit("judged", validate(judged, "pair"), kind="pair")
+    got = column_votes(table, ColumnVoter(family="j", columns=["v"], source="judged@latest"))["j:0"]
+    assert np.array_equal(got[:25], [r["judge_ab"] for r in rows[:25]]) and np.isnan(got[25:]).all()
+    with pytest.raises(Exception) as e:
+        column_votes(table, ColumnVoter(family="j", columns=["v"], source="nothing@v9"))
+    assert "nothing@v9" in str(e.value)
