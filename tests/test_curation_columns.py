@@ -296,3 +296,26 @@ def test_votes_from_another_store_version_join_by_text():
     with pytest.raises(Exception) as e:
         column_votes(table, ColumnVoter(family="j", columns=["v"], source="nothing@v9"))
     assert "nothing@v9" in str(e.value)
+
+
+def test_eval_gold_quarantines_a_bad_gold_row_like_the_dataset_and_words_the_policy(tmp_path, capsys):
+    from prefdata.cli import main
+
+    rows, right = rows_with_votes(n=120, seed=4)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    gold = tmp_path / "gold.jsonl"
+    verified = [{"prompt": r["prompt"], "chosen": r["chosen"] if ok else r["rejected"],
+                 "rejected": r["rejected"] if ok else r["chosen"]} for r, ok in zip(rows, right)]
+    verified.append({"prompt": "empty answer", "chosen": "", "rejected": "x"})  # quarantined, not fatal
+    gold.write_text("\n".join(json.dumps(r) for r in verified))
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"clean": {"voters": [
+        {"type": "column", "family": "judge", "columns": ["judge_ab", "judge_ba"]}]}}))
+    out = tmp_path / "g.json"
+    main(["eval", "gold", "--dataset", str(data), "--gold", str(gold), "--config", str(tmp_path / "g.yaml"),
+          "--out", str(out)])
+    cap = capsys.readouterr()
+    assert "quarantined" in cap.err
+    rep = json.loads(out.read_text())
+    assert rep["matched"] == 120 and abs(rep["true_noise_rate"] - float((~right).mean())) < 1e-9
+    assert "the default policy (flip at posterior <= 0.1)" in cap.out and "policy {}" not in cap.out

@@ -91,16 +91,16 @@ def register(app: typer.Typer) -> None:
                  config: Path = typer.Option(None, "--config", help="YAML of HumanEvalConfig (clean: voters, policy)."),
                  out: Path = typer.Option(None, "--out", help="Also write the report as JSON here."),
                  as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
-        """Posterior against gold labels: accuracy, estimated vs true noise rate, calibration (ECE)."""
-        from prefdata import io
+        """Posterior against gold labels: accuracy, estimated vs true noise rate, calibration (ECE), the
+        baselines (majority vote, binary Dawid-Skene, each family) and flip vs drop vs soft label. Bad rows
+        of either file are quarantined (the path is printed), never a reason to stop."""
         from prefdata.curation.human import HumanEvalConfig, format_gold, run_gold
-
         from prefdata.errors import ConfigError
 
         if (gold is None) == (gold_column is None):
             raise ConfigError("eval gold needs one of --gold FILE or --gold-column COLUMN")
         cfg = _config(HumanEvalConfig, config, seed=seed)
-        report = run_gold(_read(dataset, "eval-gold"), io.read(gold, "pair") if gold else None, cfg,
+        report = run_gold(_read(dataset, "eval-gold"), _read(gold, "eval-gold-verified") if gold else None, cfg,
                           gold_column=gold_column)
         _emit("gold", report, format_gold(report), out, as_json)
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.curation.noise import auc, flip_mask, length_only
+from prefdata.curation.policies import describe_policy
 from prefdata.curation import step as S
 from prefdata.curation.step import CleanLabelsConfig, curate, vote
 from prefdata.curation.texts import match_gold
@@ -170,6 +171,15 @@ def run_gold(table: pa.Table, gold: pa.Table | None, cfg: HumanEvalConfig, progr
             "policy_drops": int(drops[known].sum()), "families": summary["families"]}
 
 
+def _rho_note(by_score: dict) -> str:
+    """One plain sentence when a correlation is undefined or zero (a constant score, or no signal)."""
+    dead = [k for k, v in by_score.items() if not (abs(v["spearman_rho"]) > 1e-9)]
+    if not dead:
+        return ""
+    return (f"\n{', '.join(dead)}: rho is 0 or undefined: the score is the same for every pair (or does not move "
+            "with agreement at all), so it says nothing about which pairs the annotators split on.")
+
+
 def format_agreement(r: dict) -> str:
     rows = "\n".join(f"| {k} | {v['spearman_rho']:+.3f} | {v['auc_unanimous_vs_split']:.3f} |" for k, v in r["by_score"].items())
     rep = r.get("repeated") or {}
@@ -179,7 +189,8 @@ def format_agreement(r: dict) -> str:
     head = "" if r.get("can_judge", True) else f"CANNOT JUDGE: {r['verdict']}\n"
     return (f"{head}pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']}){merged}\n\n"
             f"| score | Spearman rho with agreement | AUC unanimous vs split |\n|---|---|---|\n{rows}\n\n"
-            f"policy {r['policy']}: flipped {r['unanimous_flipped']} unanimous pairs "
+            f"{_rho_note(r['by_score'])}\n\n"
+            f"{describe_policy(r['policy'])}: flipped {r['unanimous_flipped']} unanimous pairs "
             f"({r['unanimous_flipped_share']:.1%}), dropped {r['unanimous_dropped']}; flipped {r['split_flipped']} split pairs")
 
 
@@ -209,5 +220,5 @@ def format_gold(r: dict) -> str:
             f"| ROC-AUC for finding wrong labels | |\n|---|---|\n{brows}\n"
             f"(best single family in hindsight: {base.get('best single family is', '—')}){remedy}\n\n"
             f"| labels from | accuracy vs gold | ECE | AUC for wrong labels |\n|---|---|---|---|\n{rows}\n\n"
-            f"policy {r['policy']}: flips that fixed a label {r['policy_flips_right']}, flips that broke one "
+            f"{describe_policy(r['policy'])}: flips that fixed a label {r['policy_flips_right']}, flips that broke one "
             f"{r['policy_flips_wrong']}, drops {r['policy_drops']}")

@@ -195,6 +195,8 @@ def run_noise_eval(table: pa.Table, cfg: NoiseEvalConfig, progress: bool = True)
 
 
 def format_report(r: dict) -> str:
+    from prefdata.curation.policies import describe_policy
+
     ci = r.get("rm_diff_vs_noisy_90ci", {})
     base = r.get("baselines_auc", {})
     brows = " | ".join(f"{k} {v:.3f}" for k, v in base.items() if isinstance(v, float))
@@ -210,7 +212,7 @@ def format_report(r: dict) -> str:
             f"families: {fams}\n"
             f"ROC-AUC posterior {r['roc_auc']:.3f} | without length control {r['roc_auc_no_length_control']:.3f} | "
             f"length only {r['roc_auc_length_only']:.3f}\n"
-            f"policy {json.dumps(r['policy'])}: acted on {r['acted']} pairs, precision {r['precision']:.3f}, "
+            f"{describe_policy(r['policy'])} flipped or dropped {r['acted']} pairs: precision {r['precision']:.3f}, "
             f"recall {r['recall']:.3f} (flipped {r['flipped']['acted']}, dropped {r['dropped']['acted']})\n"
             f"ROC-AUC against the baselines: {brows}\n"
             f"noise rate estimated {r['estimated_noise_rate']:.3f} (90% interval {lo:.3f} – {hi:.3f}) vs true "

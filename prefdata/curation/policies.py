@@ -150,3 +150,21 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig, columns=(
     kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
     dropped = df.filter(pl.col("drop_reason").is_not_null())
     return kept, dropped
+
+
+def describe_policy(policy: dict) -> str:
+    """The policy in words: 'the default policy (flip at posterior <= 0.1)' instead of `policy {}`."""
+    cfg = PolicyConfig(**policy)
+    acts = []
+    if cfg.flip_max_prob is not None:
+        acts.append(f"flip at posterior <= {cfg.flip_max_prob:g}")
+    if cfg.drop_prob_below is not None:
+        acts.append(f"drop at posterior < {cfg.drop_prob_below:g}")
+    if cfg.flip_bottom_q:
+        acts.append(f"flip the bottom {cfg.flip_bottom_q:.0%} by strength")
+    if cfg.drop_bottom_q:
+        acts.append(f"drop the bottom {cfg.drop_bottom_q:.0%} by strength")
+    for name in ("flip_below", "drop_abs_below", "drop_std_above"):
+        if getattr(cfg, name) is not None:
+            acts.append(f"{name} {getattr(cfg, name):g}")
+    return ("the default policy" if not policy else "the policy") + f" ({'; '.join(acts) or 'no action'})"
