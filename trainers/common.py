@@ -295,19 +295,21 @@ def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from prefdata.models import resolve_model
+    from prefdata.models import checkpoint_errors, resolve_model
 
     quiet_hf_bars()
     path = resolve_model(name, trust_remote_code=trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if seq_cls:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
-                                                                   trust_remote_code=trust_remote_code)
-        model.config.pad_token_id = tok.pad_token_id  # the classifier pools the last non-pad token
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    with checkpoint_errors(name):  # an untrusted pickle or remote code: one line naming the checkpoint
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if seq_cls:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
+                                                                       trust_remote_code=trust_remote_code)
+            model.config.pad_token_id = tok.pad_token_id  # the classifier pools the last non-pad token
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                         trust_remote_code=trust_remote_code)
     return model, tok, path
 
 

@@ -128,8 +128,10 @@ def register(app: typer.Typer) -> None:
                 raise PrefdataError("`prefdata review import` needs --annotator NAME (who gave these answers)")
             r = import_decisions(ref, fmt, file, annotator=annotator)
             by = ", ".join(f"{k} {v}" for k, v in r["by_decision"].items()) or "none"
-            typer.echo(f"{r['ref']}: {r['answers']} answers from {r['file']} ({by}); {r['written']} new decisions, "
-                       f"{r['unchanged']} already recorded; annotators: {', '.join(r['annotators']) or '-'}. "
+            left = (f"; {r['not_submitted']} not submitted (drafts, or answers on a pending record) left out"
+                    if r.get("not_submitted") else "")
+            typer.echo(f"{r['ref']}: {r['answers']} answers from {r['file']} ({by}){left}; {r['written']} new "
+                       f"decisions, {r['unchanged']} already recorded; annotators: {', '.join(r['annotators']) or '-'}. "
                        f"Next: prefdata review commit {r['ref']}")
             return
         if file is not None:

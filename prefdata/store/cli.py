@@ -214,12 +214,34 @@ def export_cmd(ref: str = _REF,
                format: str = typer.Option("conversational", "--format",
                                           help="standard | conversational (TRL), jsonl | parquet (full schema)"),
                out: Path = typer.Option(..., "--out", help="Output file (.jsonl or .parquet)."),
-               split: str = "train"):
+               split: str = "train",
+               drop_ties: bool = typer.Option(False, "--drop-ties",
+                                              help="Leave out ties (label_prob 0.5, or null): TRL reads every "
+                                                   "pair as chosen better than rejected."),
+               min_label_prob: float = typer.Option(None, "--min-label-prob",
+                                                    help="Leave out pairs whose label_prob is below this "
+                                                         "(e.g. 0.7 keeps the surer labels).")):
     """Export a version to TRL's formats or our full schema."""
-    from prefdata.store import export
+    from prefdata.store.ops import TRL_FORMATS, export_counted
 
-    path = export(ref, out, format, split)
-    typer.echo(f"wrote {path}")
+    path, c = export_counted(ref, out, format, split, drop_ties=drop_ties, min_label_prob=min_label_prob)
+    left = c.get("ties_dropped", 0) + c.get("below_min", 0)
+    typer.echo(f"wrote {path}" + (f" ({c['kept']} of {c['rows']} pairs: {c['ties_dropped']} ties and "
+                                  f"{c['below_min']} below --min-label-prob left out)" if left else ""))
+    if format not in TRL_FORMATS or not c:
+        return
+    # TRL's trainers take prompt/chosen/rejected only: say what that does to these pairs.
+    if c["ties_kept"]:
+        _warn(f"{c['ties_kept']} tied pair(s) (label_prob 0.5, a human or vote tie) are written as chosen better "
+              "than rejected, and TRL trains on them as hard preferences; --drop-ties leaves them out")
+    if c["soft"] or c["margins"]:
+        below = f", {c['below_half']} of them below 0.5" if c["below_half"] else ""
+        _warn(f"label_prob and margin are not in TRL's {format} format and are left out ({c['soft']} pair(s) "
+              f"with a label_prob other than 1{below}; {c['margins']} with a non-zero margin); --min-label-prob P "
+              "keeps only the surer pairs; `prefdata train` and --format jsonl|parquet keep both columns")
+    typer.echo("hint: TRL's RewardTrainer drops, without a word, every pair whose prompt + answer is longer "
+               "than its max_length (1024 tokens by default); DPOTrainer truncates them instead. Check the "
+               "lengths against your max_length before training.", err=True)
 
 
 @app.command("import")

@@ -84,14 +84,73 @@ def _refuse_inside_store(out: Path) -> None:
                             "written over: choose a path outside it")
 
 
-def export(ref: str, out: str | Path, fmt: str = "conversational", split: str = "train") -> Path:
+TIE_PROB = 0.5
+TRL_FORMATS = ("standard", "conversational")
+
+
+def label_filter(table, *, drop_ties: bool = False, min_label_prob: float | None = None):
+    """(rows kept, counts) of a pair table: `drop_ties` leaves out the ties (label_prob 0.5, or null as in
+    older versions), `min_label_prob` every pair whose label_prob is below it (a null one reads 0.5).
+    Counts: rows, kept, ties, ties_dropped, below_min (dropped), soft (kept pairs with label_prob other
+    than 1 and not a tie), margins (kept pairs with a non-zero margin)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if min_label_prob is not None and not 0.0 <= min_label_prob <= 1.0:
+        raise PrefdataError(f"--min-label-prob {min_label_prob}: must be a probability in [0, 1]")
+    n = table.num_rows
+    if "label_prob" in table.column_names:
+        p = pc.fill_null(table.column("label_prob").cast(pa.float64()), TIE_PROB)
+    else:
+        p = pa.chunked_array([pa.array([1.0] * n, pa.float64())])
+    tie = pc.equal(p, TIE_PROB)
+    keep = pa.chunked_array([pa.array([True] * n)])
+    counts = {"rows": n, "ties": pc.sum(tie).as_py() or 0, "ties_dropped": 0, "below_min": 0}
+    if drop_ties:
+        keep = pc.and_(keep, pc.invert(tie))
+        counts["ties_dropped"] = counts["ties"]
+    if min_label_prob is not None:
+        below = pc.and_(keep, pc.less(p, min_label_prob))
+        counts["below_min"] = pc.sum(below).as_py() or 0
+        keep = pc.and_(keep, pc.invert(below))
+    kept = table.filter(keep)
+    kp = p.filter(keep)
+    counts["kept"] = kept.num_rows
+    counts["ties_kept"] = pc.sum(pc.equal(kp, TIE_PROB)).as_py() or 0
+    counts["soft"] = pc.sum(pc.and_(pc.not_equal(kp, 1.0), pc.not_equal(kp, TIE_PROB))).as_py() or 0
+    counts["below_half"] = pc.sum(pc.less(kp, TIE_PROB)).as_py() or 0
+    if "margin" in kept.column_names:
+        counts["margins"] = pc.sum(pc.not_equal(pc.fill_null(kept.column("margin").cast(pa.float64()), 0.0),
+                                                0.0)).as_py() or 0
+    else:
+        counts["margins"] = 0
+    return kept, counts
+
+
+def export(ref: str, out: str | Path, fmt: str = "conversational", split: str = "train", *,
+           drop_ties: bool = False, min_label_prob: float | None = None) -> Path:
     """standard: TRL string columns; conversational: TRL message lists; jsonl/parquet: our schema.
-    The file type follows `out`'s extension (.jsonl or .parquet)."""
+    The file type follows `out`'s extension (.jsonl or .parquet). `drop_ties` / `min_label_prob` leave
+    out pairs as `label_filter` does (TRL reads every pair as a hard preference)."""
+    return export_counted(ref, out, fmt, split, drop_ties=drop_ties, min_label_prob=min_label_prob)[0]
+
+
+def export_counted(ref: str, out: str | Path, fmt: str = "conversational", split: str = "train", *,
+                   drop_ties: bool = False, min_label_prob: float | None = None) -> tuple[Path, dict]:
+    """`export`, and the counts of `label_filter` (empty for a version that is not pairs)."""
     out = Path(out)
     _refuse_inside_store(out)
+    if fmt not in TRL_FORMATS + ("jsonl", "parquet"):
+        raise PrefdataError(f"unknown export format '{fmt}' (standard, conversational, jsonl, parquet)")
     v = resolve(ref)
     table = load_table(str(v.path), split)
-    if fmt in ("standard", "conversational"):
+    counts = {}
+    if v.manifest.get("kind") == "pair":
+        table, counts = label_filter(table, drop_ties=drop_ties, min_label_prob=min_label_prob)
+    elif drop_ties or min_label_prob is not None:
+        raise PrefdataError(f"{v.ref} is a '{v.manifest.get('kind')}' dataset; --drop-ties and --min-label-prob "
+                            "filter pairs")
+    if fmt in TRL_FORMATS:
         if v.manifest.get("kind") != "pair":
             raise PrefdataError(f"{v.ref} is a '{v.manifest.get('kind')}' dataset; TRL preference formats need pairs")
         df = pl.from_arrow(table.select(["prompt", "chosen", "rejected"]))
@@ -105,9 +164,7 @@ def export(ref: str, out: str | Path, fmt: str = "conversational", split: str = 
             df = df.select(pl.when(single).then(_last_text("prompt")).otherwise(rendered).alias("prompt"),
                            _last_text("chosen").alias("chosen"), _last_text("rejected").alias("rejected"))
         table = df.to_arrow()
-    elif fmt not in ("jsonl", "parquet"):
-        raise PrefdataError(f"unknown export format '{fmt}' (standard, conversational, jsonl, parquet)")
     from prefdata.writers import write
 
     write(table, out)
-    return out
+    return out, counts
