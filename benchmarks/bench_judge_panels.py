@@ -37,7 +37,8 @@ def panel(rows: list[dict], grouping: str) -> tuple[pa.Table, CleanLabelsConfig]
     out = []
     for r in rows:
         g = r["gold"]
-        row = {"id": r["id"], "prompt": r["instruction"], "chosen": r[f"output_{g}"], "rejected": r[f"output_{3 - g}"]}
+        row = {"id": r["id"], "prompt": r["instruction"], "chosen": r[f"output_{g}"], "rejected": r[f"output_{3 - g}"],
+               "subset": r["source"].split("/")[-1]}
         for k in keys:
             for o, tag in ORDERS.items():
                 w = r["judges"][k][o]

@@ -319,3 +319,29 @@ def test_eval_gold_quarantines_a_bad_gold_row_like_the_dataset_and_words_the_pol
     rep = json.loads(out.read_text())
     assert rep["matched"] == 120 and abs(rep["true_noise_rate"] - float((~right).mean())) < 1e-9
     assert "the default policy (flip at posterior <= 0.1)" in cap.out and "policy {}" not in cap.out
+
+
+def test_group_by_fits_each_group_so_a_family_can_be_right_on_one_and_wrong_on_another():
+    # Two sources: the judge is right on "chat" and reliably wrong on "code". Pooled, it is near a
+    # coin; per group it is read forwards on one and backwards on the other.
+    rng = np.random.default_rng(5)
+    rows, right = [], []
+    for i in range(400):
+        src = "chat" if i % 2 else "code"
+        ok = rng.random() >= 0.2
+        about_truth = lambda: (1 if rng.random() < 0.85 else -1) * (1 if src == "chat" else -1)  # noqa: E731
+        rows.append({"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}", "source": src,
+                     **{f"j{k}": about_truth() * (1 if ok else -1) for k in range(3)}})
+        right.append(ok)
+    right = np.array(right)
+    table = validate(rows, "pair")
+    voters = [{"type": "column", "family": f"judge{k}", "columns": [f"j{k}"]} for k in range(3)]
+    pooled = curate(table, CleanLabelsConfig(voters=voters), progress=False)[2]
+    kept, dropped, grouped = curate(table, CleanLabelsConfig(voters=voters, group_by="source"), progress=False)
+    assert auc(~right, -grouped.posterior.log_odds) > 0.95 > auc(~right, -pooled.posterior.log_odds) + 0.2
+    groups = grouped.summary()["groups"]
+    assert groups["chat"]["families"]["judge0"]["weight"] > 0 > groups["code"]["families"]["judge0"]["weight"]
+    flipped = np.array(kept.column("flipped").to_pylist(), bool)
+    assert flipped.sum() > 30 and (~right[flipped]).mean() >= 0.9
+    with pytest.raises(DataError, match="group column 'nope'"):
+        curate(table, CleanLabelsConfig(voters=voters, group_by="nope"), progress=False)

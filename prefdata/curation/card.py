@@ -135,6 +135,16 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
         f"Length control: {'on' if vote.length_control else 'off'} for score families (each family's vote minus "
         "its slope on the log length ratio of the two answers); verdict families are used as given.",
     ]
+    if "groups" in summary:
+        grows = ["| group | pairs | judged | noise rate (90% interval) | separation | family accuracies |",
+                 "|---|---|---|---|---|---|"]
+        for g, d in summary["groups"].items():
+            fams = ", ".join(f"{cell(f)} {v['accuracy']:.2f}" for f, v in d["families"].items())
+            lo_g, hi_g = d["noise_interval"]
+            grows.append(f"| {cell(g)} | {d['pairs']} | {'yes' if d['can_judge'] else 'no: ' + str(d['problem'])} | "
+                         f"{d['noise_rate']:.1%} ({lo_g:.1%} – {hi_g:.1%}) | {d['separation']:.2f} | {fams} |")
+        text += ["", "Fitted per group (`group_by`): each group's families are weighed on that group alone, and "
+                 "pairs of a group that cannot be judged are left as they are.", "", *grows]
     if "family_corr" in summary:
         text.append(f"Mean correlation between families: {summary['family_corr']:.3f}.")
     if "gold" in summary:

@@ -97,7 +97,7 @@ def _join_votes(pairs: pl.DataFrame, votes: pl.DataFrame) -> pl.DataFrame:
         # The count is of that one id (it used to be every repeated row: "occurs 48 times" for a pair twice).
         raise DataError(f"vote id '{first}' occurs {(dup['id'] == first).sum()} times"
                         + (f" ({ids} ids repeat, {dup.height} rows)" if ids > 1 else ""), file="votes", field="id")
-    take = ["id", *VOTE_COLUMNS, *(c for c in ("agreement", "length_ratio") if c in votes.columns)]
+    take = ["id", *VOTE_COLUMNS, *(c for c in ("agreement", "length_ratio", "judged") if c in votes.columns)]
     df = pairs.drop([c for c in take[1:] if c in pairs.columns]).join(
         votes.select(take), on="id", how="left", maintain_order="left")
     unvoted = df.filter(pl.col("strength_mean").is_null())
@@ -131,6 +131,9 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig, columns=(
         reasons.append(pl.when(pl.col("strength_std") > cfg.drop_std_above)
                        .then(pl.lit(f"disagreement: std > {cfg.drop_std_above}")))
     df = df.with_columns(pl.coalesce(reasons).alias("drop_reason") if reasons else pl.lit(None, pl.String).alias("drop_reason"))
+    # Pairs whose voters cannot judge them (`judged` false: a group near chance) are never acted on.
+    acts = pl.col("judged").fill_null(True) if "judged" in df.columns else pl.lit(True)
+    df = df.with_columns(pl.when(acts).then(pl.col("drop_reason")).otherwise(None).alias("drop_reason"))
 
     flip_rule = pl.lit(False)
     if cfg.flip_max_prob is not None:
@@ -141,14 +144,15 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig, columns=(
         flip_rule = flip_rule | (pl.col("strength_mean") < -cfg.flip_below)
     # Quantiles are taken over all pairs (before dropping), so a pair's fate does not depend on
     # which other pairs happened to be dropped.
-    df = flip(df, flip_rule & pl.col("drop_reason").is_null(), columns)
+    df = flip(df, flip_rule & pl.col("drop_reason").is_null() & acts, columns)
     if not cfg.soft_label:
         df = df.with_columns(pl.lit(1.0).alias("label_prob"))
     if cfg.margin_from_strength:
         s = pl.col("strength_mean") if cfg.signed_margin else pl.col("strength_mean").clip(lower_bound=0.0)
         df = df.with_columns((cfg.margin_scale * s).alias("margin"))
-    kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
-    dropped = df.filter(pl.col("drop_reason").is_not_null())
+    extra = [c for c in ("judged",) if c in df.columns]
+    kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason", *extra)
+    dropped = df.filter(pl.col("drop_reason").is_not_null()).drop(*extra)
     return kept, dropped
 
 

@@ -194,6 +194,7 @@ class Posterior:
     ties: np.ndarray | None = None  # (F,) share of its votes that were ties
     calibration: tuple[float, float] | None = None  # Platt (a, b) when a gold set was given
     extra: dict = field(default_factory=dict)
+    judged: np.ndarray | None = None  # (n,) bool per pair when fitted by group (`fit_groups`); None: one fit
 
     def _verdict_index(self) -> dict[int, int]:
         idx = [f for f, k in enumerate(self.kinds) if k == VERDICT]
@@ -236,7 +237,13 @@ class Posterior:
 
     @property
     def judge_problem(self) -> str | None:
-        """Why these voters cannot judge single labels ("near chance", "against the labels"), or None."""
+        """Why these voters cannot judge single labels ("near chance", "against the labels"), or None.
+        Fitted by group, the answer is None when at least one group can be judged (`judged` says which pairs)."""
+        if self.judged is not None:
+            if self.judged.any():
+                return None
+            problems = [g["problem"] for g in self.extra.get("groups", {}).values() if g.get("problem")]
+            return max(set(problems), key=problems.count) if problems else "near chance"
         if self.separation < JUDGE_MIN_SEPARATION:
             return "near chance"
         if self.noise_rate > MAX_NOISE:
@@ -345,6 +352,64 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
     if gold is not None:
         calibrate(post, np.asarray(gold, dtype=np.float64))
     return post
+
+
+MIN_GROUP = 30  # pairs; smaller groups are fitted together as one
+
+
+def fit_groups(votes: np.ndarray, groups, families: list[str] | None = None, *, kinds: list[str] | None = None,
+               gold: np.ndarray | None = None, level: float = 0.9, seed: int = 0) -> Posterior:
+    """One latent-class fit per group (a source, a task type, a subset), so that a family can be
+    reliable on one group and reliably wrong on another. Groups under `MIN_GROUP` pairs are fitted
+    together. Each group is judged on its own (`judged` per pair); family figures at the top level are
+    those of a pooled fit, and each group's own are in `extra["groups"]`. The overall noise interval
+    adds the groups' intervals as independent normals (their half-widths in quadrature)."""
+    s = np.asarray(votes, dtype=np.float64)
+    s = s[:, None] if s.ndim == 1 else s
+    n, F = s.shape
+    g = np.asarray([str(x) for x in groups], dtype=object) if not isinstance(groups, np.ndarray) else groups.astype(str)
+    if g.shape[0] != n:
+        raise ValueError(f"{g.shape[0]} group labels for {n} pairs")
+    names, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    small = f"(groups under {MIN_GROUP} pairs)"
+    key = np.where(counts[inv] < MIN_GROUP, small, g)
+    pooled = fit(s, families, kinds=kinds, level=level, seed=seed)
+    label_prob, contrib, judged = np.empty(n), np.zeros((n, F)), np.zeros(n, bool)
+    per, mean, var = {}, 0.0, 0.0
+    z = 1.6448536269514722 if level == 0.9 else float(np.sqrt(2) * _erfinv(level))
+    for name in sorted(set(key.tolist())):
+        idx = np.flatnonzero(key == name)
+        post = fit(s[idx], pooled.families, kinds=pooled.kinds, level=level, seed=seed)
+        label_prob[idx] = post.label_prob
+        contrib[idx] = post.contrib
+        judged[idx] = post.can_judge
+        lo, hi = post.extra["noise_interval"]
+        mean += post.noise_rate * idx.size
+        var += ((hi - lo) * idx.size / (2 * z)) ** 2
+        acc, w = post.family_accuracy, post.weights
+        per[name] = {"pairs": int(idx.size), "noise_rate": round(post.noise_rate, 4),
+                     "noise_interval": [round(lo, 4), round(hi, 4)], "separation": round(post.separation, 4),
+                     "can_judge": post.can_judge, "problem": post.judge_problem,
+                     "families": {f: {"accuracy": round(acc[f], 4), "weight": round(w[f], 4)} for f in pooled.families}}
+    label_prob = np.clip(label_prob, 1e-12, 1 - 1e-12)
+    out = Posterior(label_prob=label_prob, log_odds=np.log(label_prob) - np.log1p(-label_prob),
+                    evidence=contrib.sum(1), alpha=float(np.mean(label_prob)), mu=pooled.mu, sigma=pooled.sigma,
+                    families=pooled.families, iterations=pooled.iterations, kinds=pooled.kinds, theta=pooled.theta,
+                    contrib=contrib, voted=pooled.voted, ties=pooled.ties, judged=judged)
+    sd = np.sqrt(var) / n
+    m = mean / n
+    out.extra["noise_interval"] = (float(max(m - z * sd, 0.0)), float(min(m + z * sd, 1.0)))
+    out.extra["accuracy_interval"] = pooled.extra["accuracy_interval"]
+    out.extra["groups"] = per
+    if gold is not None:
+        calibrate(out, np.asarray(gold, dtype=np.float64))
+    return out
+
+
+def _erfinv(y: float) -> float:
+    from scipy.special import erfinv
+
+    return float(erfinv(y))
 
 
 def _accuracy(kinds: list[str], par: _Params) -> np.ndarray:

@@ -32,6 +32,9 @@ class CleanLabelsConfig(BaseModel):
                                 "reliability estimated like any family's) beside the length-controlled families.")
     gold_column: str | None = Field(None, description="Column with 1 where the stored label is verified right, 0 "
                                     "where verified wrong, null where unknown: calibrates the posterior.")
+    group_by: str | None = Field(None, description="Column naming each pair's group (source, task type, subset): "
+                                 "the posterior is fitted per group, so a family may be reliable on one and reliably "
+                                 "wrong on another; groups under 30 pairs are fitted together.")
     gold_file: str | None = Field(None, description="A pair file (or ref) of verified pairs, matched by prompt and "
                                   "the two answers in either order: calibrates the posterior.")
 
@@ -122,9 +125,16 @@ def column_specs(cfg: CleanLabelsConfig) -> list:
 def vote(table: pa.Table, votes: dict[str, np.ndarray], cfg: CleanLabelsConfig, source: str = "clean_labels"):
     """The posterior for every pair of `table` from its voters' scores (see `curation.vote`)."""
     lc, lr = answer_lengths(table)
+    groups = None
+    if cfg.group_by is not None:
+        from prefdata.errors import DataError
+
+        if cfg.group_by not in table.column_names:
+            raise DataError(f"group column '{cfg.group_by}' is not in the dataset", file=source, field=cfg.group_by)
+        groups = pl.from_arrow(table.select([cfg.group_by])).to_series().cast(pl.String).fill_null("(none)").to_numpy()
     return combine(table.column("id").to_pylist(), votes, ell=length_ratio(lc, lr), length_control=cfg.length_control,
                    length_family=cfg.length_family, gold=gold_vector(table, cfg), source=source,
-                   kinds=family_kinds(cfg))
+                   kinds=family_kinds(cfg), groups=groups)
 
 
 def acting_policy(result, policy: PolicyConfig) -> PolicyConfig:
@@ -163,9 +173,12 @@ def headline(result, kept: pa.Table, dropped: pa.Table) -> str:
                     "shared bias makes believable; no label was changed. See Verdict below.")
         return (f"Labels NOT judged: the voters are near chance (they separate right from wrong labels with AUC "
                 f"{post.separation:.2f}); the noise rate is unknown and no label was changed. See Verdict below.")
-    return (f"Labels cleaned by {len(result.families)} voter families that can judge them (AUC {post.separation:.2f} by "
-            f"the model's own account): estimated noise rate {post.noise_rate:.1%} (90% interval {lo:.1%} – {hi:.1%}); "
-            f"{flipped} flipped, {dropped.num_rows} dropped.")
+    groups = post.extra.get("groups")
+    scope = (f" in {sum(g['can_judge'] for g in groups.values())} of {len(groups)} groups "
+             f"({post.judged.mean():.0%} of the pairs; the rest left as they were)" if groups else "")
+    return (f"Labels cleaned by {len(result.families)} voter families that can judge them{scope} (AUC "
+            f"{post.separation:.2f} by the model's own account): estimated noise rate {post.noise_rate:.1%} (90% "
+            f"interval {lo:.1%} – {hi:.1%}); {flipped} flipped, {dropped.num_rows} dropped.")
 
 
 def run_clean_labels(cfg: CleanLabelsConfig, table: pa.Table, ctx):

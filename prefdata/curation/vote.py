@@ -125,6 +125,9 @@ class Vote:
             out["family_corr"] = round(float(np.nanmean(vals)), 4) if np.isfinite(vals).any() else None
         if "gold" in post.extra:
             out["gold"] = post.extra["gold"]
+        if "groups" in post.extra:
+            out["groups"] = post.extra["groups"]
+            out["judged_share"] = round(float(post.judged.mean()), 4)
         return out
 
 
@@ -148,13 +151,15 @@ LENGTH_FAMILY = "length-prior"
 
 def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, ell: np.ndarray | None = None,
             length_control: bool = True, length_family: bool = False, gold: np.ndarray | None = None,
-            interval: bool = True, source: str = "vote", kinds: dict[str, str] | None = None) -> Vote:
+            interval: bool = True, source: str = "vote", kinds: dict[str, str] | None = None,
+            groups=None) -> Vote:
     """Families, length control and the posterior for every pair (see the module docstring).
 
     `kinds` maps a family to "verdict" (votes in [-1, 1] read as they are, ties 0, NaN missing: judges
     and annotators from columns) or "score" (the default: standardised, length-controlled). Families
     in `kinds` may have missing votes (NaN). `interval` is kept for callers; the posterior always
-    carries its intervals now (`posterior.fit`)."""
+    carries its intervals now (`posterior.fit`). `groups` (one label per pair) fits each group on its
+    own (`posterior.fit_groups`)."""
     kinds = dict(kinds or {})
     ids = list(pair_ids) if not isinstance(pair_ids, pl.Series) else pair_ids
     n = len(ids)
@@ -199,7 +204,8 @@ def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, ell: np.ndarray | 
         spread = np.column_stack([spread, np.zeros(n)])
         slope = np.r_[slope, 0.0]
         corr = np.r_[corr, 1.0]
-    post = P.fit(controlled, fams, kinds=fam_kind, gold=gold)
+    post = (P.fit(controlled, fams, kinds=fam_kind, gold=gold) if groups is None
+            else P.fit_groups(controlled, groups, fams, kinds=fam_kind, gold=gold))
     with np.errstate(invalid="ignore"):
         z_mean = np.nanmean(np.where(np.isfinite(controlled), controlled, np.nan), axis=1) if controlled.size else np.zeros(n)
         signs = np.where(np.isfinite(controlled), np.sign(controlled) == np.sign(post.evidence)[:, None], np.nan)
@@ -215,6 +221,7 @@ def combine(pair_ids, voter_scores: dict[str, np.ndarray], *, ell: np.ndarray | 
         "agreement": np.nan_to_num(agree, nan=0.5),
         "length_ratio": ell,
         "vote_mean": np.nan_to_num(z_mean),
+        "judged": post.judged if post.judged is not None else np.full(n, post.can_judge),
     }).with_columns(pl.col("votes").list.eval(pl.element().fill_nan(None)))
     return Vote(frame=frame, families=fams, raw=raw, controlled=controlled, spread=spread, length_slope=slope,
                 length_corr=np.nan_to_num(corr), ell=ell, posterior=post, length_control=length_control)
