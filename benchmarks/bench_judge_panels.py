@@ -54,12 +54,16 @@ def panel(rows: list[dict], grouping: str) -> tuple[pa.Table, CleanLabelsConfig]
     return table, cfg
 
 
-def run(path: str, seeds: list[int], grouping: str, inject: float) -> dict:
+def run(path: str, seeds: list[int], grouping: str, inject: float, pooled: str | None = None) -> dict:
+    """Per subset; or `pooled` ("plain" or "group_by") all five subsets as one dataset, fitted as one or
+    with `group_by: subset` (one posterior per subset)."""
     rows = [json.loads(x) for x in gzip.open(path, "rt", encoding="utf-8")]
     res = {}
-    for sub in SUBSETS:
-        rs = [r for r in rows if r["source"] == f"llmbar-casestudy/{sub}"]
+    for sub in (SUBSETS if pooled is None else ["pooled"]):
+        rs = [r for r in rows if r["source"] == f"llmbar-casestudy/{sub}" or (pooled and r["source"].startswith("llmbar"))]
         table, cfg = panel(rs, grouping)
+        if pooled == "group_by":
+            cfg = cfg.model_copy(update={"group_by": "subset"})
         for seed in seeds:
             rng = np.random.default_rng(seed)
             n = table.num_rows
@@ -85,10 +89,11 @@ def run(path: str, seeds: list[int], grouping: str, inject: float) -> dict:
 
 
 def report(res: dict, grouping: str) -> str:
+    subsets = sorted({s for s, _ in res}, key=lambda s: (s not in SUBSETS, SUBSETS.index(s) if s in SUBSETS else 0))
     lines = [f"grouping: one family per {grouping}", "",
              "| subset | posterior AUC | binary DS | majority | best judge (hindsight) | flips (right) | noise est (90% int.) | true |",
              "|---|---|---|---|---|---|---|---|"]
-    for sub in SUBSETS:
+    for sub in subsets:
         rs = [v for (s, _), v in res.items() if s == sub]
         m = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
         lines.append(f"| {sub} | {m('auc'):.3f} | {m('ds'):.3f} | {m('majority'):.3f} | {m('best'):.3f} | "
@@ -98,7 +103,7 @@ def report(res: dict, grouping: str) -> str:
     m = lambda k: float(np.mean([r[k] for r in allr]))  # noqa: E731
     flips = sum(r["flips"] for r in allr)
     right = sum(r["flips_right"] for r in allr)
-    below = [s for s in SUBSETS if np.mean([v["auc"] for (x, _), v in res.items() if x == s])
+    below = [s for s in subsets if np.mean([v["auc"] for (x, _), v in res.items() if x == s])
              < np.mean([v["ds"] for (x, _), v in res.items() if x == s])]
     lines += ["", f"mean ROC-AUC: posterior {m('auc'):.3f}, binary Dawid-Skene {m('ds'):.3f}, majority {m('majority'):.3f}, "
               f"best judge in hindsight {m('best'):.3f}; subsets where the posterior is below Dawid-Skene: {below or 'none'}",
@@ -119,5 +124,7 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--grouping", choices=["judge", "strategy"], default="judge")
     ap.add_argument("--inject", type=float, default=0.2)
+    ap.add_argument("--pooled", choices=["plain", "group_by"], default=None,
+                    help="All five subsets as one dataset, one fit (plain) or one per subset (group_by).")
     a = ap.parse_args()
-    print(report(run(a.path, a.seeds, a.grouping, a.inject), a.grouping))
+    print(report(run(a.path, a.seeds, a.grouping, a.inject, a.pooled), a.grouping))

@@ -279,6 +279,7 @@ def test_voters_that_overrule_most_labels_are_not_trusted_to_flip_them():
     assert result.posterior.judge_problem == "against the labels"
     assert "voters against the labels" in result.summary()["verdict"]
     assert not any(kept.column("flipped").to_pylist()) and dropped.num_rows == 0
+    assert set(kept.column("label_prob").to_pylist()) == {1.0}  # not softened by a posterior it cannot trust
 
 
 def test_votes_from_another_store_version_join_by_text():

@@ -63,7 +63,7 @@ def remedies(label_prob: np.ndarray, right: np.ndarray, cut: float, can_judge: b
     flip = (label_prob <= cut) & act
     after = np.where(flip, wrong, right)
     keep = (label_prob >= 0.5) | ~act
-    soft = np.where(right, label_prob, 1 - label_prob)
+    soft = np.where(act, np.where(right, label_prob, 1 - label_prob), right.astype(float))
     n = max(right.size, 1)
     return {
         "stored": {"label_accuracy": round(float(right.mean()), 4), "pairs": int(right.size)},

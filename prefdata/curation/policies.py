@@ -147,6 +147,8 @@ def apply(pairs: pl.DataFrame, votes: pl.DataFrame, cfg: PolicyConfig, columns=(
     df = flip(df, flip_rule & pl.col("drop_reason").is_null() & acts, columns)
     if not cfg.soft_label:
         df = df.with_columns(pl.lit(1.0).alias("label_prob"))
+    else:  # a posterior that cannot judge a pair does not soften it either: its label stays as stored, hard
+        df = df.with_columns(pl.when(acts).then(pl.col("label_prob")).otherwise(1.0).alias("label_prob"))
     if cfg.margin_from_strength:
         s = pl.col("strength_mean") if cfg.signed_margin else pl.col("strength_mean").clip(lower_bound=0.0)
         df = df.with_columns((cfg.margin_scale * s).alias("margin"))
