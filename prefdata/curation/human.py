@@ -176,7 +176,7 @@ def _rho_note(by_score: dict) -> str:
     dead = [k for k, v in by_score.items() if not (abs(v["spearman_rho"]) > 1e-9)]
     if not dead:
         return ""
-    return (f"\n{', '.join(dead)}: rho is 0 or undefined: the score is the same for every pair (or does not move "
+    return (f"\n\n{', '.join(dead)}: rho is 0 or undefined: the score is the same for every pair (or does not move "
             "with agreement at all), so it says nothing about which pairs the annotators split on.")
 
 
@@ -188,7 +188,7 @@ def format_agreement(r: dict) -> str:
               f"{rep['mixed']} with rows that differ)" if rep.get("rows") else "")
     head = "" if r.get("can_judge", True) else f"CANNOT JUDGE: {r['verdict']}\n"
     return (f"{head}pairs {r['pairs']} (unanimous {r['unanimous']}, split {r['split']}){merged}\n\n"
-            f"| score | Spearman rho with agreement | AUC unanimous vs split |\n|---|---|---|\n{rows}\n\n"
+            f"| score | Spearman rho with agreement | AUC unanimous vs split |\n|---|---|---|\n{rows}"
             f"{_rho_note(r['by_score'])}\n\n"
             f"{describe_policy(r['policy'])}: flipped {r['unanimous_flipped']} unanimous pairs "
             f"({r['unanimous_flipped_share']:.1%}), dropped {r['unanimous_dropped']}; flipped {r['split_flipped']} split pairs")
