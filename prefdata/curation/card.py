@@ -176,8 +176,8 @@ def verdict_text(vote, summary: dict, policy) -> str:
 
     post = vote.posterior
     if not post.can_judge:
-        return (f"**Cannot judge.** {summary['verdict'][0].upper()}{summary['verdict'][1:]}. The labels are kept as they were; the soft labels are "
-                "the prior (or, when the voters overrule most labels, untouched). Bring stronger or different voters "
+        return (f"**Cannot judge.** {summary['verdict'][0].upper()}{summary['verdict'][1:]}. The labels are kept as they were, hard: a posterior "
+                "that cannot judge a pair does not soften it either. Bring stronger or different voters "
                 "(a reward model, an API judge, annotators: `type: column`).")
     cut = policy.flip_max_prob if policy.flip_max_prob is not None else 0.1
     lo, hi = summary.get("noise_interval", (float("nan"), float("nan")))
