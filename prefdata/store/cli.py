@@ -109,6 +109,10 @@ def log_cmd(ref: str = _REF, no_verify: bool = _NO_VERIFY, as_json: bool = _JSON
     from prefdata.tables import print_json
 
     bad, nodes = [], []
+    if not Path(ref).exists() and not ref.startswith("builtin:"):
+        from prefdata.store import resolve
+
+        resolve(ref)  # an unknown ref is an error here, not an "external" parent
     for depth, node in log(ref):
         if isinstance(node, str):  # a file path or a built-in prompt set, outside the store
             nodes.append({"depth": depth, "ref": node, "type": "external", "status": None, "content_hash": None,
@@ -207,6 +211,63 @@ def diff_cmd(a: str = _REF, b: str = _REF, split: str = "train", as_json: bool =
     for k in _DIFF_LISTS:
         if d[k]:
             typer.echo(f"  {k.replace('_', ' ')}: {', '.join(d[k])}")
+
+
+def _last(messages) -> str:
+    if isinstance(messages, list) and messages:
+        m = messages[-1]
+        return str(m.get("content", "")) if isinstance(m, dict) else str(m)
+    return "" if messages is None else str(messages)
+
+
+@app.command("head")
+def head_cmd(ref: str = _REF,
+             n: int = typer.Option(5, "-n", "--rows", min=1, help="How many rows to show."),
+             where: str = typer.Option(None, "--where", help="A SQL condition on the version's columns, e.g. "
+                                       "\"label_prob < 0.3\" or \"flipped\" (polars SQL)."),
+             split: str = "train",
+             width: int = typer.Option(400, "--width", min=20, help="Characters of each text shown on a terminal."),
+             as_json: bool = typer.Option(False, "--json", help="JSONL, one row per line, whatever the output.")):
+    """The first rows of a version, readable: panels on a terminal, JSONL when piped or with --json."""
+    import sys
+
+    import polars as pl
+
+    from prefdata.errors import ConfigError
+    from prefdata.store import load_table
+
+    df = pl.from_arrow(load_table(ref, split))
+    if where:
+        try:
+            df = pl.SQLContext(t=df).execute(f"SELECT * FROM t WHERE {where}", eager=True)
+        except Exception as e:  # noqa: BLE001 - the user's expression
+            raise ConfigError(f"--where {where!r}: {' '.join(str(e).split())[:200]}") from None
+    total = df.height
+    df = df.head(n)
+    if as_json or not sys.stdout.isatty():
+        for row in df.iter_rows(named=True):
+            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
+        return
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.text import Text
+
+    con = Console()
+    clip = lambda t: t if len(t) <= width else t[: width - 1] + "…"  # noqa: E731
+    shown = ("prompt", "chosen", "rejected", "completion", "id")
+    for i, row in enumerate(df.iter_rows(named=True), 1):
+        body = Text()
+        for col in ("prompt", "chosen", "rejected", "completion"):
+            if col in row:
+                body.append(f"{col}: ", style="bold")
+                body.append(clip(_last(row[col])) + "\n")
+        extras = {k: v for k, v in row.items()
+                  if k not in shown and v not in (None, "", "{}") and not isinstance(v, (list, dict))}
+        if extras:
+            body.append(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()),
+                        style="dim")
+        con.print(Panel(body, title=f"{i}. {row.get('id', '')}", title_align="left"))
+    con.print(f"{df.height} of {total} row(s){' matching ' + repr(where) if where else ''} in {ref}")
 
 
 @app.command("export")
