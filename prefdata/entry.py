@@ -36,7 +36,7 @@ def _os_error(e: OSError) -> str:
 
 
 def _interrupted() -> None:
-    print(interrupts.MESSAGE, file=sys.stderr)
+    print(interrupts.message(), file=sys.stderr)
     raise SystemExit(interrupts.exit_code())
 
 

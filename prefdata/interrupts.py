@@ -15,9 +15,18 @@ import contextlib
 import signal
 import threading
 
-_state: dict = {"signum": None, "defer": 0, "pending": None}
+_state: dict = {"signum": None, "defer": 0, "pending": None, "message": None}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MESSAGE = "interrupted, rerun to resume from the cache"
+
+
+def set_message(text: str) -> None:
+    """What the CLI prints when this command is stopped (a server: stopping is how it ends)."""
+    _state["message"] = text
+
+
+def message() -> str:
+    return _state["message"] or MESSAGE
 
 
 def _main_thread() -> bool:
@@ -49,7 +58,7 @@ def handling():
         yield
         return
     old = {s: signal.getsignal(s) for s in _SIGNALS}
-    _state.update(signum=None, defer=0, pending=None)
+    _state.update(signum=None, defer=0, pending=None, message=None)
     for s in _SIGNALS:
         signal.signal(s, _handler)
     try:

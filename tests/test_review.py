@@ -227,6 +227,20 @@ def test_kill_minus_nine_loses_nothing_and_the_same_command_resumes(toy):
     assert [(d["pair_id"], d["key"]) for d in live] == [("p2", "1"), ("p0", "t")]
 
 
+def test_ctrl_c_stops_the_server_with_a_line_that_says_nothing_was_lost(toy):
+    cmd = [sys.executable, "-m", "prefdata.cli", "review", "toy@v1", "--port", "0", "--annotator", "kim"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        _wait_for_url(proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "review server stopped; every decision so far is saved" in err
+    assert "rerun to resume from the cache" not in err
+
+
 # ----------------------------------------------------------------------------- agreement and commit
 
 

@@ -75,8 +75,14 @@ def serve(ref: str, *, host: str, port: int, annotator: str, budget: int | None,
     print(f"open: http://{shown}:{real_port}/?token={state.token}", flush=True)
     print("keys: 1/2 choose, t tie, d drop, s skip, u undo; Ctrl-C stops (nothing is lost); then "
           f"`prefdata review commit {version.ref}`", flush=True)
+    from prefdata import interrupts
+
+    stopped = (f"review server stopped; every decision so far is saved in {state.db.path}: `prefdata review "
+               f"{version.ref}` continues, `prefdata review commit {version.ref}` commits them")
+    interrupts.set_message(stopped)
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
+    print(stopped, file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:
