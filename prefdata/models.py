@@ -221,8 +221,11 @@ def resolve_model(name_or_path: str | None = None, *, trust_remote_code: bool = 
         return str(p)
     from prefdata import artifacts
 
-    if artifacts.is_model_ref(name):  # a model a pipeline trained: name@vN / name@latest
-        return artifacts.resolve_model_ref(models_dir().parent, name)
+    if artifacts.is_model_ref(name):  # a trained model version: name@vN / name@latest
+        p = Path(artifacts.resolve_model_ref(models_dir().parent, name))
+        if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():  # `train --set lora=true`
+            return str(merged_adapter(p, trust_remote_code=trust_remote_code))
+        return str(p)
     if name.startswith(("/", "./", "../", "~")):
         raise PrefdataError(f"model path not found: {name}")
     local = _from_hf_cache(name)
@@ -290,10 +293,18 @@ def prepare_cmd(model: str = typer.Argument(DEFAULT_MODEL, help="Hub id or path;
         typer.echo(f"weights sha256: {json.loads(info.read_text())['weights_sha256']}")
 
 
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/CLI_JSON.md)."),
              wide: bool = typer.Option(False, "--wide", help="On a terminal, lay the table out at full width.")):
-    """Models prepared in the prefdata cache, and the models pipelines trained (as name@vN refs)."""
+    """Models prepared in the prefdata cache, and the trained model versions (name@vN): trained by a
+    pipeline step or by `prefdata train`, each with its dataset and content hash."""
     from prefdata import artifacts
     from prefdata.tables import print_json, print_table
 
@@ -305,16 +316,84 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON 
             found.append({"name": info.get("hub_id", p.name), "path": str(p), "source": info.get("source"),
                           "weights_sha256": info.get("weights_sha256")})
     trained = []
-    for name in artifacts.model_names(d.parent):
-        for i, a in enumerate(artifacts.model_versions(d.parent, name), 1):
-            lineage = a.manifest.get("lineage", {})
-            trained.append({"ref": f"{name}@v{i}", "path": a.ref, "uses": lineage.get("step", {}).get("uses"),
-                            "parents": lineage.get("parents", []), "content_sha256": a.manifest.get("content_sha256"),
-                            "card": str(a.card_path), "metrics": a.manifest.get("metrics", {})})
+    for a in artifacts.all_model_versions(d.parent):
+        lineage = a.manifest.get("lineage", {})
+        trained.append({"ref": a.version_ref, "path": a.ref, "uses": lineage.get("step", {}).get("uses"),
+                        "parents": lineage.get("parents", []), "dataset": lineage.get("dataset"),
+                        "dataset_sha256": lineage.get("dataset_sha256"),
+                        "content_sha256": a.manifest.get("content_sha256"), "bytes": artifacts.folder_bytes(a.path),
+                        "created": a.manifest.get("created"), "card": str(a.card_path),
+                        "metrics": a.manifest.get("metrics", {})})
     if as_json:
         print_json({"schema": "prefdata.models.list/1", "models": found, "trained": trained})
     else:
         print_table(["name", "path", "source"], [[m["name"], m["path"], m["source"]] for m in found], wide=wide)
         if trained:
-            print_table(["ref", "trained by", "from", "path"],
-                        [[t["ref"], t["uses"] or "", ", ".join(t["parents"]), t["path"]] for t in trained], wide=wide)
+            print_table(["ref", "trained by", "dataset", "sha256", "size", "path"],
+                        [[t["ref"], t["uses"] or "", t["dataset"] or ", ".join(p for p in t["parents"] if p),
+                          (t["content_sha256"] or "")[:12], _size(t["bytes"]), t["path"]] for t in trained],
+                        wide=wide)
+
+
+@app.command("rm")
+def rm_cmd(ref: str = typer.Argument(..., help="A trained model version: name@vN (or name@latest)."),
+           force: bool = typer.Option(False, "--force", help="Remove it even when a dataset, eval report or "
+                                                              "model names it.")):
+    """Remove one trained model version. The other versions keep their numbers."""
+    from prefdata import artifacts, model_gc
+
+    home = models_dir().parent
+    a = artifacts.model_version(home, ref)
+    named = model_gc.who_names(home, a)
+    if named and not force:
+        more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+        raise PrefdataError(f"{a.version_ref} is named by {', '.join(named[:3])}{more}; --force removes it anyway")
+    size = artifacts.folder_bytes(a.path)
+    merged = model_gc.merged_copy(home, a)
+    twins = [b for b in artifacts.all_model_versions(home) if b.path != a.path
+             and b.manifest.get("content_sha256") == a.manifest.get("content_sha256")]
+    artifacts.remove_version(home, a)
+    if merged is not None and not twins:  # the merged copy loading this LoRA version made
+        size += artifacts.folder_bytes(merged)
+        shutil.rmtree(merged, ignore_errors=True)
+    typer.echo(f"removed {a.version_ref} ({a.path}), {size} bytes ({_size(size)}) freed")
+
+
+@app.command("gc")
+def gc_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed and the bytes freed; "
+                                                                "remove nothing."),
+           pipeline: list[str] = typer.Option([], "--pipeline", help="A pipeline file whose model refs and paths "
+                                                                    "are kept too (repeatable)."),
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/CLI_JSON.md).")):
+    """Remove the trained model versions nothing needs: not the latest of their name, and named by no dataset
+    version's lineage, eval report, --pipeline file or kept model; and the folders of killed runs."""
+    from prefdata import model_gc
+    from prefdata.tables import print_json
+
+    home = models_dir().parent
+    files = []
+    for f in pipeline:
+        p = Path(f)
+        if not p.is_file():
+            raise PrefdataError(f"--pipeline {f}: file not found")
+        files.append(p)
+    plan = model_gc.plan(home, files)
+    if not dry_run:
+        model_gc.apply(home, plan)
+    if as_json:
+        print_json({"schema": "prefdata.models.gc/1", "dry_run": dry_run,
+                    "removed": [{"ref": a.version_ref, "path": str(a.path), "bytes": n} for a, n in plan.remove],
+                    "leftovers": [{"path": str(p), "bytes": n, "why": why} for p, n, why in plan.leftovers],
+                    "kept": [{"ref": r, "why": why} for r, why in plan.kept.items()],
+                    "bytes_freed": plan.bytes})
+        return
+    verb = "would remove" if dry_run else "removed"
+    for a, n in plan.remove:
+        typer.echo(f"{verb} {a.version_ref}\t{_size(n)}\t{a.path}")
+    for p, n, why in plan.leftovers:
+        typer.echo(f"{verb} {p}\t{_size(n)}\t({why})")
+    for r, why in plan.kept.items():
+        typer.echo(f"kept {r}\t{why}", err=True)
+    what = f"{len(plan.remove)} model version(s) and {len(plan.leftovers)} leftover folder(s)"
+    freed = f"{plan.bytes} bytes ({_size(plan.bytes)})"
+    typer.echo(f"dry run: {what}, {freed} would be freed; nothing removed" if dry_run else f"{what} removed, {freed} freed")

@@ -47,8 +47,8 @@ class ArmoTrainConfig(BaseModel):
     dataset: str = Field("", description="Store ref or file of aspect-labelled pairs (the conditional generator's).")
     model: str = Field("smollm2", description="Frozen backbone: 'smollm2' (embedded SmolLM2-135M, last+mean pool), "
                        "'minilm', or a local path / hub id (mean pool).")
-    output_dir: str | None = Field(None, description="Where heads, gate and card go; default "
-                                   "$PREFDATA_HOME/models/trained/armo-<dataset>.")
+    output_dir: str | None = Field(None, description="A folder for heads, gate and card; default: a new model "
+                                   "version armo-<dataset>@vN under $PREFDATA_HOME/models/trained/.")
     max_length: int = Field(512, ge=16, le=131072, description="Tokens per prompt+answer the backbone reads.")
     head_l2: float = Field(1e-2, ge=0, le=10, description="L2 penalty on each aspect head's weights, in [0, 10].")
     head_steps: int = Field(100, ge=1, le=10000, description="L-BFGS iterations per aspect head (convex fit).")
@@ -177,6 +177,7 @@ def _fit_gate(dc, xp, cfg: ArmoTrainConfig, log: list[dict]) -> Gate:
     return gate
 
 
+@common.atomic_output("armo")
 def train(cfg: ArmoTrainConfig) -> Path:
     """Fit heads and gate, save them with the card; returns the card path."""
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")

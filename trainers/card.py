@@ -4,12 +4,20 @@ config, package versions, final metrics, the curves, and for LoRA how to load or
 from __future__ import annotations
 
 import json
+import os
+import time
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from trainers.plots import curve_series, plot_curves
+
+# Where the folder being written will be once whole: a trainer writes into a temporary folder beside it
+# (`trainers.common.atomic_output`), and the card records the final place, not the temporary one.
+CARD_OUTPUT_DIR: ContextVar[str | None] = ContextVar("CARD_OUTPUT_DIR", default=None)
+SAVE_PAUSE_ENV = "PREFDATA_TEST_SAVE_PAUSE"  # test hook: sleep after the weights, before the card
 
 
 def _versions() -> dict[str, str]:
@@ -36,8 +44,12 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
     With `failure`, the card records a run that stopped without saving a model, and says why."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(SAVE_PAUSE_ENV) and not failure:  # the weights are written; the card is not yet
+        time.sleep(float(os.environ[SAVE_PAUSE_ENV]))
     png = plot_curves(log_history, out / "training_curves.png")
     cfg_dict = cfg.model_dump(mode="json")
+    if CARD_OUTPUT_DIR.get() and "output_dir" in cfg_dict:
+        cfg_dict["output_dir"] = CARD_OUTPUT_DIR.get()
     # The last training row: an evaluation after training appends its own row (eval_*), reported apart.
     last = next((h for h in reversed(log_history) if not any(k.startswith("eval_") for k in h)), {})
     final = {k: v for k, v in last.items() if isinstance(v, (int, float))}

@@ -6,6 +6,11 @@
 `--config` is a YAML of the trainer's Config fields, `--set key=value` overrides one field (values
 parse as YAML), and `--dataset/--model/--output-dir` win over both. `prefdata train fields <kind>`
 lists every field with its range and source.
+
+Without `--output-dir` each run is a new model version, `<kind>-<dataset name>@vN` (or `--name`), kept
+in `$PREFDATA_HOME/models/trained/` and listed by `prefdata models list`; a rerun adds a version. Either
+way the model is written to a temporary folder and renamed into place only when whole
+(`trainers.common.atomic_output`).
 """
 
 from __future__ import annotations
@@ -23,13 +28,26 @@ def _config_cls(kind: str):
     return getattr(importlib.import_module(f"trainers.{kind}"), KINDS[kind])
 
 
-def _run(kind: str, dataset: str, model: str | None, config: str | None, set_: list[str], output_dir: str | None):
+def _run(kind: str, dataset: str, model: str | None, config: str | None, set_: list[str], output_dir: str | None,
+         name: str | None = None):
+    from prefdata import artifacts
+    from prefdata.errors import ConfigError
+    from prefdata.store import home
     from trainers.common import load_config
 
     mod = importlib.import_module(f"trainers.{kind}")
     cfg = load_config(_config_cls(kind), config, set_, dataset=dataset, model=model, output_dir=output_dir)
-    card = mod.train(cfg)
-    typer.echo(f"model: {card.parent}")
+    if name and cfg.output_dir:
+        raise ConfigError("--name names a model version in the store; it cannot go with --output-dir")
+    if name:
+        artifacts.check_model_name(name)
+    card = mod.train(cfg, name=name) if name else mod.train(cfg)
+    version = artifacts.version_of(home(), card.parent)
+    if version is not None:
+        typer.echo(f"model: {version.version_ref}  sha256 {version.manifest.get('content_sha256', '')[:12]}")
+        typer.echo(f"path: {card.parent}")
+    else:
+        typer.echo(f"model: {card.parent}")
     typer.echo(f"card: {card}")
 
 
@@ -38,8 +56,11 @@ def _command(kind: str):
             model: str = typer.Option(None, "--model", help="Hub id or path (default: embedded SmolLM2)."),
             config: str = typer.Option(None, "--config", help="YAML whose keys are the trainer's config fields."),
             set_: list[str] = typer.Option([], "--set", help="Override a config field: --set beta=0.2"),
-            output_dir: str = typer.Option(None, "--output-dir", help="Where model, card and curves go.")):
-        _run(kind, dataset, model, config, set_, output_dir)
+            output_dir: str = typer.Option(None, "--output-dir", help="A folder for model, card and curves, "
+                                           "instead of a new version in the store."),
+            name: str = typer.Option(None, "--name", help="Name of the model version (default: "
+                                     f"{kind}-<dataset name>); a rerun adds NAME@v2, v3...")):
+        _run(kind, dataset, model, config, set_, output_dir, name)
 
     cmd.__doc__ = f"Train with the {kind} trainer on a dataset version."
     return cmd

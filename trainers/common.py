@@ -7,9 +7,17 @@ The card and the curves live in `trainers.card` and `trainers.plots`; they are r
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import hashlib
+import json
 import math
+import os
+import re
+import shutil
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +40,9 @@ class BaseTrainConfig(BaseModel):
     dataset: str = Field("", description="Store ref (name@vN, name@latest, name@sha:..) or a .parquet/.jsonl file.")
     model: str = Field(DEFAULT_MODEL, description="Hub id or local path; the default falls back to the embedded "
                                                   "SmolLM2-135M-Instruct checkpoint.")
-    output_dir: str | None = Field(None, description="Where the model, card and curves go; default "
-                                                     "$PREFDATA_HOME/models/trained/<kind>-<dataset>.")
+    output_dir: str | None = Field(None, description="A folder for the model, card and curves; default: a new "
+                                                     "model version <kind>-<dataset>@vN under "
+                                                     "$PREFDATA_HOME/models/trained/.")
     max_length: int = Field(512, ge=1, le=131072, description="Tokens per prompt+completion; longer sequences "
                                                                "are truncated (reward: dropped). In [1, 131072].")
     learning_rate: float = Field(5e-6, gt=0, le=1, description="AdamW step size, in (0, 1]. DPO papers use "
@@ -554,3 +563,224 @@ def save_outputs(trainer, tok, cfg, kind: str, prov: dict, extra: dict | None = 
     trainer.save_model(cfg.output_dir)
     tok.save_pretrained(cfg.output_dir)
     return write_model_card(cfg.output_dir, kind, cfg, prov, trainer.state.log_history, extra)
+
+
+# ----------------------------------------------------------------------------- atomic output, versions
+
+# What a trainer writes into its folder. A folder holding only these (and a prefdata-train.json) is a
+# model folder prefdata may replace whole; anything else in it is the user's, and is never deleted.
+_MODEL_FILES = ("README.md", "prefdata-train.json", "training_curves.png", "*.safetensors", "*.bin", "*.json",
+                "*.jinja", "merges.txt", "vocab.txt", "*.model", "*.tiktoken", "runs")
+_SIDE = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)-[0-9a-f]+$")  # .<target>.tmp-<pid>-<hex>, .<target>.old-<pid>-<hex>
+
+
+def atomic_output(kind: str):
+    """Make a trainer's `train(cfg)` write its model whole or not at all.
+
+    - `cfg.output_dir` given: the run writes into `.<dir>.tmp-<pid>-<hex>` beside it (weights, then the
+      card) and renames it onto `output_dir` only when whole: an absent or empty folder, or a model folder
+      an earlier run left (swapped in one `renameat2(RENAME_EXCHANGE)` where the kernel has it). A run that
+      fails or is killed leaves the earlier model as it was. A folder that holds other files is written in
+      place, as before, with a warning: prefdata never deletes what it did not write.
+    - no `output_dir`: the run becomes a new version, `<kind>-<dataset>@vN` (or `name@vN`), in
+      `$PREFDATA_HOME/models/trained/<name>/<run id>/` (see `prefdata.artifacts`); reruns add versions.
+    Returns the card path in its final place; `cfg.output_dir` is the final folder afterwards."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def train(cfg, *, name: str | None = None) -> Path:
+            if cfg.output_dir:
+                if name:
+                    raise ConfigError("--name names a model version in the store; it cannot go with --output-dir")
+                return train_into_folder(fn, cfg, Path(cfg.output_dir))
+            return train_new_version(kind, fn, cfg, name)
+
+        return train
+
+    return wrap
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def replaceable(folder: Path) -> bool:
+    """An empty folder, or one holding only what a trainer writes (with its prefdata-train.json)."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    names = {e.name for e in entries}
+    return "prefdata-train.json" in names and all(
+        _matches(e.name, _MODEL_FILES) and (e.is_dir() == (e.name == "runs")) and not e.is_symlink()
+        for e in entries)
+
+
+def holds_model(folder: Path) -> bool:
+    """A folder with weights, or with a card that says they were saved."""
+    if not folder.is_dir():
+        return False
+    if any(folder.glob("*.safetensors")):
+        return True
+    try:
+        return json.loads((folder / "prefdata-train.json").read_text()).get("status") == "succeeded"
+    except (OSError, ValueError):
+        return False
+
+
+def _recover(target: Path) -> None:
+    """Leftovers of runs into `target` whose process is gone: a temporary folder is removed; a model a
+    killed swap had put aside (its new one not yet in place) goes back to `target`."""
+    from prefdata.artifacts import pid_alive
+
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    aside = []
+    for p in parent.iterdir():
+        m = _SIDE.match(p.name)
+        if not m or m.group(1) != target.name or pid_alive(int(m.group(3))):
+            continue
+        if m.group(2) == "old":
+            aside.append(p)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+    aside.sort(key=lambda p: p.stat().st_mtime)
+    if aside and (not target.exists() or (target.is_dir() and not any(target.iterdir()))):
+        os.rename(aside.pop(), target)
+        print(f"warning: {target}: put back the model a killed run had moved aside", file=sys.stderr)
+    for p in aside:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put the whole folder `staging` at `target`; an earlier model there is replaced only now."""
+    from prefdata.artifacts import _fsync
+
+    if not target.exists() or not any(target.iterdir()):
+        os.rename(staging, target)  # onto an empty folder too: rename(2) replaces it
+    elif _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it holds the earlier model now
+    else:
+        aside = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        os.rename(target, aside)
+        os.rename(staging, target)  # killed between the two: `_recover` puts `aside` back
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync(target.parent)
+
+
+def train_into_folder(fn, cfg, target: Path) -> Path:
+    """Run `fn(cfg)` into a temporary folder beside `target` and rename it into place once whole."""
+    from prefdata.artifacts import fsync_tree
+    from trainers.card import CARD_OUTPUT_DIR
+
+    target = Path(os.path.abspath(target))
+    if target.is_symlink():  # write where it leads; the link itself is not swapped away
+        target = target.resolve()
+    if target.exists() and not target.is_dir():
+        raise PrefdataError(f"output_dir {target} is a file, not a folder")
+    _recover(target)
+    if target.is_dir() and not replaceable(target):
+        print(f"warning: {target} holds files prefdata did not write, so the model is written into it in place "
+              "(a run killed while saving can leave it half-written); give a new folder to have it written whole",
+              file=sys.stderr)
+        return fn(cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    cfg.output_dir = str(staging)
+    token = CARD_OUTPUT_DIR.set(CARD_OUTPUT_DIR.get() or str(target))
+    try:
+        card = Path(fn(cfg))
+    except TrainingFailed as e:
+        msg = str(e)
+        if holds_model(target):  # the failed run's card goes beside it: the model there is kept
+            failed = target.parent / f"{target.name}.failed"
+            shutil.rmtree(failed, ignore_errors=True)
+            os.rename(staging, failed)
+            msg = msg.replace(str(staging), str(failed)) + f"; the earlier model in {target} is kept"
+        else:
+            _swap_in(staging, target)
+            msg = msg.replace(str(staging), str(target))
+        raise TrainingFailed(msg) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        CARD_OUTPUT_DIR.reset(token)
+        cfg.output_dir = str(target)
+    fsync_tree(staging)
+    _swap_in(staging, target)
+    return target / card.relative_to(staging)
+
+
+def train_new_version(kind: str, fn, cfg, name: str | None = None) -> Path:
+    """Train into a new version of `name` (default `<kind>-<dataset>`) in the store; returns its card."""
+    from prefdata import artifacts, store
+    from trainers.card import CARD_OUTPUT_DIR
+
+    if not cfg.dataset:
+        raise PrefdataError("no dataset given: pass --dataset REF (a store ref such as name@v1, or a file)")
+    p = Path(cfg.dataset)
+    name = artifacts.check_model_name(name) if name else artifacts.default_model_name(
+        kind, str(p) if p.is_file() else store.resolve(cfg.dataset).name)
+    home = store.home()
+    staging, final = artifacts.new_run(home, name)
+    token = CARD_OUTPUT_DIR.set(str(final / "model"))
+    t0 = time.time()
+    try:
+        card = train_into_folder(fn, cfg, staging / "model")
+    except TrainingFailed as e:
+        failed = final.with_name(f"failed-{final.name}")  # a card, no weights: not a version
+        os.rename(staging, failed)
+        raise TrainingFailed(str(e).replace(str(staging), str(failed))) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        CARD_OUTPUT_DIR.reset(token)
+    try:
+        art = _publish_version(kind, cfg, name, staging, final, card, time.time() - t0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # not renamed into place: not a version
+        raise
+    cfg.output_dir = art.ref
+    return Path(art.ref) / card.name
+
+
+def _publish_version(kind: str, cfg, name: str, staging: Path, final: Path, card: Path, elapsed: float):
+    from prefdata import artifacts, store
+    from prefdata.redact import redact_obj
+
+    info = json.loads((staging / "model" / "prefdata-train.json").read_text())
+    lineage = {"parents": [info.get("dataset")], "dataset": info.get("dataset"),
+               "dataset_sha256": info.get("dataset_sha256"), "base_model": cfg.model,
+               "adapter": info.get("adapter", False),
+               "step": {"uses": f"prefdata train {kind}", "config": info.get("config")},
+               "command": " ".join(sys.argv), "elapsed_s": round(elapsed, 2)}
+    metrics = {k: v for k, v in (info.get("result") or {}).items() if isinstance(v, (int, float, str, dict))}
+    manifest = {"kind": "model", "name": name, "lineage": redact_obj(lineage), "metrics": metrics,
+                "card_path": str(final / "model" / card.name)}
+    md = artifacts.card_markdown(f"{name} (prefdata train {kind})", [(
+        "Training", f"`{kind}` on `{info.get('dataset')}` from `{cfg.model}`"
+                    + (" (LoRA adapter)" if info.get("adapter") else "")
+                    + f". Trainer card: `{final / 'model' / card.name}`.")], manifest)
+    return artifacts.publish_run(store.home(), staging, final, manifest, md)

@@ -347,6 +347,7 @@ def held_out_metrics(trainer) -> dict | None:
     return {"pairs": len(trainer.eval_dataset), **{k: m[v] for k, v in keys.items() if v in m}}
 
 
+@common.atomic_output("dpo")
 def train(cfg: DPOTrainConfig) -> Path:
     """Train and save the model (or LoRA adapter), card and curves; returns the card path."""
     ds, prov, model, tok, ref, path, notes = prepare(cfg)

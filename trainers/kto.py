@@ -115,6 +115,7 @@ def balanced_weights(n_d: float, n_u: float, w_d: float, w_u: float, adjust: boo
     return new_w_d, w_u, f"{found}; desirable_weight set to {new_w_d:.4f}"
 
 
+@common.atomic_output("kto")
 def train(cfg: KTOTrainConfig) -> Path:
     from trl import KTOConfig
 

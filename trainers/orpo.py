@@ -28,6 +28,7 @@ class ORPOTrainConfig(common.BaseTrainConfig):
 Config = ORPOTrainConfig
 
 
+@common.atomic_output("orpo")
 def train(cfg: ORPOTrainConfig) -> Path:
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 

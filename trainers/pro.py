@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from trainers.common import atomic_output
 from trainers.losses import pro
 from trainers.ranking import RankTrainConfig, train_ranking
 
@@ -45,6 +46,7 @@ def loss_kwargs(cfg: PROTrainConfig) -> dict:
     return {"sft_weight": cfg.sft_weight, "reward_temperature": cfg.reward_temperature}
 
 
+@atomic_output("pro")
 def train(cfg: PROTrainConfig) -> Path:
     """Train and save the model (or LoRA adapter), card and curves; returns the card path."""
     return train_ranking(cfg, "pro", LOSS, loss_kwargs(cfg))

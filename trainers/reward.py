@@ -207,6 +207,7 @@ def build_trainer(cfg: RewardTrainConfig):
     return trainer, tok, prov, ties, ds, heldout
 
 
+@common.atomic_output("reward")
 def train(cfg: RewardTrainConfig) -> Path:
     trainer, tok, prov, ties, ds, heldout = build_trainer(cfg)
     guard = common.guard_finite(trainer)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from trainers.common import atomic_output
 from trainers.losses import rrhf
 from trainers.ranking import RankTrainConfig, train_ranking
 
@@ -48,6 +49,7 @@ def loss_kwargs(cfg: RRHFTrainConfig) -> dict:
     return {"rank_weight": cfg.rank_weight, "sft_weight": cfg.sft_weight, "length_penalty": cfg.length_penalty}
 
 
+@atomic_output("rrhf")
 def train(cfg: RRHFTrainConfig) -> Path:
     """Train and save the model (or LoRA adapter), card and curves; returns the card path."""
     return train_ranking(cfg, "rrhf", LOSS, loss_kwargs(cfg))

@@ -63,6 +63,7 @@ def to_prompt_completion(ds, target: str = "auto"):
     return ds.map(rewriter, remove_columns=cols)
 
 
+@common.atomic_output("sft")
 def train(cfg: SFTTrainConfig) -> Path:
     from trl import SFTConfig, SFTTrainer
 
