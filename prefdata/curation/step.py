@@ -16,7 +16,7 @@ from prefdata.curation.card import figures_and_sections, jury_bias
 from prefdata.curation.policies import PolicyConfig, apply
 from prefdata.curation.texts import match_gold
 from prefdata.curation.vote import combine, length_ratio
-from prefdata.rewards.voters import HeadsVoter, JudgeVoter, JuryVoter, VoterSpec
+from prefdata.rewards.voters import HeadsVoter, VoterSpec
 from prefdata.schema import conform
 
 
@@ -40,45 +40,26 @@ class CleanLabelsConfig(BaseModel):
 
     @property
     def needs_engine(self) -> bool:
-        return any(isinstance(v, (JudgeVoter, JuryVoter)) for v in self.voters)
+        from prefdata.rewards.voters import VOTERS
+
+        return any(VOTERS[v.type].needs_engine for v in self.voters)
 
 
 def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, engine_for=None,
                   progress: bool = True, source: str = "clean_labels",
                   juries: list | None = None) -> dict[str, np.ndarray]:
-    """Every voter's scores per pair ({voter name: (n,) array}). `juries`, when given, receives each
-    jury voter's per-juror verdicts (`judges.jury.JurorVerdicts`), for the card's bias figures."""
+    """Every voter's scores per pair ({voter name: (n,) array}), each voter looked up in the registry
+    (`rewards.voters.VOTERS`). `juries`, when given, receives each jury voter's per-juror verdicts
+    (`judges.jury.JurorVerdicts`), for the card's bias figures."""
     from prefdata.errors import DataError
     from prefdata.rewards import voters as V
 
     if table.num_rows == 0:  # before any model loads: nothing to vote on is a data error, not a crash
         raise DataError("the dataset has no pairs to vote on", file=source)
+    ctx = V.VoteContext(seed=seed, progress=progress, source=source, engine_for=engine_for, juries=juries)
     out: dict[str, np.ndarray] = {}
     for spec in cfg.voters:
-        if isinstance(spec, V.ColumnVoter):
-            from prefdata.rewards.columns import column_votes
-
-            out.update(column_votes(table, spec, source=source))
-        elif isinstance(spec, V.HeadsVoter):
-            out.update(V.heads_votes(table, spec, seed=seed, progress=progress))
-        elif isinstance(spec, V.RewardModelVoter):
-            out.update(V.reward_model_votes(table, spec, progress=progress))
-        elif isinstance(spec, V.FinetunedRMVoter):
-            from prefdata.rewards.finetuned import finetuned_votes
-
-            out.update(finetuned_votes(table, spec, seed=seed, progress=progress))
-        else:
-            if engine_for is None:
-                from prefdata.errors import ConfigError
-
-                raise ConfigError("a judge voter needs an engine (run it inside a pipeline or pass engine_for)")
-            if isinstance(spec, V.JuryVoter):
-                from prefdata.judges.jury import JuryConfig, jury_votes
-
-                out.update(jury_votes(table, JuryConfig(judges=spec.judges, seed=spec.seed), engine_for,
-                                      progress=progress, keep=juries))
-            else:
-                out.update(V.judge_votes(table, engine_for(spec.engine)))
+        out.update(V.vote_with(spec, table, ctx))
     return out
 
 

@@ -12,7 +12,9 @@ Voters of different kinds mix freely in one vote; `curation.vote` standardises t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal, Union
 
 import numpy as np
 import pyarrow as pa
@@ -98,7 +100,84 @@ class JuryVoter(BaseModel):
     seed: int = Field(0, description="Sampling seed passed to every juror's engine.")
 
 
-VoterSpec = Annotated[HeadsVoter | RewardModelVoter | JudgeVoter | FinetunedRMVoter | JuryVoter | ColumnVoter,
+# ----------------------------------------------------------------------------- the registry
+# One record per voter type: its config class and the function that votes. Adding a voter is one
+# `register_voter` call beside its config (CONTRIBUTING.md); `clean_labels` looks voters up here.
+
+
+@dataclass
+class VoteContext:
+    """What a voter may use besides the pairs and its own config."""
+
+    seed: int = 0
+    progress: bool = True
+    source: str = "clean_labels"
+    engine_for: Callable | None = None  # EngineOverrides -> engine (judges); None outside a pipeline
+    juries: list | None = None  # receives each jury voter's per-juror verdicts, for the card
+
+
+@dataclass(frozen=True)
+class VoterRecord:
+    spec: type[BaseModel]
+    vote: Callable  # (table, spec, VoteContext) -> {voter name: (n,) scores}
+    needs_engine: bool = False
+
+
+VOTERS: dict[str, VoterRecord] = {}
+
+
+def register_voter(spec: type[BaseModel], vote: Callable, *, needs_engine: bool = False) -> None:
+    VOTERS[spec.model_fields["type"].default] = VoterRecord(spec, vote, needs_engine)
+
+
+def vote_with(spec: BaseModel, table: pa.Table, ctx: VoteContext) -> dict[str, np.ndarray]:
+    rec = VOTERS[spec.type]
+    if rec.needs_engine and ctx.engine_for is None:
+        from prefdata.errors import ConfigError
+
+        raise ConfigError(f"a {spec.type} voter needs an engine (run it inside a pipeline or pass engine_for)")
+    return rec.vote(table, spec, ctx)
+
+
+def _heads(table, spec, ctx):
+    return heads_votes(table, spec, seed=ctx.seed, progress=ctx.progress)
+
+
+def _reward_model(table, spec, ctx):
+    return reward_model_votes(table, spec, progress=ctx.progress)
+
+
+def _finetuned(table, spec, ctx):
+    from prefdata.rewards.finetuned import finetuned_votes
+
+    return finetuned_votes(table, spec, seed=ctx.seed, progress=ctx.progress)
+
+
+def _judge(table, spec, ctx):
+    return judge_votes(table, ctx.engine_for(spec.engine))
+
+
+def _jury(table, spec, ctx):
+    from prefdata.judges.jury import JuryConfig, jury_votes
+
+    return jury_votes(table, JuryConfig(judges=spec.judges, seed=spec.seed), ctx.engine_for, progress=ctx.progress,
+                      keep=ctx.juries)
+
+
+def _column(table, spec, ctx):
+    from prefdata.rewards.columns import column_votes
+
+    return column_votes(table, spec, source=ctx.source)
+
+
+register_voter(HeadsVoter, _heads)
+register_voter(RewardModelVoter, _reward_model)
+register_voter(FinetunedRMVoter, _finetuned)
+register_voter(JudgeVoter, _judge, needs_engine=True)
+register_voter(JuryVoter, _jury, needs_engine=True)
+register_voter(ColumnVoter, _column)
+
+VoterSpec = Annotated[Union[tuple(r.spec for r in VOTERS.values())],  # noqa: UP007 - built from the registry
                       Field(discriminator="type")]
 
 
