@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefdata.store.core import pid_alive
+
 STAMP = "step.json"
 MODEL_ROOTS = ("pipelines", "trained")  # models/<root>/<name>/<folder>: pipeline train steps, `prefdata train`
 # What makes `<folder>/model` a model: a transformers checkpoint, a LoRA adapter, or armo's heads.
@@ -256,16 +258,6 @@ def default_model_name(kind: str, dataset: str) -> str:
     base = Path(dataset).name.split(".")[0] if ("/" in dataset or Path(dataset).suffix) else dataset.split("@")[0]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{kind}-{base}").strip("-._")[:128]
     return check_model_name(name or kind)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def sweep_stale(folder: Path) -> list[Path]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prefdata import artifacts
 from prefdata.artifacts import Artifact
+from prefdata.store.core import pid_alive
 
 
 @dataclass
@@ -158,7 +159,7 @@ def dead_folders(home: Path) -> list[Path]:
             for sub in sorted(d.iterdir()):
                 if sub.is_dir() and not sub.name.startswith("."):
                     found += [p for p in sub.iterdir()
-                              if (m := _INNER.match(p.name)) and not artifacts.pid_alive(int(m.group(1)))]
+                              if (m := _INNER.match(p.name)) and not pid_alive(int(m.group(1)))]
     return found
 
 

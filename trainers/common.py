@@ -630,7 +630,7 @@ def holds_model(folder: Path) -> bool:
 def _recover(target: Path) -> None:
     """Leftovers of runs into `target` whose process is gone: a temporary folder is removed; a model a
     killed swap had put aside (its new one not yet in place) goes back to `target`."""
-    from prefdata.artifacts import pid_alive
+    from prefdata.store.core import pid_alive
 
     parent = target.parent
     if not parent.is_dir():

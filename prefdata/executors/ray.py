@@ -85,6 +85,7 @@ from typing import Any
 from prefdata.engines.base import ChatRequest, Completion, SamplingParams
 from prefdata.errors import PrefdataError
 from prefdata.executors import ExecutorConfig
+from prefdata.store.core import pid_alive
 
 USAGE_COUNTERS = ("requests", "generated_tokens", "failed", "retries", "prompt_tokens", "completion_tokens")
 STALE_S = 3600.0  # a pool marker untouched this long belongs to a dead driver on another host
@@ -250,16 +251,6 @@ def _connect(address: str | None) -> None:
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 class RayEngine:
     """Same interface as `CachedEngine`; every call runs on this engine config's pool of Ray actors."""
 
@@ -356,7 +347,7 @@ class RayEngine:
             try:
                 owner = json.loads(marker.read_text())
                 same_host = owner.get("host") == host
-                alive = _pid_alive(int(owner["pid"])) if same_host else now - marker.stat().st_mtime < STALE_S
+                alive = pid_alive(int(owner["pid"])) if same_host else now - marker.stat().st_mtime < STALE_S
             except (OSError, ValueError, KeyError, TypeError):
                 alive = False
             if alive and pool != self.pool_id:

@@ -199,3 +199,11 @@ def _backend_rewards(spec: RewardModelVoter, groups: list[list[Messages]], *, un
             r = scorer.rewards(token_ids(tok, spec, g), advance) if g else np.zeros(0)
             out.append(apply_reward_norm(local, r) if local else r)  # whiten: true models, as above
     return out
+
+
+def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool = True) -> dict[str, np.ndarray]:
+    """d = r(prompt + chosen) - r(prompt + rejected) from a scalar reward model (`reward_model.py`)."""
+    prompts = table.column("prompt").to_pylist()
+    chosen, rejected = ([p + a for p, a in zip(prompts, table.column(col).to_pylist())] for col in ("chosen", "rejected"))
+    rc, rr = conversation_rewards(spec, [chosen, rejected], progress=progress)
+    return {f"rm:{spec.model}": rc - rr}

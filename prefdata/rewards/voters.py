@@ -18,13 +18,13 @@ from typing import Annotated, Literal, Union
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines import EngineOverrides
 from prefdata.judges.jury import JurorConfig
-from prefdata.models import DEFAULT_MODEL
 from prefdata.rewards.columns import ColumnVoter
-from prefdata.rewards.reward_model import RewardModelVoter  # defined there (score.py needs it too)
+from prefdata.rewards.finetuned import FinetunedRMVoter  # each spec beside its method; registered below
+from prefdata.rewards.reward_model import RewardModelVoter, reward_model_votes
 
 
 class HeadsVoter(BaseModel):
@@ -54,40 +54,6 @@ class JudgeVoter(BaseModel):
     type: Literal["judge"] = "judge"
     engine: EngineOverrides = Field(default_factory=EngineOverrides,
                                     description="Engine overrides (default: the pipeline's engine).")
-
-
-class FinetunedRMVoter(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    type: Literal["finetuned_rm"] = "finetuned_rm"
-    model: str = Field(DEFAULT_MODEL, description="Backbone to fine-tune: hub id or local path; the default is the "
-                       "embedded SmolLM2-135M-Instruct, so it works offline.")
-    folds: int = Field(2, ge=2, le=20, description="Cross-fitting folds, in [2, 20]. Each fold trains one model, so "
-                       "cost grows linearly; 2 is the cheapest setting that still holds every pair out.")
-    lora: bool = Field(True, description="Train LoRA adapters (r=8, all linear layers) instead of all weights: "
-                       "~10x less optimizer memory and far less overfitting on a few thousand pairs.")
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps per fold, >= 1, or -1 for one pass over the "
-                           "fold's training pairs. One epoch is the usual reward-model budget (InstructGPT); "
-                           "more overfits the labels we are trying to check.")
-    learning_rate: float = Field(1e-4, gt=0, le=1, description="AdamW step size, in (0, 1]. LoRA wants ~10x the "
-                                 "full fine-tuning rate; 1e-4 is the common LoRA reward-model setting.")
-    max_length: int = Field(512, ge=16, le=131072, description="Tokens per prompt+answer, in [16, 131072]. Training "
-                            "drops longer pairs (TRL's reward trainer); scoring truncates from the left so the "
-                            "answer being judged is kept.")
-    batch_size: int = Field(8, ge=1, le=1024, description="Pairs per step (training) and texts per forward pass "
-                            "(scoring), in [1, 1024]; lower it when memory runs out.")
-    seed: int | None = Field(None, description="Seed for folds, subsets, head init and data order; default the "
-                             "caller's seed, so a rerun of the step reproduces the vote.")
-    subset: int | None = Field(None, ge=2, description="Train each fold's model on at most this many pairs "
-                               "(>= 2, drawn at random); for CPU runs. Every pair is still scored.")
-    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only); off "
-                                    "by default because it runs code from the model's repository.")
-
-    @field_validator("max_steps")
-    @classmethod
-    def _steps(cls, v: int) -> int:
-        if v == 0:  # HF reads 0 as "use epochs"; refuse it rather than train a surprise epoch
-            raise ValueError("max_steps must be >= 1, or -1 for one pass over the training pairs")
-        return v
 
 
 class JuryVoter(BaseModel):
@@ -195,16 +161,6 @@ def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, pr
     if spec.logprob and np.isfinite(lp).all():
         out[f"lm:{spec.backbone}"] = lp
     return out
-
-
-def reward_model_votes(table: pa.Table, spec: RewardModelVoter, progress: bool = True) -> dict[str, np.ndarray]:
-    """d = r(prompt + chosen) - r(prompt + rejected) from a scalar reward model (`reward_model.py`)."""
-    from prefdata.rewards.reward_model import conversation_rewards
-
-    prompts = table.column("prompt").to_pylist()
-    chosen, rejected = ([p + a for p, a in zip(prompts, table.column(col).to_pylist())] for col in ("chosen", "rejected"))
-    rc, rr = conversation_rewards(spec, [chosen, rejected], progress=progress)
-    return {f"rm:{spec.model}": rc - rr}
 
 
 def judge_votes(table: pa.Table, engine, name: str = "judge") -> dict[str, np.ndarray]:

@@ -378,12 +378,13 @@ _TMP_RE = re.compile(r"^\.tmp-(\d+)-[0-9a-f]+$")  # .tmp-<owner pid>-<uuid>
 _LEGACY_TMP_AGE_S = 6 * 3600  # temp dirs without an owner pid (older prefdata) keep the old age guard
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running on this host? (The one check behind every stale-lock and temp sweep.)"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except OSError:  # PermissionError: it exists, owned by someone else
         return True
     return True
 
@@ -398,7 +399,7 @@ def _sweep_stale(dir_: Path) -> None:
             if m:
                 owner = p / ".owner"
                 host = json.loads(owner.read_text()).get("host") if owner.is_file() else _HOST
-                if host != _HOST or _pid_alive(int(m.group(1))):
+                if host != _HOST or pid_alive(int(m.group(1))):
                     continue
             elif time.time() - p.stat().st_mtime <= _LEGACY_TMP_AGE_S:
                 continue
