@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefdata.errors import ConfigError
-
 from prefdata.steps import StepResult, register_step
 
 KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro", "armo")
@@ -30,7 +29,8 @@ KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro", "armo")
 
 def trainer(kind: str):
     """The trainer module, imported on first use: each pulls in torch and TRL (seconds), which a
-    pipeline without train steps should not pay for. Plain imports, so the import graph sees them."""
+    pipeline without train steps should not pay for. Plain imports, so the import graph sees them.
+    The one lookup of trainers: pipeline steps and `prefdata train` both come here."""
     if kind == "sft":
         from trainers import sft as mod
     elif kind == "dpo":
@@ -45,9 +45,12 @@ def trainer(kind: str):
         from trainers import pro as mod
     elif kind == "armo":
         from trainers import armo as mod
-    else:
+    elif kind == "reward":
         from trainers import reward as mod
+    else:
+        raise ConfigError(f"unknown trainer '{kind}' (known: {', '.join(KINDS)})")
     return mod
+
 
 PIPELINE_OWNED = ("dataset", "output_dir")  # set from the step's input and folder, never in YAML
 
