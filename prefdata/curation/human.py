@@ -212,6 +212,9 @@ def format_gold(r: dict) -> str:
     fams = "\n".join(f"| {f} | {v['kind']} | {v['accuracy']:.3f} ({v['accuracy_interval'][0]:.2f}–{v['accuracy_interval'][1]:.2f}) | "
                       f"{v['weight']:+.2f} | {v['voted']:.0%} | {v['ties']:.0%} |" for f, v in r.get("families", {}).items())
     head = ("" if r.get("can_judge", True) else f"CANNOT JUDGE: {r['verdict']}\n")
+    if r["true_noise_rate"] in (0, 1):
+        head += ("every matched gold pair says the stored label is " + ("right" if r["true_noise_rate"] == 0 else "wrong")
+                 + ": ROC-AUC and precision are undefined (nan, —); accuracy and ECE still hold\n")
     noise = (f"noise rate: estimated {r['estimated_noise_rate']:.3f} (90% interval {lo:.3f} – {hi:.3f}), "
              if r.get("can_judge", True) else f"noise rate: unknown (90% interval {lo:.3f} – {hi:.3f}), ")
     return (f"{head}pairs {r['pairs']}, matched to gold {r['matched']}\n"
