@@ -76,9 +76,20 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
     if isinstance(held, dict):
         # Pair trainers hold out pairs; the ranking trainers hold out prompts with all their candidates.
         count = f"{held['groups']} prompts" if "groups" in held else f"{held.get('pairs', '?')} pairs"
-        lines += [f"## Held-out evaluation ({count})", "", "| metric | value |", "|---|---|",
-                  *[f"| {k} | {v:.4f} |" for k, v in held.items() if k not in ("pairs", "groups")
-                    and isinstance(v, float)], ""]
+        n = held.get("groups", held.get("pairs"))
+        rows = []
+        for k, v in held.items():
+            if k in ("pairs", "groups") or not isinstance(v, float):
+                continue
+            if "accuracy" in k and isinstance(n, int) and n > 0:
+                lo, hi = wilson(v, n)
+                rows.append(f"| {k} | {v:.4f} (90% interval {lo:.2f} – {hi:.2f}) |")
+            else:
+                rows.append(f"| {k} | {v:.4f} |")
+        few = (f"Only {n} held-out {'prompts' if 'groups' in held else 'pairs'}: read the accuracy by its interval, "
+               "not its digits." if isinstance(n, int) and n < 50 else "")
+        lines += [f"## Held-out evaluation ({count})", "", "| metric | value |", "|---|---|", *rows, "",
+                  *([few, ""] if few else [])]
     if png:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     (out / "README.md").write_text("\n".join(lines))
@@ -86,3 +97,12 @@ def write_model_card(out_dir: str, kind: str, cfg, prov: dict, log_history: list
         {"kind": kind, **status, "config": cfg_dict, **prov, "adapter": adapter, "result": result,
          "versions": _versions(), "curves": curve_series(log_history)}, indent=2, default=str))
     return out / "README.md"
+
+
+def wilson(p: float, n: int, z: float = 1.6448536269514722) -> tuple[float, float]:
+    """Wilson score interval (90% by default) for a proportion p observed on n trials: unlike p +- z*se
+    it stays inside [0, 1] and is not zero-width at p = 0 or 1 (7 of 7 right is 0.69 - 1.00)."""
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
