@@ -506,3 +506,22 @@ def test_trainer_config_nested_too_deep_is_one_line(tmp_path, capsys):
     code, _, err = cli(capsys, "train", "dpo", "--dataset", "nothing@v1", "--config", p)
     line = one_error_line(code, err)
     assert str(p) in line and "nested too deeply" in line and "internal error" not in line, line
+
+
+def test_identical_samples_at_temperature_warn_once(capsys):
+    # A server that ignores the temperature (generation_config with do_sample false) returns the same
+    # text N times: best-of-N is then one answer, and the user is told once.
+    from prefdata.engines import CachedEngine
+    from prefdata.engines.base import ChatRequest, SamplingParams
+    from prefdata.engines.scripted import ScriptedEngine
+
+    eng = CachedEngine(ScriptedEngine(lambda req, s: "same answer"), None)
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(4)]
+    eng.generate(reqs, SamplingParams(n=3, temperature=0.8))
+    eng.generate(reqs, SamplingParams(n=3, temperature=0.8))
+    err = capsys.readouterr().err
+    assert err.count("identical samples for 4 of 4 prompts at temperature 0.8") == 1
+    varied = CachedEngine(ScriptedEngine(lambda req, s: f"answer {s}"), None)
+    varied.generate(reqs, SamplingParams(n=3, temperature=0.8))
+    CachedEngine(ScriptedEngine(lambda req, s: "same"), None).generate(reqs, SamplingParams(n=3, temperature=0.0))
+    assert "identical samples" not in capsys.readouterr().err

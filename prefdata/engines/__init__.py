@@ -149,7 +149,27 @@ class CachedEngine:
             outs = self.backend.generate_samples([(requests[i], s) for i, s in todo], params, on_batch=save)
             if len(hits) - saved_before < len(todo):  # a backend that does not report batches
                 save(list(range(len(todo))), outs)
-        return [[hits[k] for k in ks] for ks in keys]
+        out = [[hits[k] for k in ks] for ks in keys]
+        if params.n > 1 and params.temperature > 0 and not self._warned_identical:
+            self._check_identical(out, params)
+        return out
+
+    _warned_identical = False
+
+    def _check_identical(self, out: list[list[Completion]], params: SamplingParams) -> None:
+        """Warn once when every sample of most prompts is the same text although the temperature asks
+        for variety: the server is likely not sampling (a model's generation_config can set
+        do_sample false on `transformers serve`), and best-of-N or self-consistency is then one answer."""
+        import sys
+
+        groups = [[c.text for c in cs if c.finish_reason != "error"] for cs in out]
+        groups = [g for g in groups if len(g) > 1]
+        same = sum(len(set(g)) == 1 for g in groups)
+        if groups and same >= max(1, len(groups) // 2):
+            self._warned_identical = True
+            print(f"warning: {self.name} ({self.model_id}) gave {params.n} identical samples for {same} of "
+                  f"{len(groups)} prompts at temperature {params.temperature:g}: it is probably not sampling "
+                  "(check the model's generation_config or the server's sampling settings)", file=sys.stderr)
 
     def score(self, requests: list[ChatRequest], completions: list[str]) -> list[float]:
         keys = [score_key(self.cache_id, r, c) for r, c in zip(requests, completions)]
