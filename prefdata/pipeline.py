@@ -28,7 +28,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prefdata
-from prefdata import artifacts, costs, interrupts, progress, step_health
+from prefdata import artifacts, costs, interrupts, progress, quality, step_health
 from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_yaml  # noqa: F401  (re-exports)
 from prefdata.costs import BudgetSpec, Meter
 from prefdata.engines import EngineOverrides, overrides_dict
@@ -554,6 +554,8 @@ class _Run:
                 **loop,
                 **first.lineage,
             }
+            if n_shards > 1 and lineage.get("description"):  # measured again over every shard's summed counts
+                lineage["description"] = quality.restate(lineage.get("description"), report)
             # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
             lineage, card_sections = redact_obj(lineage), redact_obj(card_sections)
             # A signal inside is held until the block ends: a step's versions are written whole or not at all.
@@ -571,7 +573,8 @@ class _Run:
                 version = sink.commit(sink.main, kind=first.kind, lineage=lineage, command=command,
                                       card_sections=card_sections, figures=first.figures)
         failed = f", {ctx.counts.failed} failed requests (rerun to retry)" if ctx.counts.failed else ""
-        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s{failed}")
+        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s{failed}"
+                      + quality.run_line(report), soft_wrap=True)
         return version
 
     def artifact_step(self, step, stype, step_cfg, table, ctx, engine_cfg, fp, parents, loop, console):

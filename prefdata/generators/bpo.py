@@ -19,6 +19,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from prefdata import quality
 from prefdata.engines import EngineOverrides
 from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
@@ -94,21 +95,26 @@ def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = 
         instruction=last_user_text(r["prompt"]), good=r["chosen"][-1]["content"], bad=r["rejected"][-1]["content"])}],
         template_version=TEMPLATE_VERSION) for r in rows]
     ok: dict[str, tuple[str, str]] = {}
+    outputs = Counter()  # tagged answers checked (retries included) and those that did not parse
 
     def check(text: str) -> str | None:
         comp, opt, why = parse_construct(text)
+        outputs["checked"] += 1
         if why is None:
             ok[text] = (comp, opt)
+        else:
+            outputs["unparseable"] += 1
         return why
 
     params = cfg.sampling(seed)
+    finish: list = []
     if cfg.format == "two_step":
-        texts, reasons = _two_step(rows, engine, params, cfg.max_retries, ok)
+        texts, reasons = _two_step(rows, engine, params, cfg.max_retries, ok, finish)
     else:
         texts, reasons, _ = sample_with_retries(engine, reqs, params, cfg.max_retries, check=check,
-                                                post=lambda t: t.strip())
+                                                post=lambda t: t.strip(), finish=finish)
     out, dropped = [], Counter()
-    for r, t, why in zip(rows, texts, reasons):
+    for r, t, why, fin in zip(rows, texts, reasons, finish):
         if t is None:
             dropped[why or "unparseable"] += 1
             continue
@@ -121,26 +127,32 @@ def construct(pairs: pa.Table, engine: Engine, config: ConstructConfig | None = 
         out.append({"id": content_id(orig, opt), "prompt": [{"role": "user", "content": orig}],
                     "optimized_prompt": opt, "comparison": comp, "raw": t, "source": r.get("source"),
                     "meta": json.dumps({"pair_id": r["id"], "template": TEMPLATE_VERSION, "format": cfg.format,
-                                        "turns": sum(m["role"] == "user" for m in r["prompt"])})})
+                                        "turns": sum(m["role"] == "user" for m in r["prompt"]), "finish_reason": fin})})
     if report is not None:
         report.update({"input_examples": len(rows), "rows": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
+        if cfg.format == "tagged":  # two_step answers are plain text: nothing to parse
+            report["tagged_outputs"] = {"checked": outputs["checked"], "unparseable": outputs["unparseable"]}
     return pa.Table.from_pylist(out, schema=BPO_ROWS)
 
 
-def _two_step(rows, engine, params, max_retries, ok):
-    """Comparison, then the optimized instruction; returns texts keyed into `ok` like the tagged path."""
+def _two_step(rows, engine, params, max_retries, ok, finish):
+    """Comparison, then the optimized instruction; returns texts keyed into `ok` like the tagged path,
+    and fills `finish` with the optimized instruction's finish reason per row."""
     args = [dict(instruction=last_user_text(r["prompt"]), good=r["chosen"][-1]["content"], bad=r["rejected"][-1]["content"])
             for r in rows]
     comps, why_c, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": tpl.COMPARE_PROMPT.format(**a)}],
                                                                template_version=TEMPLATE_VERSION + "+compare") for a in args],
                                           params, max_retries)
     todo = [i for i, c in enumerate(comps) if c is not None]
+    fin_o: list = []
     opts, why_o, _ = sample_with_retries(engine, [ChatRequest(messages=[{"role": "user", "content": tpl.OPTIMIZE_PROMPT.format(
         instruction=args[i]["instruction"], comparison=comps[i])}], template_version=TEMPLATE_VERSION + "+optimize")
-        for i in todo], params, max_retries)
+        for i in todo], params, max_retries, finish=fin_o)
     texts, reasons = [None] * len(rows), [f"comparison {w}" if w else None for w in why_c]
-    for i, o, w in zip(todo, opts, why_o):
+    finish[:] = [None] * len(rows)
+    for i, o, w, f in zip(todo, opts, why_o, fin_o):
+        finish[i] = f
         if o is None:
             reasons[i] = f"optimized instruction {w}"
             continue
@@ -178,9 +190,10 @@ def rewrite(prompts: pa.Table, engine: Engine, config: RewriteConfig | None = No
     rows = prompts.select(["id", "prompt"]).to_pylist()
     reqs = [ChatRequest(messages=[{"role": "user", "content": REWRITER_INSTRUCTION.format(prompt=last_user_text(r["prompt"]))}],
                         template_version=REWRITER_TEMPLATE_VERSION, request_id=r["id"]) for r in rows]
-    texts, reasons, _ = sample_with_retries(engine, reqs, cfg.sampling(seed), cfg.max_retries)
+    finish: list = []
+    texts, reasons, _ = sample_with_retries(engine, reqs, cfg.sampling(seed), cfg.max_retries, finish=finish)
     out, dropped = [], Counter()
-    for r, t, why in zip(rows, texts, reasons):
+    for r, t, why, fin in zip(rows, texts, reasons, finish):
         # The same length-ratio filter as construction: a rewrite that lost or swamped the request is
         # not that request any more.
         lf = length_filter(last_user_text(r["prompt"]), t) if t is not None else None
@@ -188,7 +201,8 @@ def rewrite(prompts: pa.Table, engine: Engine, config: RewriteConfig | None = No
             dropped[lf or (f"rewrite {why}" if t is None else "leftover markers in the rewrite")] += 1
             continue
         out.append({"id": r["id"], "prompt": r["prompt"], "optimized_prompt": t,
-                    "meta": json.dumps({"rewriter": cfg.rewriter_model or "zero-shot", "template": REWRITER_TEMPLATE_VERSION})})
+                    "meta": json.dumps({"rewriter": cfg.rewriter_model or "zero-shot", "template": REWRITER_TEMPLATE_VERSION,
+                                        "finish_reason": fin})})
     if report is not None:
         report.update({"input_examples": len(rows), "rows": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
@@ -233,6 +247,8 @@ def evaluate(rows: pa.Table, target: Engine, judge_engine: Engine, config: Evalu
                       "prompt": pa.array([r["prompt"] for r in data], MESSAGES),
                       "optimized_prompt": pa.array([r["optimized_prompt"] for r in data], pa.string()),
                       "answer_original": pa.array(a_orig, pa.string()), "answer_optimized": pa.array(a_opt, pa.string()),
+                      "finish_original": pa.array([o[0].finish_reason for o in orig], pa.string()),
+                      "finish_optimized": pa.array([o[0].finish_reason for o in opt], pa.string()),
                       "optimized_wins": pa.array(verdicts, pa.float64()),
                       "judge_raw_ab": pa.array(raw_ab, pa.string()), "judge_raw_ba": pa.array(raw_ba, pa.string())})
     return table, stats
@@ -260,21 +276,34 @@ def _ratio_figure(table: pa.Table, title: str):
     return fig
 
 
+def _rewrite_quality(table: pa.Table, parse: dict | None = None) -> dict:
+    """Quality counts of (original, optimized prompt) rows: optimized vs original, finish reasons
+    from meta, and the tagged answers that did not parse (construct, tagged format)."""
+    cols = table.select(["prompt", "optimized_prompt", "meta"]).to_pydict()
+    return quality.measure(cols["optimized_prompt"], [last_user_text(p) for p in cols["prompt"]], kind="rewrite",
+                           finish=[json.loads(m).get("finish_reason") for m in cols["meta"]],
+                           parse=(parse["checked"], parse["unparseable"]) if parse else None,
+                           parse_what="tagged answers")
+
+
 @step("bpo_construct", config=ConstructConfig, input="pair", output="bpo")
 def _step_construct(cfg: ConstructConfig, table: pa.Table, ctx):
     from prefdata.schema import conform
 
     report: dict = {}
     out = construct(conform(table, "pair"), ctx.engine(), cfg, seed=ctx.seed, report=report)
+    q = _rewrite_quality(out, report.get("tagged_outputs"))
     sections, figures = generator_card(
         ("BPO construction", f"{report['rows']} optimized instructions from {report['input_examples']} preference "
          f"pairs ({cfg.format} prompts; Cheng et al. 2023, arXiv 2311.04155). Filters: orig/opt > 2 or opt/orig > 6 "
          "words, leftover markers. Rows: (prompt, optimized_prompt, comparison, raw); the source column keeps "
-         "the pair set each came from."), out, report, examples=_bpo_examples(out))
+         "the pair set each came from."), out, report, examples=_bpo_examples(out),
+        quality=q)
     if len(out) and draws_figures(ctx):
         figures["length_ratio"] = _ratio_figure(out, "BPO construction: length ratio")
     return StepResult(tables={"train": out}, kind="bpo", report=report, card_sections=sections, figures=figures,
-                      lineage={"templates": {"bpo_construct": TEMPLATE_VERSION + ("+two-step" if cfg.format == "two_step" else "")}})
+                      lineage={"description": quality.headline(q),
+                               "templates": {"bpo_construct": TEMPLATE_VERSION + ("+two-step" if cfg.format == "two_step" else "")}})
 
 
 @step("bpo_rewrite", config=RewriteConfig, input="prompt", output="bpo")
@@ -285,14 +314,16 @@ def _step_rewrite(cfg: RewriteConfig, table: pa.Table, ctx):
     # whatever backend the rest of the pipeline uses.
     engine = ctx.engine({"backend": "transformers", "model": cfg.rewriter_model}) if cfg.rewriter_model else ctx.engine()
     out = rewrite(table, engine, cfg, seed=ctx.seed, report=report)
+    q = _rewrite_quality(out)
     sections, figures = generator_card(
         ("BPO rewriting", f"{report['rows']} of {report['input_examples']} prompts rewritten by "
          f"{'`' + engine.model_id + '` (trained rewriter)' if cfg.rewriter_model else 'the zero-shot template on `' + engine.model_id + '`'} "
-         f"at T {cfg.temperature}, top-p {cfg.top_p}."), out, report, examples=_bpo_examples(out))
+         f"at T {cfg.temperature}, top-p {cfg.top_p}."), out, report, examples=_bpo_examples(out),
+        quality=q)
     if len(out) and draws_figures(ctx):
         figures["length_ratio"] = _ratio_figure(out, "BPO rewrite: length ratio")
     return StepResult(tables={"train": out}, kind="bpo", report=report, card_sections=sections, figures=figures,
-                      lineage={"templates": {"bpo_rewriter": REWRITER_TEMPLATE_VERSION},
+                      lineage={"description": quality.headline(q), "templates": {"bpo_rewriter": REWRITER_TEMPLATE_VERSION},
                                "rewriter_model": engine.model_id})
 
 
@@ -308,7 +339,14 @@ def _step_evaluate(cfg: EvaluateConfig, table: pa.Table, ctx):
     ex = "\n\n".join(f"- **original:** {last_user_text(r['prompt'])[:150]}\n  **optimized:** {r['optimized_prompt'][:150]}\n"
                       f"  **verdict:** {'optimized wins' if r['optimized_wins'] == 1.0 else 'original wins' if r['optimized_wins'] == 0.0 else 'tie'}"
                       for r in out.slice(0, 3).to_pylist()) or "(no rows)"
-    sections, _ = generator_card(("BPO evaluation (pairwise, position-swapped)", md), out, stats, examples=ex)
+    cols = out.select(["answer_optimized", "answer_original", "finish_optimized", "finish_original",
+                       "optimized_wins", "judge_raw_ab", "judge_raw_ba"]).to_pydict()
+    q = quality.measure(cols["answer_optimized"], cols["answer_original"], kind="answers",
+                        finish=cols["finish_optimized"] + cols["finish_original"], label_prob=cols["optimized_wins"],
+                        parse_what="judge verdicts",
+                        **quality.pairwise_judgements(cols["judge_raw_ab"], cols["judge_raw_ba"]))
+    sections, _ = generator_card(("BPO evaluation (pairwise, position-swapped)", md), out, stats, examples=ex,
+                                 quality=q)
     return StepResult(tables={"train": out}, kind="bpo_eval", report=stats, card_sections=sections,
-                      lineage={"templates": {"pairwise_judge": PairwiseJudge(method=cfg.judge_method).template_version},
+                      lineage={"description": quality.headline(q), "templates": {"pairwise_judge": PairwiseJudge(method=cfg.judge_method).template_version},
                                "target": target.model_id, "judge": judge.model_id})

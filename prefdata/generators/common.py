@@ -3,11 +3,13 @@
 - `SamplingConfig`: the sampling fields (temperature, top_p, max_tokens) every generator's Config
   extends, and `sampling()` turning them into the engine's SamplingParams with the pipeline's seed;
 - `sample_with_retries` with its output filters (`clean_output`, `degenerate_reason`);
-- `pair_table`: PAIR rows from dicts;
-- `generator_card`: the card sections and figures of a generator step, in one order.
+- `pair_table`: PAIR rows from dicts; `pair_quality`: the quality counts of PAIR rows;
+- `generator_card`: the card sections and figures of a generator step, in one order, opening with
+  the quality verdict (`prefdata.quality`: measured from the rows, the same checks for every generator).
 
 A new generator is one module (a Config extending SamplingConfig, `generate`, and an `@step`
-function returning `generator_card(...)`), one YAML in pipelines/ and one test; see
+function returning `generator_card(..., quality=pair_quality(...))` with
+`lineage["description"] = quality.headline(...)`), one YAML in pipelines/ and one test; see
 docs/CONTRIBUTING.md.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import replace
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata import quality as quality_checks
 from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
 from prefdata.schema import PAIR, content_id
 
@@ -77,18 +80,22 @@ def clean_output(text: str) -> str:
 def sample_with_retries(engine: Engine, requests: list[ChatRequest], params: SamplingParams,
                         max_retries: int,
                         check: Callable[[str], str | None] = degenerate_reason,
-                        post: Callable[[str], str] = clean_output) -> tuple[list[str | None], list[str | None], list[int]]:
+                        post: Callable[[str], str] = clean_output,
+                        finish: list | None = None) -> tuple[list[str | None], list[str | None], list[int]]:
     """One accepted output per request, retrying rejected ones with a new seed offset.
 
     Returns (texts, reasons, attempts): text None with the last rejection reason when every try
     failed, or at once on an engine error (the pipeline counts those as failed requests). Retries are deterministic (attempt k uses seed offset base + k), so a resumed run
-    hits the request cache for every attempt it already made.
+    hits the request cache for every attempt it already made. `finish`, when given, is filled with
+    each accepted output's finish_reason ("length": it stopped at max_tokens), None where none was.
     """
     n = len(requests)
     texts: list[str | None] = [None] * n
     reasons: list[str | None] = [None] * n
     attempts = [0] * n
     pending = list(range(n))
+    if finish is not None:
+        finish[:] = [None] * n
     one = replace(params, n=1)
     for attempt in range(max_retries + 1):
         if not pending:
@@ -108,6 +115,8 @@ def sample_with_retries(engine: Engine, requests: list[ChatRequest], params: Sam
             why = check(text)
             if why is None:
                 texts[i], reasons[i] = text, None
+                if finish is not None:
+                    finish[i] = comp.finish_reason
             else:
                 reasons[i] = why
                 still.append(i)
@@ -142,6 +151,14 @@ def pair_table(rows: list[dict]) -> pa.Table:
     for k, v in extra.items():
         table = table.append_column(k, pa.array(v))
     return table
+
+
+def pair_quality(table: pa.Table, **kwargs) -> dict:
+    """`prefdata.quality.measure` on PAIR rows: chosen vs rejected (last turn) and label_prob;
+    `kwargs` are measure's (finish, parse, parse_what, repeated)."""
+    cols = table.select(["chosen", "rejected", "label_prob"]).to_pydict()
+    return quality_checks.measure([m[-1]["content"] for m in cols["chosen"]], [m[-1]["content"] for m in cols["rejected"]],
+                           kind="pair", label_prob=cols["label_prob"], **kwargs)
 
 
 def drop_reasons_markdown(reasons: dict[str, int]) -> str:
@@ -186,16 +203,22 @@ def length_figure(table: pa.Table, title: str):
 
 def generator_card(summary: tuple[str, str], table: pa.Table, report: dict, *,
                    sections: list[tuple[str, str]] = (), examples: str | None = None,
-                   lengths_title: str | None = None, draw: bool = True) -> tuple[list[tuple[str, str]], dict]:
-    """(card sections, figures) of a generator step, in one order: what was made (`summary`, a
+                   lengths_title: str | None = None, draw: bool = True,
+                   quality: dict | None = None) -> tuple[list[tuple[str, str]], dict]:
+    """(card sections, figures) of a generator step, in one order: the quality verdict (`quality`,
+    counts from `prefdata.quality.measure`, when given), what was made (`summary`, a
     (title, text) pair), the generator's own `sections`, drop reasons (when the report has them),
-    examples (pairs by default, or the given markdown); figures: the chosen-vs-rejected length
+    examples (pairs by default, or the given markdown). `quality` is also stored as report["quality"].
+    Figures: the chosen-vs-rejected length
     histogram, keyed "lengths", when `lengths_title` is given, there are rows and `draw` is true.
     Pass `draw=draws_figures(ctx)`: a later shard's figures are thrown away unseen, and drawing one
     costs about as much as a shard's bookkeeping.
 
     Rows per split and per source are not here: the store card shows them for every version."""
     out = [summary, *sections]
+    if quality is not None:  # first, and in the report: the pipeline repeats its warnings on the step's line
+        out.insert(0, quality_checks.section(quality))
+        report["quality"] = quality
     if "drop_reasons" in report:
         out.append(("Drop reasons", drop_reasons_markdown(report["drop_reasons"])))
     out.append(("Examples", examples if examples is not None else examples_markdown(table)))

@@ -16,6 +16,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from prefdata import quality
 from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
     SamplingConfig,
@@ -24,6 +25,7 @@ from prefdata.generators.common import (
     degenerate_reason,
     draws_figures,
     generator_card,
+    pair_quality,
     pair_table,
     sample_with_retries,
 )
@@ -109,21 +111,23 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
     g_version = guideline_version(cfg)
     rows = prompts.select(["id", "prompt"]).to_pylist()
     params = cfg.sampling(seed)  # for y1 and for the edit
+    fin1: list = []
     y1s, why1, _ = sample_with_retries(engine, [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION)
-                                                for r in rows], params, cfg.max_retries)
+                                                for r in rows], params, cfg.max_retries, finish=fin1)
     dropped, todo = Counter(), []
-    for r, y1, w in zip(rows, y1s, why1):
+    for r, y1, w, f in zip(rows, y1s, why1, fin1):
         if y1 is None:
             dropped[f"first reply {w}"] += 1
         else:
-            todo.append((r, y1, direction(r["id"], seed, cfg.p_better)))
+            todo.append((r, y1, direction(r["id"], seed, cfg.p_better), f))
     seeded = cfg.aspect_choice == "seeded"
-    picked = {r["id"]: seeded_aspects(r["id"], seed, aspects) for r, _, _ in todo} if seeded else {}
+    picked = {r["id"]: seeded_aspects(r["id"], seed, aspects) for r, _, _, _ in todo} if seeded else {}
     edit_reqs = [ChatRequest(messages=[{"role": "user", "content": (tpl.EDIT_PROMPT_SEEDED if seeded else tpl.EDIT_PROMPT).format(
         question=last_user_text(r["prompt"]), draft=y1, direction=d,
         aspects=" and ".join(picked[r["id"]]) if seeded else ", ".join(aspects))}],
-        template_version=TEMPLATE_VERSION + ("+seeded" if seeded else "")) for r, y1, d in todo]
+        template_version=TEMPLATE_VERSION + ("+seeded" if seeded else "")) for r, y1, d, _ in todo]
     parsed = {}
+    outputs = Counter()  # every edit output checked, retries included, and those that did not parse
 
     def check(text: str) -> str | None:
         if seeded:
@@ -133,14 +137,18 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
                 parsed[text] = (None, resp)
             return why and f"edited response {why}"
         a, resp, why = parse_edit(text, aspects)
+        outputs["edits"] += 1
         if why is None:
             parsed[text] = (a, resp)
+        elif why.startswith(("unparseable", "edit names no aspect")):
+            outputs["unparseable"] += 1
         return why
 
+    fin2: list = []
     edits, why2, _ = sample_with_retries(engine, edit_reqs, params, cfg.max_retries, check=check,
-                                         post=lambda t: t.strip())
+                                         post=lambda t: t.strip(), finish=fin2)
     out = []
-    for (r, y1, d), e, w in zip(todo, edits, why2):
+    for (r, y1, d, f1), e, w, f2 in zip(todo, edits, why2, fin2):
         if e is None:
             dropped[w or "unparseable edit"] += 1
             continue
@@ -153,10 +161,13 @@ def generate(prompts: pa.Table, engine: Engine, config: ConditionalConfig | None
         out.append({"prompt": r["prompt"], "chosen": assistant(chosen), "rejected": assistant(rejected),
                     "source": f"{NAME}/{TEMPLATE_VERSION}",
                     "meta": {"prompt_id": r["id"], "direction": d, "aspects": changed, "guideline": cfg.guideline,
-                             "guideline_version": g_version, "raw_edit": e}})
+                             "guideline_version": g_version, "raw_edit": e,
+                             "finish_reasons": {"draft": f1, "edit": f2}}})
     if report is not None:
         report.update({"input_examples": len(rows), "pairs": len(out), "dropped": sum(dropped.values()),
                        "drop_reasons": dict(dropped)})
+        if not seeded:  # seeded edits are plain text: nothing to parse
+            report["edit_outputs"] = {"checked": outputs["edits"], "unparseable": outputs["unparseable"]}
     return pair_table(out)
 
 
@@ -169,14 +180,18 @@ def run_step(cfg: ConditionalConfig, table: pa.Table, ctx):
     metas = [json.loads(m) for m in pairs.column("meta").to_pylist()]
     dirs = Counter(m["direction"] for m in metas)
     asp = Counter(a for m in metas for a in m["aspects"])
+    eo = report.get("edit_outputs")
+    q = pair_quality(pairs, finish=[m["finish_reasons"][k] for m in metas for k in ("draft", "edit")],
+                     parse=(eo["checked"], eo["unparseable"]) if eo else None, parse_what="tagged edits")
     sections, figures = generator_card(
         ("Preference-conditional synthesis", f"{report['pairs']} pairs from {report['input_examples']} prompts. "
          "y2 edits y1 towards a seeded direction on named aspects; labels by construction (RMBoost, arXiv 2407.16008)."),
-        pairs, report, lengths_title="Conditional: chosen vs rejected length", draw=draws_figures(ctx),
+        pairs, report, lengths_title="Conditional: chosen vs rejected length", draw=draws_figures(ctx), quality=q,
         sections=[("Directions and aspects", f"guideline `{cfg.guideline}` ({guideline_version(cfg)}), aspects named by "
                    f"{'the seed' if cfg.aspect_choice == 'seeded' else 'the editor'}\n\n"
                    "directions: " + ", ".join(f"{k}: {v}" for k, v in sorted(dirs.items())) +
                    "\n\naspects edited: " + ", ".join(f"{k}: {v}" for k, v in asp.most_common()))])
     return StepResult(tables={"train": pairs}, card_sections=sections, figures=figures, report=report,
-                      lineage={"templates": {"conditional": TEMPLATE_VERSION, "aspect_guidelines": guideline_version(cfg)},
+                      lineage={"description": quality.headline(q),
+                               "templates": {"conditional": TEMPLATE_VERSION, "aspect_guidelines": guideline_version(cfg)},
                                "guideline": cfg.guideline})

@@ -1,5 +1,5 @@
 """RLCD for a medical assistant: the `rlcd` step with medical descriptor pairs and a card that says,
-first, that none of this is medical advice.
+first, that none of this is medical advice (RLCD's quality verdict line follows the notice).
 
 In the spirit of Zhongjing (Yang et al. 2023, arXiv 2308.03549), whose annotators ranked answers by
 safety first, then professional accuracy, then fluency: the positive descriptors ask for a safe answer
@@ -61,7 +61,8 @@ def run_step(cfg: MedicalRLCDConfig, table: pa.Table, ctx):
     """RLCD with medical descriptor pairs; the card opens with a not-medical-advice notice."""
     res = rlcd.run_step(cfg.rlcd_config(), table, ctx)
     res.card_sections.insert(0, ("Not medical advice", NOTICE))
-    res.lineage["description"] = (f"{NOTICE}\n\nMedical-assistant preference pairs made by contrastive prompting; "
-                                  f"see {CITATION}.")
+    # The notice first, then RLCD's quality verdict line.
+    res.lineage["description"] = (f"{NOTICE}\n\n{res.lineage['description']}\n\nMedical-assistant preference pairs "
+                                  f"made by contrastive prompting; see {CITATION}.")
     res.lineage["domain"] = {"name": "medical", "notice": NOTICE, "citation": CITATION}
     return res

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from prefdata import quality
 from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
     SamplingConfig,
@@ -44,6 +45,7 @@ from prefdata.generators.common import (
     degenerate_reason,
     generator_card,
     histogram_figure,
+    pair_quality,
     pair_table,
 )
 from prefdata.rewards import score as scoring
@@ -385,7 +387,24 @@ def rounds_markdown(rounds: list[dict]) -> str:
                              f"| {s['requests']} | {s['tokens']} |" for s in rounds])
 
 
-def card_sections(res: RejectionResult, cfg: RejectionSamplingConfig) -> list[tuple[str, str]]:
+def quality_counts(res: RejectionResult) -> dict:
+    """`prefdata.quality` counts of the rows: finish reasons of the candidates they use, the judge's
+    unparseable judgements and agreement (when a judge scored), labels of pairs."""
+    c = res.candidates.select(["prompt_id", "round", "sample", "finish_reason", "judge_scores"]).to_pydict()
+    fin = {(p, t, j): f for p, t, j, f in zip(c["prompt_id"], c["round"], c["sample"], c["finish_reason"])}
+    judged, lists = {}, c["judge_scores"]
+    if any(lists):  # a generating judge scored: its judgements per candidate (logprob judges write none)
+        judged = {"parse": (sum(len(x) for x in lists), sum(v is None for x in lists for v in x)),
+                  "parse_what": "judgements", "repeated": lists}
+    if res.kind == "pair":
+        metas = [json.loads(m) for m in res.rows.column("meta").to_pylist()]
+        return pair_quality(res.rows, finish=[fin.get((m["prompt_id"], m["round"], m[k])) for m in metas
+                                              for k in ("chosen_sample", "rejected_sample")], **judged)
+    return quality.measure([m[-1]["content"] for m in res.rows.column("completion").to_pylist()], kind="sft",
+                           finish=res.rows.column("finish_reason").to_pylist(), **judged)
+
+
+def card_sections(res: RejectionResult, cfg: RejectionSamplingConfig, q: dict | None = None) -> list[tuple[str, str]]:
     rep = res.report
     how = (f"RSO statistical rejection sampling (Liu et al. 2023, arXiv 2309.06657): each candidate accepted "
            f"with probability exp((r - r_max)/beta), beta = {cfg.beta:g}"
@@ -409,7 +428,7 @@ def card_sections(res: RejectionResult, cfg: RejectionSamplingConfig) -> list[tu
     examples = None if res.kind == "pair" else "\n".join(
         f"- ({r['score']:.3g}) {r['completion'][-1]['content'][:300]}" for r in res.rows.slice(0, 3).to_pylist()) \
         or "(no rows)"
-    sections, _ = generator_card(summary, res.rows, rep, examples=examples,
+    sections, _ = generator_card(summary, res.rows, rep, examples=examples, quality=q,
                                  sections=[("Rounds and acceptance", stop + "\n\n" + rounds_markdown(res.rounds))])
     return sections
 
@@ -429,8 +448,9 @@ def run_step(cfg: RejectionSamplingConfig, table: pa.Table, ctx):
     templates = {"rejection_sampling": TEMPLATE_VERSION}
     if res.report.get("judge_template"):
         templates["rubric_judge"] = res.report["judge_template"]
-    return StepResult(tables={"train": res.rows}, kind=res.kind, card_sections=card_sections(res, cfg),
+    q = quality_counts(res)
+    return StepResult(tables={"train": res.rows}, kind=res.kind, card_sections=card_sections(res, cfg, q),
                       figures=figures, report=res.report,
-                      lineage={"templates": templates, "scorer": res.scorer, "rounds": res.rounds,
+                      lineage={"description": quality.headline(q), "templates": templates, "scorer": res.scorer, "rounds": res.rounds,
                                "stopped_by": res.stopped_by},
                       side_tables={"candidates": ("completion", res.candidates)})

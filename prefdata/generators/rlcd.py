@@ -18,12 +18,14 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from prefdata import quality
 from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
     SamplingConfig,
     assistant,
     draws_figures,
     generator_card,
+    pair_quality,
     pair_table,
     sample_with_retries,
 )
@@ -99,7 +101,8 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
             requests.append(ChatRequest(messages=msgs, assistant_prefix=prefix, template_version=template_version,
                                         request_id=r["id"]))
     params = config.sampling(seed, stop=("\nHuman:", "\nUser:", "\n\nHuman"))
-    texts, reasons, attempts = sample_with_retries(engine, requests, params, config.max_retries)
+    finish: list = []
+    texts, reasons, attempts = sample_with_retries(engine, requests, params, config.max_retries, finish=finish)
 
     out, dropped = [], Counter()
     for k, (r, (prompt, i, pos, neg, set_name)) in enumerate(zip(rows, picks)):
@@ -117,7 +120,8 @@ def generate(prompts: pa.Table, engine: Engine, config: RLCDConfig | None = None
             "source": f"{NAME}/{template_version}",
             "meta": {"principle_set": set_name, "pair_index": i, "positive": pos, "negative": neg,
                      "principles_version": version, "prompt_id": r["id"],
-                     "attempts": [attempts[2 * k], attempts[2 * k + 1]]},
+                     "attempts": [attempts[2 * k], attempts[2 * k + 1]],
+                     "finish_reasons": [finish[2 * k], finish[2 * k + 1]]},
         })
     if config.rescore and out:
         rescore(out, engine, seed, method=config.rescore_method)
@@ -191,12 +195,17 @@ def run_step(cfg: RLCDConfig, table: pa.Table, ctx):
                             "label_prob 0.5, never a guess: soft losses keep it at 0.5, hard losses drop it."
                             "\n\n| verdict | pairs |\n|---|---|\n" +
                             "\n".join(f"| {k} | {v} |" for k, v in sorted(report.get("rescore", {}).items()))))
+    judged = (quality.pairwise_judgements(*zip(*(m["rescore_raw"] for m in metas))) if metas else
+              {"parse": (0, 0), "repeated": []}) if cfg.rescore else {}
+    q = pair_quality(pairs, finish=[f for m in metas for f in m["finish_reasons"]], parse_what="rescore verdicts",
+                     **judged)
     sections, figures = generator_card(
         ("RLCD generation", f"{report['pairs']} pairs from {report['input_examples']} prompts "
                             f"({report['dropped']} dropped). Chosen = continuation under the positive "
                             f"descriptor, rejected = under the negative one (Yang et al. 2023, arXiv 2307.12950)."),
-        pairs, report, sections=sections, lengths_title="RLCD: chosen vs rejected length", draw=draws_figures(ctx))
+        pairs, report, sections=sections, lengths_title="RLCD: chosen vs rejected length", draw=draws_figures(ctx),
+        quality=q)
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures,
-                      lineage={"templates": templates,
+                      lineage={"description": quality.headline(q), "templates": templates,
                                "seeds": {"pipeline": ctx.seed}},
                       report=report)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from prefdata import quality
 from prefdata.engines import EngineOverrides
 from prefdata.engines.base import ChatRequest, Engine
 from prefdata.generators.common import (
@@ -29,6 +30,7 @@ from prefdata.generators.common import (
     draws_figures,
     generator_card,
     histogram_figure,
+    pair_quality,
     pair_table,
 )
 from prefdata.judges import pointwise
@@ -145,13 +147,24 @@ def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
         f"| exact agreement between repeated judgements | {_fmt(agree['exact_agreement'])} |",
         f"| mean std of repeated judgements | {_fmt(agree['mean_within_std'])} |",
         "| judgement score distribution | " + (", ".join(f"{k}: {v}" for k, v in sorted(dist.items())) or "-") + " |"]))
+    cand = cands.select(["prompt_id", "finish_reason", "judge_scores"]).to_pydict()
+    fin, seen = {}, Counter()  # (prompt id, candidate index) -> finish reason; candidates are in sample order
+    for pid, f in zip(cand["prompt_id"], cand["finish_reason"]):
+        fin[(pid, seen[pid])] = f
+        seen[pid] += 1
+    metas = [json.loads(m) for m in pairs.column("meta").to_pylist()]
+    lists = cand["judge_scores"]
+    q = pair_quality(pairs, finish=[fin.get((m["prompt_id"], m[k])) for m in metas
+                                    for k in ("chosen_index", "rejected_index")],
+                     parse=(sum(len(x) for x in lists), sum(v is None for x in lists for v in x)),
+                     parse_what="judgements", repeated=lists)
     sections, figures = generator_card(
         ("Self-rewarding generation", f"{report['pairs']} pairs from {report['input_examples']} prompts; "
          f"{report['candidates']} candidates judged {cfg.judgements}x each by `{judge.model_id}` with an additive "
          f"5-point rubric (Yuan et al. 2024, arXiv 2401.10020). Chosen = best, rejected = worst, margin = score gap. "
          f"All candidates with raw judgements are in the `candidates` side table."),
         pairs, report, sections=[stats], lengths_title="Self-reward: chosen vs rejected length",
-        draw=draws_figures(ctx))
+        draw=draws_figures(ctx), quality=q)
     # Every candidate's scores, not only the paired ones: named apart from the store card's own
     # "scores" plot (chosen_score vs rejected_score of the pairs), which it would otherwise overwrite.
     if draws_figures(ctx):
@@ -159,7 +172,8 @@ def run_step(cfg: SelfRewardConfig, table: pa.Table, ctx):
                                                    "Self-reward: rubric scores of every candidate", "score (0-5)",
                                                    bins=[x / 4 for x in range(21)])
     return StepResult(tables={"train": pairs}, kind="pair", card_sections=sections, figures=figures, report=report,
-                      lineage={"templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION
+                      lineage={"description": quality.headline(q),
+                               "templates": {"self_reward": TEMPLATE_VERSION, "rubric_judge": pointwise.TEMPLATE_VERSION
                                              + ("+score-first" if cfg.judge_score_first else "")},
                                "judge_model": judge.model_id},
                       side_tables={"candidates": ("completion", cands)})
