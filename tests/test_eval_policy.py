@@ -79,6 +79,21 @@ def test_one_sided_lengths_are_flagged_as_extrapolation():
     assert r["win_rate"] == 1.0 and "extrapolation" in r["length_note"]
 
 
+def test_identical_answers_are_said_in_one_sentence():
+    """Issue 25 item 5: 0 wins, N ties, 0 losses without saying the two models answered alike."""
+    from prefdata.evals.policy import format_report
+
+    same = run(lambda a, b: "A", model=baseline)  # the policy is the baseline
+    assert (same["ties"], same["identical_answers"]) == (N, N)
+    assert "same answer to all 20 prompts" in same["identical_note"]
+    assert f"{same['identical_note']}." in format_report(same)
+    most = run(lambda a, b: "A", model=lambda i: baseline(i) if i < 15 else long_or_short(i))
+    assert most["identical_answers"] == 15 and "same answer to 15 of 20 prompts" in format_report(most)
+    few = run(lambda a, b: "A", model=lambda i: baseline(i) if i < 10 else long_or_short(i))  # half: not most
+    assert few["identical_answers"] == 10 and "identical_note" not in few
+    assert "same answer" not in format_report(few)
+
+
 def test_ranking_accuracies_from_scripted_scores():
     from prefdata.evals.ranking import RankingEvalConfig, run_ranking_eval
 
@@ -131,6 +146,12 @@ def test_cli_eval_policy_same_model_is_all_ties(tiny_model, tmp_path):
     # prompt is a tie and nothing counts as a win.
     assert r["prompts"] == 4 and r["ties"] == 4 and r["win_rate"] == 0.5
     assert all(row["model_answer"] == row["baseline_answer"] for row in r["rows"])
+    assert r["identical_answers"] == 4 and "same answer to all 4 prompts" in r["identical_note"]
+    # The plain report says it in one sentence (the answers come from the request cache this time).
+    res = _cli(["eval", "policy", "--model", tiny_model, "--baseline", tiny_model, "--prompts", str(f),
+                "--judge", tiny_model, "--judge-method", "logprob", "--max-tokens", "6"])
+    assert res.exit_code == 0, res.output
+    assert "The model and the baseline gave the same answer to all 4 prompts" in " ".join(res.output.split())
 
 
 def test_cli_eval_ranking_policy_equal_to_reference(tiny_model, tmp_path):

@@ -11,6 +11,7 @@ the fitted P(A wins) at x = 0, i.e. at equal length. Prompts where A is longer a
 is shorter are weighted to equal total weight before the fit: when the outcome is (nearly) decided
 by length alone the intercept is otherwise set by how unbalanced the two groups are, not by quality.
 With A longer (or shorter) on every prompt, equal length is outside the data; the report says so.
+When A and B answered most prompts identically, the report says that too: those ties measure nothing.
 Both rates get a percentile bootstrap interval over prompts.
 """
 
@@ -97,11 +98,24 @@ def summarize(y: list[float], a: list[str], b: list[str], cfg: PolicyEvalConfig)
         "mean_log_length_ratio": float(x.mean()) if n else float("nan"),
         "share_model_longer": float((x > 0).mean()) if n else float("nan"),
     }
+    same = sum(ta.strip() == tb.strip() for ta, tb in zip(a, b))
+    report["identical_answers"] = same
+    if n and same > n / 2:
+        report["identical_note"] = identical_note(same, n)
     if n and ((x > 0).all() or (x < 0).all()):
         report["length_note"] = ("the model's answer is " + ("longer" if (x > 0).all() else "shorter") +
                                  " on every prompt, so equal length lies outside the data and the "
                                  "length-controlled rate is an extrapolation")
     return report
+
+
+def identical_note(same: int, n: int) -> str:
+    """The one sentence for a run where the two models mostly answered alike."""
+    if same == n:
+        return (f"The model and the baseline gave the same answer to all {n} prompts, so the judge had nothing to "
+                "tell apart and these ties say nothing about which model is better")
+    return (f"The model and the baseline gave the same answer to {same} of {n} prompts; those count as ties and "
+            "say nothing about which model is better")
 
 
 def run_policy_eval(model: Engine, baseline: Engine, judge: Engine, prompts: list[list[dict]],
@@ -150,6 +164,8 @@ def format_report(r: dict) -> str:
         f"| share of prompts where the model is longer | {_pct(r['share_model_longer'])} | |",
         f"| length slope (log-odds per unit log length ratio) | {r['length_slope']:.3f} | |",
     ]
+    if r.get("identical_note"):
+        lines += ["", f"{r['identical_note']}."]
     if r.get("length_note"):
         lines += ["", f"Note: {r['length_note']}."]
     return "\n".join(lines)
