@@ -330,13 +330,92 @@ def _find_committed(name: str, fp: str):
     return None
 
 
-def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str | None = None,
-                 command: str | None = None) -> dict[str, Any]:
-    """Run every step and return {step name: committed store Version or Artifact}; with `repeat`,
-    the keys are `iter<t>.<step name>`. `executor` (local or ray) wins over the YAML's executor.type."""
+def select_steps(spec: PipelineSpec, only: list[str] | None, start: str | None, source: str) -> PipelineSpec:
+    """The spec with only the chosen steps (`--only A --only B`, or `--from A`: A and every step after
+    it). A kept step that reads `step:X` of a step left out reads X's output as committed: X's
+    `output@latest` in the store, or an error saying to run X first."""
+    if not only and not start:
+        return spec
+    names = [s.name for s in spec.steps]
+    for n in [*(only or []), *([start] if start else [])]:
+        if n not in names:
+            raise ConfigError(f"{source}: no step named '{n}' (steps: {', '.join(names)})")
+    if only and start:
+        raise ConfigError("use --only or --from, not both")
+    keep = set(only) if only else set(names[names.index(start):])
+    if spec.repeat:
+        raise ConfigError(f"{source}: --only/--from do not apply to a pipeline with `repeat:`; run it whole")
     from prefdata import store
 
-    spec = load_spec(path, overrides)
+    dropped = {s.name: s for s in spec.steps if s.name not in keep}
+    steps = []
+    for s in spec.steps:
+        if s.name not in keep:
+            continue
+        if s.input.startswith("step:") and s.input[5:] in dropped:
+            up = dropped[s.input[5:]]
+            try:
+                ref = store.resolve(f"{up.output}@latest").ref
+            except PrefdataError:
+                raise ConfigError(f"{source}: step '{s.name}' reads step:{up.name}, which is left out and has no "
+                                  f"version of '{up.output}' yet; run it first, or --set steps.{s.name}.input=REF") from None
+            s = s.model_copy(update={"input": ref})
+        steps.append(s)
+    return spec.model_copy(update={"steps": steps})
+
+
+def dry_run(spec: PipelineSpec, source: str) -> list[dict]:
+    """What each step would do, without running anything or calling a model: its input and rows, its
+    output, and whether a version with its fingerprint is already committed (then it would be skipped).
+    A step reading a step that would run first cannot be fingerprinted before it runs."""
+    from prefdata import store
+
+    types = step_types()
+    out, pending = [], set()
+    for step in spec.steps:
+        row = {"step": step.name, "uses": step.uses, "input": step.input, "output": step.output, "rows": None,
+               "action": "run"}
+        stype = types[step.uses]
+        if step.input.startswith("step:") and step.input[5:] in pending:
+            row["action"] = f"run (after {step.input[5:]}; its rows are not known yet)"
+            pending.add(step.name)
+            out.append(row)
+            continue
+        try:
+            done_inputs = {s["step"]: store.resolve(f"{s['output']}@latest") for s in out
+                           if s["action"].startswith("skip")}
+            table, ref = read_input(step.input, done_inputs, spec.on_error, Path(os.devnull), step.allow_empty)
+        except PrefdataError as e:
+            row["action"] = f"cannot read its input: {e}"
+            out.append(row)
+            pending.add(step.name)
+            continue
+        if step.limit is not None:
+            table = table.slice(0, step.limit)
+        row["rows"] = len(table)
+        step_cfg = stype.config.model_validate(step.config)
+        ctx = StepContext(spec=spec, step=step, source_file=source, seed=spec.seed, executor="local",
+                          executor_config=None, _engines={}, _warned=set(), input_ref=ref, meter=None)
+        engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
+        row["model"] = getattr(engine_cfg, "model", None)
+        fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
+        done = None if stype.artifact else _find_committed(step.output, fp)
+        if done is not None and not step_health.recorded_failures(done):
+            row["action"] = f"skip: already committed as {done.ref}"
+        else:
+            pending.add(step.name)
+        out.append(row)
+    return out
+
+
+def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str | None = None,
+                 command: str | None = None, only: list[str] | None = None, start: str | None = None) -> dict[str, Any]:
+    """Run every step (or those `only` names, or those from `start` on) and return {step name:
+    committed store Version or Artifact}; with `repeat`, the keys are `iter<t>.<step name>`. `executor`
+    (local or ray) wins over the YAML's executor.type."""
+    from prefdata import store
+
+    spec = select_steps(load_spec(path, overrides), only, start, str(path))
     executor = executor or spec.executor.type
     if executor not in ("local", "ray"):
         raise PrefdataError(f"unknown executor '{executor}' (local or ray)")
@@ -731,16 +810,30 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/quickstart.yaml"),
         set_: list[str] = typer.Option([], "--set", help="Override a key: --set steps.rlcd.limit=8"),
         executor: str = typer.Option(None, help="local or ray; default: the YAML's executor.type (local)"),
+        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable); a step it reads "
+                                       "that is left out is read from the store as committed (OUTPUT@latest)."),
+        start: str = typer.Option(None, "--from", help="Run this step and every step after it."),
+        dry: bool = typer.Option(False, "--dry-run", help="Say what each step would read and do (rows, model, "
+                                 "skip or run); runs nothing, calls no model."),
     ):
         """Run a YAML pipeline and commit each step's output as a dataset version."""
         # Rebuilt from the parsed options (not sys.argv, which is the host's when called in-process),
         # and redacted: a URL with a password or a key pasted on the command line is never recorded.
         command = redact("prefdata run " + " ".join(shlex.quote(a) for a in [str(file)] + [f"--set={o}" for o in set_]
-                                                    + ([f"--executor={executor}"] if executor else [])))
+                                                    + ([f"--executor={executor}"] if executor else [])
+                                                    + [f"--only={o}" for o in only] + ([f"--from={start}"] if start else [])))
         raw = read_yaml(file)
         if isinstance(raw, dict) and "self_reward_loop" in raw:
             raise ConfigError(f"{file}: the self_reward_loop format is gone; the loop is an ordinary pipeline "
                               "now (steps + `repeat:`), see pipelines/self_reward_loop.yaml")
-        outputs = run_pipeline(file, set_, executor=executor, command=command)
+        if dry:
+            spec = select_steps(load_spec(file, set_), only, start, str(file))
+            for r in dry_run(spec, str(file)):
+                rows = "?" if r["rows"] is None else r["rows"]
+                model = f", model {r['model']}" if r.get("model") else ""
+                typer.echo(f"{r['step']} ({r['uses']}): {rows} rows from {r['input']} -> {r['output']}{model}: "
+                           f"{r['action']}")
+            return
+        outputs = run_pipeline(file, set_, executor=executor, command=command, only=only or None, start=start)
         for name, v in outputs.items():
             typer.echo(f"{name}: {v.ref}  card: {v.card_path}")
