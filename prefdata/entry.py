@@ -13,6 +13,7 @@ import typer
 
 from prefdata import interrupts
 from prefdata.errors import PrefdataError
+from prefdata.progress import quiet_logs
 from prefdata.redact import install_log_filter, redact
 
 
@@ -45,6 +46,7 @@ def run_app(app: typer.Typer, argv: list[str], mount: Callable[[], None] = lambd
     argv = list(argv)
     debug = "--debug" in argv
     install_log_filter()
+    quiet_logs()  # off a terminal: no tqdm bars, no ANSI escapes in a log
     with interrupts.handling():
         try:
             mount()

@@ -12,6 +12,7 @@ a second row of the same rich display, since rich allows only one live display a
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -87,10 +88,11 @@ def default_every() -> float:
 
 @contextmanager
 def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = False, every: float | None = None,
-                 stream=None):
+                 stream=None, first_note: bool = False):
     """Yields `advance(n=1, note=None)`; `note` is a short extra (e.g. "812 tok/s") shown beside the
     count; `advance(0, note)` only changes the note. Nothing is shown when disabled or when there is
-    nothing to do."""
+    nothing to do. `first_note`: off a terminal, the first advance that carries a note also prints
+    its line (and so the pass its closing line): training shows its first loss even in a short run."""
     stream = stream or sys.stderr
     every = default_every() if every is None else every
     if disable or total <= 0:
@@ -111,7 +113,8 @@ def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = 
             # Periodic lines only; the closing line only for a pass that already spoke, so a short
             # pass (or each chunk of a nested one) leaves the log quiet.
             # advance(0, note) changes only the note: a line then would repeat the last count.
-            if n and (now - state["last"] >= every or (done >= total and state["printed"])):
+            first = first_note and note is not None and not state["printed"]
+            if n and (now - state["last"] >= every or first or (done >= total and state["printed"])):
                 state["last"], state["printed"] = now, True
                 rate = done / max(now - start, 1e-9)
                 eta = (total - done) / rate if rate > 0 else float("inf")
@@ -120,3 +123,73 @@ def progress_bar(label: str, total: int, *, unit: str = "rows", disable: bool = 
                       file=stream, flush=True)
 
     yield advance
+
+
+# ----------------------------------------------------------------------------- logs
+
+# A CSI escape (colour, bold, cursor movement): what a terminal interprets and a log file shows as noise.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+# Off a terminal: tqdm bars off in the HF libraries (Map, Loading weights, Writing model shards, GGUF
+# conversion) and in tqdm itself. Env vars, so that libraries imported later and child processes (engine
+# and Ray workers) see them too; a value the user set wins.
+_NO_BARS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def _strip_ansi_records() -> None:
+    """Log records lose their ANSI escapes (transformers prints its load report in bold), whatever
+    logger or handler they go through: a record factory sees every record before any handler."""
+    import logging
+
+    old = logging.getLogRecordFactory()
+    if getattr(old, "_prefdata_no_ansi", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = old(*args, **kwargs)
+        if isinstance(record.msg, str) and "\x1b" in record.msg:
+            record.msg = strip_ansi(record.msg)
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(strip_ansi(a) if isinstance(a, str) else a for a in record.args)
+        return record
+
+    factory._prefdata_no_ansi = True
+    logging.setLogRecordFactory(factory)
+
+
+def quiet_logs(stream=None) -> None:
+    """Once at CLI start (prefdata.entry), so that a log read later is plain lines.
+
+    Everywhere: TRL's notice that `trl.experimental` was imported is silenced; prefdata imports it (ORPO),
+    not the user, who can do nothing about it.
+    Off a terminal (a log file, CI, a pipe): no tqdm bars, which redraw with carriage returns into one
+    long garbled line (prefdata's own progress lines report long passes instead), and no ANSI escapes
+    in log records. On a terminal the bars and colours stay."""
+    import warnings
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
+    if _isatty(stream or sys.stderr):
+        return
+    for key, value in _NO_BARS.items():
+        os.environ.setdefault(key, value)
+    _strip_ansi_records()
+    # Libraries already imported (a test process, a command that imported them early) read their env
+    # var at import: tell them directly, unless the user set the variable to keep the bars.
+    off = {k: os.environ[k].strip().lower() in ("1", "true", "yes", "on") for k in _NO_BARS}
+    if off["HF_HUB_DISABLE_PROGRESS_BARS"] and "huggingface_hub" in sys.modules:
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()
+    if off["HF_HUB_DISABLE_PROGRESS_BARS"] and "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if off["HF_DATASETS_DISABLE_PROGRESS_BARS"] and "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()

@@ -374,6 +374,8 @@ def training_args_common(cfg) -> dict:
     return dict(output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
                 max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.gradient_accumulation_steps, logging_steps=cfg.logging_steps,
+                # The first step always logs, so a run shorter than logging_steps still has a loss.
+                logging_first_step=True,
                 save_strategy="no", report_to=report_to(cfg), run_name=run_name(cfg.dataset), seed=cfg.seed,
                 use_cpu=use_cpu, bf16=bool(cfg.bf16 and on_gpu),
                 fp16=False, gradient_checkpointing=bool(cfg.gradient_checkpointing and on_gpu),
@@ -434,7 +436,9 @@ def make_progress_callback(label: str):
         def on_train_begin(self, args, state, control, **_):
             self.close()
             self.done, self.note = 0, None
-            self.bar = progress_bar(label, state.max_steps, unit="steps")
+            # first_note: the first loss is printed even off a terminal, so a run shorter than the
+            # line interval (30 s) still shows its loss at step 1 and at the end.
+            self.bar = progress_bar(label, state.max_steps, unit="steps", first_note=True)
             self.advance = self.bar.__enter__()
 
         def on_step_end(self, args, state, control, **_):

@@ -41,7 +41,9 @@ def train(cfg: ORPOTrainConfig) -> Path:
         common.check_chat_template(tok, cfg.model)
     common.check_lengths(ds, tok, cfg.max_length)
     cfg.output_dir = cfg.output_dir or common.default_output_dir("orpo", prov)
-    args = ORPOConfig(**common.training_args_common(cfg), beta=cfg.beta, max_length=cfg.max_length)
+    # remove_unused_columns=False: what its pairwise collator needs (TRL would otherwise warn and set it).
+    args = ORPOConfig(**common.training_args_common(cfg), beta=cfg.beta, max_length=cfg.max_length,
+                      remove_unused_columns=False)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=common.peft_config(cfg))
     guard = common.guard_finite(trainer)
