@@ -37,16 +37,17 @@ def test_train_off_a_terminal_logs_plain_lines_with_the_loss(tiny_model, tmp_pat
     with open(tmp_path / "log", "w+b") as log:  # stderr to a file, as `prefdata train ... 2>log`
         res = subprocess.run([sys.executable, "-c", CLI, "train", kind, "--dataset", v.ref, "--model", tiny_model,
                               "--set", "max_steps=2", "--output-dir", str(tmp_path / "out")],
-                             stdout=subprocess.PIPE, stderr=log, env=env, timeout=600)
+                             stdout=subprocess.PIPE, stderr=log, env=env, timeout=600, check=False)
         log.seek(0)
         err = log.read().decode()
     assert res.returncode == 0, err[-3000:]
     assert "\r" not in err, err[:2000]
     assert "\x1b" not in err, err[:2000]
     assert "Warning" not in err and "trl.experimental" not in err and "remove_unused_columns" not in err, err
+    assert "LOAD REPORT" not in err, err  # a reward model's new score head is expected, not news
     # The default line interval is 30 s; a 2-step run still shows its first loss and its last.
     steps = [int(m.group(1)) for m in re.finditer(r"^training on toy@v1: (\d)/2 steps \([\d.]+/s, loss [\d.]+",
-                                                  err, re.M)]
+                                                  err, re.MULTILINE)]
     assert steps == [1, 2], err
 
 
@@ -121,3 +122,21 @@ def test_curve_ticks_are_whole_steps_that_do_not_overlap(history):
             assert [t.get_text() for t in eval_axes[0].get_xticklabels()] == [str(history[-1]["step"])]
     finally:
         plt.close(fig)
+
+
+def test_load_report_dropped_only_when_it_names_just_the_new_reward_head():
+    import logging
+
+    from trainers.common import _ExpectedHeadReport
+
+    def report(*rows):
+        table = "\n".join(f"{k} | {st} | " for k, st in rows)
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0,
+                                 f"LlamaForSequenceClassification LOAD REPORT from: m\nKey | Status |\n{table}\n",
+                                 None, None)
+
+    quiet = _ExpectedHeadReport()
+    assert not quiet.filter(report(("score.weight", "MISSING"), ("lm_head.weight", "UNEXPECTED")))
+    assert quiet.filter(report(("score.weight", "MISSING"), ("model.layers.0.mlp.up_proj.weight", "MISSING")))
+    assert quiet.filter(report(("score.weight", "MISMATCH")))
+    assert quiet.filter(logging.LogRecord("x", logging.WARNING, "", 0, "another warning", None, None))

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,35 @@ def quiet_hf_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
+class _ExpectedHeadReport:
+    """Drops transformers' load report when all it says is what loading a causal LM as a reward model
+    always does: a new score head (score.* MISSING) and an unused LM head (lm_head.* UNEXPECTED). Any
+    other row (a missing layer, a mismatched shape) keeps the whole report."""
+
+    ROW = re.compile(r"^(\S+)\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)\b", re.MULTILINE)
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        if "LOAD REPORT" not in msg:
+            return True
+        rows = self.ROW.findall(msg)
+        expected = all((k.startswith("score.") and st == "MISSING")
+                       or (k.startswith("lm_head.") and st == "UNEXPECTED") for k, st in rows)
+        return not (rows and expected)
+
+
+@contextmanager
+def _expected_head_quiet():
+    import logging
+
+    logger, quiet = logging.getLogger("transformers.modeling_utils"), _ExpectedHeadReport()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_cls: bool = False):
     """(model, tokenizer, local dir) in float32: CPU training in half precision is slow and lossy.
     Every trainer loads its model here first, so this is also where HF's bars go quiet in logs."""
@@ -313,8 +343,9 @@ def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         if seq_cls:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
-                                                                       trust_remote_code=trust_remote_code)
+            with _expected_head_quiet():
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
+                                                                           trust_remote_code=trust_remote_code)
             model.config.pad_token_id = tok.pad_token_id  # the classifier pools the last non-pad token
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
