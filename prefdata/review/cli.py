@@ -52,6 +52,12 @@ def serve(ref: str, *, host: str, port: int, annotator: str, budget: int | None,
     if version.manifest.get("kind") != "pair":
         raise PrefdataError(f"{version.ref} is a '{version.manifest.get('kind')}' dataset; review needs pairs")
     state = ReviewState(version, load_table(str(version.path)), annotator, budget=budget, overlap=overlap, token=token)
+    from prefdata import interrupts
+
+    # Set before the URL is printed: a Ctrl-C the moment the server is up must already read this way.
+    stopped = (f"review server stopped; every decision so far is saved in {state.db.path}: `prefdata review "
+               f"{version.ref}` continues, `prefdata review commit {version.ref}` commits them")
+    interrupts.set_message(stopped)
     # Bound here, not by uvicorn, so --port 0 works and the printed URL carries the real port.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -75,11 +81,6 @@ def serve(ref: str, *, host: str, port: int, annotator: str, budget: int | None,
     print(f"open: http://{shown}:{real_port}/?token={state.token}", flush=True)
     print("keys: 1/2 choose, t tie, d drop, s skip, u undo; Ctrl-C stops (nothing is lost); then "
           f"`prefdata review commit {version.ref}`", flush=True)
-    from prefdata import interrupts
-
-    stopped = (f"review server stopped; every decision so far is saved in {state.db.path}: `prefdata review "
-               f"{version.ref}` continues, `prefdata review commit {version.ref}` commits them")
-    interrupts.set_message(stopped)
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     print(stopped, file=sys.stderr)
