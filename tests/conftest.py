@@ -8,6 +8,24 @@ import pytest
 
 from prefdata.testing import build_tiny_llama
 
+# The slow tier: the real embedded model end to end, Ray clusters, the browser, and TRL training runs.
+# `make test` runs everything (the README's command, CI's); `make test-fast` leaves these out.
+SLOW_FILES = {
+    "test_generators_e2e.py", "test_quickstart_e2e.py", "test_self_reward_loop.py", "test_ray.py",
+    "test_ray_cluster.py", "test_flywheel.py", "test_compare_losses.py", "test_trainers_dpo.py",
+    "test_trainers_dpo_family.py", "test_trainers_others.py", "test_trainers_rank.py", "test_armo.py",
+    "test_rewards_finetuned.py", "test_training_versions.py", "test_reliability_trainers.py",
+    "test_model_versions.py", "test_trainer_progress.py", "test_trainer_card_intervals.py",
+}
+SLOW_NAMES = ("browser", "chromium", "playwright", "killed_run_resumes_without_regenerating",
+              "stop_string_logprob_and_num_tokens", "dpo_eval_split_puts_eval_loss", "finetuned_reward_model_family")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES or any(k in item.name for k in SLOW_NAMES):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
