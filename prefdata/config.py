@@ -12,7 +12,10 @@ from pydantic import ValidationError
 from prefdata.errors import ConfigError, PrefdataError
 
 
-def fmt_validation(source: str, where: str, err: ValidationError, step_names: list | None = None) -> str:
+def fmt_validation(source: str, where: str, err: ValidationError, step_names: list | None = None,
+                   known: list | None = None) -> str:
+    """One line for every problem pydantic found; `known` (a config's field names) is listed after an
+    unknown key so the user sees what they could have meant."""
     parts = []
     for e in err.errors():
         where_loc = list(e["loc"])
@@ -22,7 +25,7 @@ def fmt_validation(source: str, where: str, err: ValidationError, step_names: li
             where_loc[1] = step_names[where_loc[1]]
         loc = ".".join(str(x) for x in (where, *where_loc) if x != "")
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
+            parts.append(f"unknown key '{loc}'" + (f" (known: {', '.join(known)})" if known else ""))
         else:
             parts.append(f"'{loc}': {e['msg']}")
     return f"{source}: " + "; ".join(parts)

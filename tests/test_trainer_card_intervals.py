@@ -23,3 +23,16 @@ def test_small_held_out_set_reads_as_an_interval(tmp_path):
     assert "| reward_accuracy | 1.0000 (90% interval 0.72 – 1.00) |" in text
     assert "Only 7 held-out pairs: read the accuracy by its interval" in text
     assert "| loss | 0.5000 |" in text
+
+
+def test_trainer_set_overrides_go_through_the_one_config_loader():
+    from prefdata.errors import ConfigError
+    from trainers.common import load_config
+
+    cfg = load_config(DPOTrainConfig, None, ["beta=0.2", "max_steps=3"], dataset="x.jsonl")
+    assert cfg.beta == 0.2 and cfg.max_steps == 3
+    # A dotted key is a nested key, as in pipelines (it used to become a literal key "nope.x").
+    with pytest.raises(ConfigError, match=r"--set: unknown key 'nope' \(known: .*beta"):
+        load_config(DPOTrainConfig, None, ["nope.x=1"], dataset="x.jsonl")
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        load_config(DPOTrainConfig, None, ["beta"], dataset="x.jsonl")

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefdata.config import _parse_value, read_yaml
+from prefdata.config import apply_overrides, fmt_validation, read_yaml
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.models import DEFAULT_MODEL
 from trainers.card import write_model_card  # noqa: F401  (re-export)
@@ -85,8 +85,9 @@ class BaseTrainConfig(BaseModel):
 
 
 def load_config(cls, config_file: str | None, overrides: list[str] | None = None, **given):
-    """`cls` from a YAML file, then `--set k=v` overrides, then explicit CLI flags (later wins).
-    Unknown keys and bad values raise ConfigError naming the file and the key."""
+    """`cls` from a YAML file, then `--set k=v` overrides (dotted keys reach nested fields, as in
+    pipelines: `--set lora_config.r=16`), then explicit CLI flags (later wins). Unknown keys and bad
+    values raise one ConfigError line naming the file and the key (`prefdata.config`, the one loader)."""
     source = str(config_file) if config_file else "--set"
     raw: dict[str, Any] = {}
     if config_file:
@@ -96,27 +97,12 @@ def load_config(cls, config_file: str | None, overrides: list[str] | None = None
         raw = read_yaml(p, "config file") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of {cls.__name__} keys")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        k, v = item.split("=", 1)
-        raw[k.strip()] = _parse_value(k.strip(), v)
+    apply_overrides(raw, list(overrides or []), source)
     raw.update({k: v for k, v in given.items() if v is not None})
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation(source, cls, e)) from None
-
-
-def format_validation(source: str, cls, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "(config)"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}' for {cls.__name__} (known: {', '.join(cls.model_fields)})")
-        else:
-            parts.append(f"key '{key}': {e['msg']}")
-    return f"{source}: " + "; ".join(parts)
+        raise ConfigError(fmt_validation(source, "", e, known=list(cls.model_fields))) from None
 
 
 def config_help(cls) -> str:
