@@ -18,7 +18,8 @@ SLOW_FILES = {
     "test_model_versions.py", "test_trainer_progress.py", "test_trainer_card_intervals.py",
 }
 SLOW_NAMES = ("browser", "chromium", "playwright", "killed_run_resumes_without_regenerating",
-              "stop_string_logprob_and_num_tokens", "dpo_eval_split_puts_eval_loss", "finetuned_reward_model_family")
+              "stop_string_logprob_and_num_tokens", "dpo_eval_split_puts_eval_loss", "finetuned_reward_model_family",
+              "test_train_off_a_terminal")
 
 
 def pytest_collection_modifyitems(config, items):
