@@ -346,3 +346,18 @@ def test_group_by_fits_each_group_so_a_family_can_be_right_on_one_and_wrong_on_a
     assert flipped.sum() > 30 and (~right[flipped]).mean() >= 0.9
     with pytest.raises(DataError, match="group column 'nope'"):
         curate(table, CleanLabelsConfig(voters=voters, group_by="nope"), progress=False)
+
+
+def test_a_constant_family_is_left_out_and_one_verdict_family_alone_cannot_judge():
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}", "j": int(rng.choice([1, 1, 1, -1])),
+             "always": 1.0} for i in range(80)]
+    table = validate(rows, "pair")
+    cfg = CleanLabelsConfig(voters=[{"type": "column", "family": "j", "columns": ["j"]},
+                                    {"type": "column", "family": "always", "columns": ["always"], "kind": "score"}])
+    kept, dropped, result = curate(table, cfg, progress=False)
+    post = result.posterior
+    # A vote that never changes looked perfect (weight 2e6) and pulled alpha to 1; now it is named and ignored.
+    assert post.extra["constant_families"] == ["always"] and post.weights["always"] == 0.0
+    assert post.judge_problem == "one family" and "one verdict family only" in result.summary()["verdict"]
+    assert not any(kept.column("flipped").to_pylist()) and dropped.num_rows == 0

@@ -244,6 +244,12 @@ class Posterior:
                 return None
             problems = [g["problem"] for g in self.extra.get("groups", {}).values() if g.get("problem")]
             return max(set(problems), key=problems.count) if problems else "near chance"
+        live = [k for f, k in enumerate(self.kinds) if self.voted is not None and self.voted[f] > 0
+                and self.families[f] not in self.extra.get("constant_families", ())]
+        if len(live) == 1 and live[0] == VERDICT:
+            # The stored label and one categorical family are two annotators: how right the labels are
+            # and how right the family is cannot be told apart (Dawid-Skene needs three).
+            return "one family"
         if self.separation < JUDGE_MIN_SEPARATION:
             return "near chance"
         if self.noise_rate > MAX_NOISE:
@@ -288,6 +294,17 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
         s = s[:, None]
     families = list(families or [f"family{i}" for i in range(s.shape[1])])
     kinds = _kinds(kinds, s.shape[1])
+    obs0 = np.isfinite(s)
+    voted = obs0.mean(0)
+    ties = np.where(obs0.sum(0) > 0, ((s == 0) & obs0).sum(0) / np.maximum(obs0.sum(0), 1), 0.0)
+    # A family that gives every pair the same vote (a judge that always names the stored chosen side, a
+    # constant score) says nothing about which labels are wrong; fitted, it would look perfect and drag
+    # alpha to 1. It is left out of the fit and named.
+    with np.errstate(invalid="ignore"):
+        spread = np.array([np.ptp(s[obs0[:, f], f]) if obs0[:, f].any() else 0.0 for f in range(s.shape[1])])
+    constant = [families[f] for f in range(s.shape[1]) if obs0[:, f].any() and spread[f] < 1e-12]
+    if constant:
+        s = np.where((spread < 1e-12)[None, :], np.nan, s)
     p = _Panel.of(s, kinds)
     n, F = s.shape
     free, c0, it = _em(p, alpha0, iters, tol)
@@ -332,8 +349,6 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
         theta += wa * par.theta
     label_prob = np.clip(label_prob, 1e-12, 1 - 1e-12)
     log_odds = np.log(label_prob) - np.log1p(-label_prob)
-    voted = obs.mean(0)
-    ties = np.where(obs.sum(0) > 0, ((s == 0) & obs).sum(0) / np.maximum(obs.sum(0), 1), 0.0)
     post = Posterior(label_prob=label_prob, log_odds=log_odds, evidence=contrib.sum(1), alpha=float(w @ grid),
                      mu=mu, sigma=sigma, families=families, iterations=it, kinds=kinds, theta=theta,
                      contrib=contrib, voted=voted, ties=ties)
@@ -350,6 +365,8 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
         acc_iv.append(tuple(float(x) for x in np.quantile(rng.beta(a * k + 1, (1 - a) * k + 1), qs)))
     post.extra["accuracy_interval"] = acc_iv
     post.extra["design_effect"] = round(deff, 4)
+    if constant:
+        post.extra["constant_families"] = constant
     post.extra["alpha_profile"] = {"grid": [round(float(x), 4) for x in grid], "weight": [round(float(x), 4) for x in w]}
     if gold is not None:
         calibrate(post, np.asarray(gold, dtype=np.float64))

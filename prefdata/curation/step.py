@@ -149,6 +149,9 @@ def headline(result, kept: pa.Table, dropped: pa.Table) -> str:
 
     flipped = int(pc.sum(kept.column("flipped").cast(pa.int64())).as_py() or 0) if "flipped" in kept.column_names else 0
     if not post.can_judge:
+        if post.judge_problem == "one family":
+            return ("Labels NOT judged: one verdict family beside the stored label cannot tell how right either "
+                    "is; no label was changed. See Verdict below.")
         if post.judge_problem == "against the labels":
             return (f"Labels NOT judged: the voters call {post.noise_rate:.0%} of the labels wrong, more than a "
                     "shared bias makes believable; no label was changed. See Verdict below.")

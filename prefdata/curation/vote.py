@@ -136,6 +136,10 @@ def cannot_judge_reason(post: P.Posterior) -> str:
     acc = post.family_accuracy
     best = max(acc, key=lambda f: abs(acc[f] - 0.5)) if acc else None
     fams = ", ".join(f"{f} {a:.2f}" for f, a in acc.items())
+    if post.judge_problem == "one family":
+        return ("one verdict family only: beside the stored label that makes two annotators, and how right the "
+                "labels are cannot be told apart from how right the family is; no label was changed; add a "
+                "second, independent family (another judge, a reward model, an annotator)")
     if post.judge_problem == "against the labels":
         return (f"voters against the labels: together they call {post.noise_rate:.0%} of the stored labels wrong "
                 f"(more than {P.MAX_NOISE:.0%}), which more likely means they share a bias (adversarial pairs, one "
