@@ -36,6 +36,23 @@ def _os_error(e: OSError) -> str:
     return f"{where}: {reason}" + (f"; {hint}" if hint else "")
 
 
+def _click_exceptions() -> tuple[tuple, tuple]:
+    """Click's usage-error and abort classes: the installed click's and, for typer versions that vendor
+    their own copy (typer._click), that copy's too; an isinstance on one misses the other."""
+    import click
+
+    usage, abort = [click.exceptions.ClickException], [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        vendored = None
+    if vendored is not None:
+        usage.append(vendored.ClickException)
+        if hasattr(vendored, "Abort"):
+            abort.append(vendored.Abort)
+    return tuple(usage), tuple(abort)
+
+
 def _interrupted() -> None:
     print(interrupts.message(), file=sys.stderr)
     raise SystemExit(interrupts.exit_code())
@@ -76,12 +93,11 @@ def run_app(app: typer.Typer, argv: list[str], mount: Callable[[], None] = lambd
                 raise
             _fail(_os_error(e))
         except Exception as e:
-            import click
-
-            if isinstance(e, click.exceptions.ClickException):  # usage errors
+            usage, abort = _click_exceptions()
+            if isinstance(e, usage):  # usage errors: a missing option, an unknown flag
                 e.show()
                 raise SystemExit(e.exit_code)
-            if isinstance(e, click.exceptions.Abort):
+            if isinstance(e, abort):
                 _interrupted()
             if debug:
                 raise

@@ -108,3 +108,11 @@ def test_unwritable_store(tmp_path):
 def test_debug_shows_traceback(tmp_path, home):
     res = cli("datasets", "show", "nothere@v3", home=home, debug=True)
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize("argv, says", [(["train", "dpo"], "Missing option '--dataset'"),
+                                        (["run", "pipelines/quickstart.yaml", "--nope"], "No such option: --nope")])
+def test_usage_errors_are_usage_lines_not_internal_errors(argv, says, tmp_path):
+    # typer vendors its own click: an isinstance on click's classes alone missed these.
+    r = cli(*argv, home=tmp_path)
+    assert r.returncode == 2 and says in r.stderr and "internal error" not in r.stderr
