@@ -218,10 +218,12 @@ class Posterior:
     @property
     def weights(self) -> dict[str, float]:
         """Log-odds a family adds for a full vote for the stored label: 2 mu / sigma^2 per unit of a
-        score family's vote; log theta[+3] - log theta[-3] for a unanimous verdict. Negative: read backwards."""
+        score family's vote; log theta[+3] - log theta[-3] for a unanimous verdict; both divided by the
+        families' design effect, as the posterior uses them. Negative: read backwards."""
         vi = self._verdict_index()
+        d = float(self.extra.get("design_effect", 1.0))
         return {name: float(np.log(self.theta[vi[f], -1] / self.theta[vi[f], 0]) if f in vi
-                            else 2 * self.mu[f] / self.sigma[f] ** 2) for f, name in enumerate(self.families)}
+                            else 2 * self.mu[f] / self.sigma[f] ** 2) / d for f, name in enumerate(self.families)}
 
     @property
     def noise_rate(self) -> float:
