@@ -12,6 +12,7 @@ request cache means a killed run regenerates nothing it finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -404,8 +405,51 @@ def dry_run(spec: PipelineSpec, source: str) -> list[dict]:
             row["action"] = f"skip: already committed as {done.ref}"
         else:
             pending.add(step.name)
+            if not stype.artifact and getattr(step_cfg, "needs_engine", True):
+                row.update(_count_requests(spec, step, stype, step_cfg, table, ref, source))
         out.append(row)
     return out
+
+
+class _DryEngines(dict):
+    """Engines for a dry run, made on first use from the engine config's JSON key: nothing loads a model."""
+
+    def __contains__(self, key) -> bool:
+        if not dict.__contains__(self, key):
+            from prefdata.engines import EngineConfig
+            from prefdata.engines.dry import dry_engine
+
+            dict.__setitem__(self, key, dry_engine(EngineConfig.model_validate_json(key)))
+        return True
+
+
+def _count_requests(spec, step, stype, step_cfg, table, ref, source) -> dict:
+    """Run the step's own code against dry engines (`engines/dry.py`): the requests it would send, the
+    cache's hits, and for priced models the cost bound (prompt characters / 4, max_tokens per answer)."""
+    engines = _DryEngines()
+    ctx = StepContext(spec=spec, step=step, source_file=source, seed=spec.seed, executor="local",
+                      executor_config=None, _engines=engines, _warned=set(), input_ref=ref, meter=None)
+    note = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            stype.run(step_cfg, table, ctx)
+    except Exception as e:  # noqa: BLE001 - a step may stop on placeholder answers; the counts so far stand
+        note = f"the step stopped on the placeholder answers ({type(e).__name__}); counts are up to there"
+    sent = sum(len(e.backend.sent) for e in engines.values())
+    hits = sum(e.cache.hits for e in engines.values())
+    scored = sum(e.backend.scored for e in engines.values())
+    usd = 0.0
+    priced = False
+    prices, _ = costs.load_prices(spec.prices)
+    for e in engines.values():
+        price = costs.price_for(prices, e.backend.cfg.model)
+        if price is None or not e.backend.sent:
+            continue
+        priced = True
+        usd += price.usd(sum(costs._prompt_chars(r) for r, _ in e.backend.sent) / 4,
+                         sum(p.max_tokens for _, p in e.backend.sent))
+    return {"requests": sent, "cached": hits, "scored": scored, "usd": round(usd, 4) if priced else None,
+            "note": note}
 
 
 def run_pipeline(path: str | Path, overrides: list[str] | None = None, *, executor: str | None = None,
@@ -814,7 +858,8 @@ def register(app: typer.Typer) -> None:
                                        "that is left out is read from the store as committed (OUTPUT@latest)."),
         start: str = typer.Option(None, "--from", help="Run this step and every step after it."),
         dry: bool = typer.Option(False, "--dry-run", help="Say what each step would read and do (rows, model, "
-                                 "skip or run); runs nothing, calls no model."),
+                                 "skip or run, requests to send and how many the cache holds, cost for priced "
+                                 "models); commits nothing, calls no model."),
     ):
         """Run a YAML pipeline and commit each step's output as a dataset version."""
         # Rebuilt from the parsed options (not sys.argv, which is the host's when called in-process),
@@ -831,8 +876,14 @@ def register(app: typer.Typer) -> None:
             for r in dry_run(spec, str(file)):
                 rows = "?" if r["rows"] is None else r["rows"]
                 model = f", model {r['model']}" if r.get("model") else ""
+                est = ""
+                if r.get("requests") is not None:
+                    est = (f"; would send up to {r['requests']} requests ({r['cached']} answered by the cache"
+                           + (f", {r['scored']} scorings" if r["scored"] else "") + ")"
+                           + (f", at most ${r['usd']:.4f}" if r.get("usd") is not None else "")
+                           + (f"; {r['note']}" if r.get("note") else ""))
                 typer.echo(f"{r['step']} ({r['uses']}): {rows} rows from {r['input']} -> {r['output']}{model}: "
-                           f"{r['action']}")
+                           f"{r['action']}{est}")
             return
         outputs = run_pipeline(file, set_, executor=executor, command=command, only=only or None, start=start)
         for name, v in outputs.items():

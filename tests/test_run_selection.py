@@ -64,3 +64,21 @@ def test_dry_run_says_what_would_run_and_what_is_committed(tmp_path, capsys):
     main(["run", str(p), "--dry-run"])
     out = capsys.readouterr().out.splitlines()
     assert "skip: already committed as one@v1" in out[0] and "skip: already committed as two@v1" in out[1]
+
+
+def test_dry_run_counts_requests_and_what_the_cache_holds(tmp_path, tiny_model, capsys):
+    from prefdata.cli import main
+
+    sets = ["--set", f"engine.model={tiny_model}", "--set", "steps.rlcd.config.max_tokens=8",
+            "--set", "steps.rlcd.config.max_retries=0"]
+    main(["run", "pipelines/quickstart.yaml", "--dry-run", "--set", "steps.rlcd.limit=4", *sets])
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert first.startswith("rlcd (rlcd): 4 rows from builtin:quickstart_prompts") and ": run; would send up to" in first
+    sent = int(first.split("would send up to ")[1].split()[0])
+    assert sent >= 8 and "(0 answered by the cache" in first  # two answers (one per principle) per prompt
+    main(["run", "pipelines/quickstart.yaml", "--set", "steps.rlcd.limit=2", *sets])  # 2 prompts really run
+    capsys.readouterr()
+    main(["run", "pipelines/quickstart.yaml", "--dry-run", "--set", "steps.rlcd.limit=4", *sets])
+    again = capsys.readouterr().out.strip().splitlines()[0]
+    cached = int(again.split("(")[-1].split()[0]) if "answered by the cache" in again else -1
+    assert cached >= sent // 2 - 1 and int(again.split("would send up to ")[1].split()[0]) <= sent - cached
