@@ -19,6 +19,7 @@ from prefdata import store
 from prefdata.review.app import ReviewState, create_app
 from prefdata.review.db import ReviewDB, db_path
 from prefdata.schema import validate
+from test_review import _wait_for_url  # the one wait for the server's URL
 
 LIMIT = 1 << 20  # the promised request body limit, 1 MiB
 
@@ -148,15 +149,6 @@ def test_a_body_over_the_limit_is_refused_with_413(pairs40):
     assert [d["pair_id"] for d in st.db.live()] == [pid]
 
 
-def _wait_for_url(proc) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("open: "):
-            return line.split("open: ", 1)[1].strip()
-        if not line and proc.poll() is not None:
-            raise AssertionError(f"review exited: {proc.stderr.read()}")
-    raise AssertionError("no URL printed")
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -15,28 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefdata import store
+from test_reliability_store import cli, one_line_error  # the CLI helpers, shared
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from prefdata.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 1, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def pairs_file(path, n: int = 3, tag: str = "a"):

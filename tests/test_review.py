@@ -194,7 +194,7 @@ def test_one_transaction_per_decision_is_on_disk(toy, tmp_path):
 
 
 def _wait_for_url(proc) -> str:
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if line.startswith("open: "):
