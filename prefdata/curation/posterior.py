@@ -299,23 +299,48 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
     obs0 = np.isfinite(s)
     voted = obs0.mean(0)
     ties = np.where(obs0.sum(0) > 0, ((s == 0) & obs0).sum(0) / np.maximum(obs0.sum(0), 1), 0.0)
-    # A family that gives every pair the same vote (a judge that always names the stored chosen side, a
-    # constant score) says nothing about which labels are wrong; fitted, it would look perfect and drag
-    # alpha to 1. It is left out of the fit and named.
+    s, constant = _drop_constant(s, obs0, families)
+    p = _Panel.of(s, kinds)
+    free, c0, it = _em(p, alpha0, iters, tol)
+    q0 = _sigmoid(_logit(free.alpha) + c0.sum(1))
+    deff = _design_effect(p, q0)
+    grid, fits, w = _alpha_profile(p, free, q0, alpha0, iters)
+    avg = _average(p, kinds, fits, w, deff)
+    label_prob = np.clip(avg["label_prob"], 1e-12, 1 - 1e-12)
+    log_odds = np.log(label_prob) - np.log1p(-label_prob)
+    post = Posterior(label_prob=label_prob, log_odds=log_odds, evidence=avg["contrib"].sum(1),
+                     alpha=float(w @ grid), mu=avg["mu"], sigma=avg["sigma"], families=families, iterations=it,
+                     kinds=kinds, theta=avg["theta"], contrib=avg["contrib"], voted=voted, ties=ties)
+    nontie = (p.obs & (s != 0)).sum(0).astype(float)
+    _intervals(post, w, avg, nontie, level, np.random.default_rng(seed))
+    post.extra["design_effect"] = round(deff, 4)
+    if constant:
+        post.extra["constant_families"] = constant
+    post.extra["alpha_profile"] = {"grid": [round(float(x), 4) for x in grid], "weight": [round(float(x), 4) for x in w]}
+    if gold is not None:
+        calibrate(post, np.asarray(gold, dtype=np.float64))
+    return post
+
+
+def _drop_constant(s: np.ndarray, obs0: np.ndarray, families: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A family that gives every pair the same vote (a judge that always names the stored chosen side, a
+    constant score) says nothing about which labels are wrong; fitted, it would look perfect and drag
+    alpha to 1. Its votes become missing, and it is named."""
     with np.errstate(invalid="ignore"):
         spread = np.array([np.ptp(s[obs0[:, f], f]) if obs0[:, f].any() else 0.0 for f in range(s.shape[1])])
     constant = [families[f] for f in range(s.shape[1]) if obs0[:, f].any() and spread[f] < 1e-12]
     if constant:
         s = np.where((spread < 1e-12)[None, :], np.nan, s)
-    p = _Panel.of(s, kinds)
-    n, F = s.shape
-    free, c0, it = _em(p, alpha0, iters, tol)
-    q0 = _sigmoid(_logit(free.alpha) + c0.sum(1))
-    deff = _design_effect(p, q0)
+    return s, constant
+
+
+def _alpha_profile(p: _Panel, free: _Params, q0: np.ndarray, alpha0: float, iters: int):
+    """Refit the families at each label accuracy of ALPHA_GRID (and the free fit's), walking out from the
+    free fit both ways until the likelihood is negligible (< e^-15 of the best): (grid, fits, weights)."""
     full = np.unique(np.r_[ALPHA_GRID, free.alpha])
     start = int(np.argmin(np.abs(full - free.alpha)))
     done: dict[int, tuple[_Params, float]] = {}
-    for step in (1, -1):  # walk out from the free fit; stop where the likelihood is negligible (< e^-15)
+    for step in (1, -1):
         i = start if step == 1 else start - 1
         while 0 <= i < full.size:
             par, _, _ = _em(p, alpha0, min(iters, 200), 1e-5, q=q0, fixed_alpha=float(full[i]))
@@ -324,55 +349,47 @@ def fit(votes: np.ndarray, families: list[str] | None = None, *, kinds: list[str
                 break
             i += step
     keys = sorted(done)
-    grid = full[keys]
-    fits = [done[k][0] for k in keys]
-    ll = [done[k][1] for k in keys]
-    w = np.exp(np.asarray(ll) - max(ll))
-    w /= w.sum()
-    label_prob = np.zeros(n)
-    contrib = np.zeros((n, F))
-    mu, sigma = np.zeros(F), np.zeros(F)
-    theta = np.zeros_like(free.theta)
-    means, sds, accs = [], [], []
-    obs = p.obs
-    nontie = (obs & (s != 0)).sum(0).astype(float)
+    ll = np.asarray([done[k][1] for k in keys])
+    w = np.exp(ll - ll.max())
+    return full[keys], [done[k][0] for k in keys], w / w.sum()
+
+
+def _average(p: _Panel, kinds: list[str], fits: list[_Params], w: np.ndarray, deff: float) -> dict:
+    """The profile's fits averaged by weight (label_prob, contributions, family parameters), with each
+    fit's noise-rate mean and spread and family accuracies kept for the intervals."""
+    n, F = p.obs.shape
+    out = {"label_prob": np.zeros(n), "contrib": np.zeros((n, F)), "mu": np.zeros(F), "sigma": np.zeros(F),
+           "theta": np.zeros_like(fits[0].theta), "means": [], "sds": [], "accs": []}
     for wa, par in zip(w, fits):
         c = _contrib(p, par) / deff
         q = _sigmoid(_logit(par.alpha) + c.sum(1))
-        means.append(float((1 - q).mean()))
-        sds.append(float(np.sqrt((q * (1 - q)).sum()) / max(n, 1)))
-        accs.append(_accuracy(kinds, par))
+        out["means"].append(float((1 - q).mean()))
+        out["sds"].append(float(np.sqrt((q * (1 - q)).sum()) / max(n, 1)))
+        out["accs"].append(_accuracy(kinds, par))
         if wa < 1e-12:
             continue
-        label_prob += wa * q
-        contrib += wa * c
-        mu += wa * par.mu
-        sigma += wa * par.sigma
-        theta += wa * par.theta
-    label_prob = np.clip(label_prob, 1e-12, 1 - 1e-12)
-    log_odds = np.log(label_prob) - np.log1p(-label_prob)
-    post = Posterior(label_prob=label_prob, log_odds=log_odds, evidence=contrib.sum(1), alpha=float(w @ grid),
-                     mu=mu, sigma=sigma, families=families, iterations=it, kinds=kinds, theta=theta,
-                     contrib=contrib, voted=voted, ties=ties)
-    rng = np.random.default_rng(seed)
+        out["label_prob"] += wa * q
+        out["contrib"] += wa * c
+        for key in ("mu", "sigma", "theta"):
+            out[key] += wa * getattr(par, key)
+    return out
+
+
+def _intervals(post: Posterior, w: np.ndarray, avg: dict, nontie: np.ndarray, level: float,
+               rng: np.random.Generator) -> None:
+    """extra["noise_interval"] and extra["accuracy_interval"]: the alpha profile's uncertainty mixed
+    with the binomial spread (of which labels are wrong; of each family's non-tie votes)."""
     qs = [(1 - level) / 2, 1 - (1 - level) / 2]
-    noise = np.clip(_draws(rng, w, np.asarray(means), np.asarray(sds)), 0, 1)
+    noise = np.clip(_draws(rng, w, np.asarray(avg["means"]), np.asarray(avg["sds"])), 0, 1)
     post.extra["noise_interval"] = tuple(float(x) for x in np.quantile(noise, qs))
-    accs = np.asarray(accs)  # (grid, F)
+    accs = np.asarray(avg["accs"])  # (grid, F)
     acc_iv = []
-    for f in range(F):
+    for f in range(accs.shape[1]):
         comp = rng.choice(w.size, size=4000, p=w)
         a = accs[comp, f]
         k = max(nontie[f], 1.0)
         acc_iv.append(tuple(float(x) for x in np.quantile(rng.beta(a * k + 1, (1 - a) * k + 1), qs)))
     post.extra["accuracy_interval"] = acc_iv
-    post.extra["design_effect"] = round(deff, 4)
-    if constant:
-        post.extra["constant_families"] = constant
-    post.extra["alpha_profile"] = {"grid": [round(float(x), 4) for x in grid], "weight": [round(float(x), 4) for x in w]}
-    if gold is not None:
-        calibrate(post, np.asarray(gold, dtype=np.float64))
-    return post
 
 
 MIN_GROUP = 30  # pairs; smaller groups are fitted together as one
