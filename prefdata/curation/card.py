@@ -85,28 +85,39 @@ def _n_true(t: pa.Table) -> int:  # vectorised count of flipped rows (no Python 
 def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[str, np.ndarray],
                          table: pa.Table, policy: PolicyConfig | None = None):
     """({name: Figure}, [(title, markdown)]) for the card of a cleaned version."""
+    policy = policy or PolicyConfig()
+    summary = vote.summary()
+    sections = [("Verdict", verdict_text(vote, summary, policy)),
+                ("Label cleaning", _counts_markdown(kept, dropped, vote, table)),
+                ("Posterior and voter families", _families_markdown(vote, votes, summary, table.num_rows)),
+                ("Ten most doubtful pairs (lowest posterior, before policies)", _doubtful_markdown(vote, table))]
+    return _figures(vote, policy), sections
+
+
+def _counts_markdown(kept: pa.Table, dropped: pa.Table, vote, table: pa.Table) -> str:
+    """What the step did to the pairs: kept, flipped, dropped (by reason), duplicates, cross-fit groups."""
     from prefdata.rewards.heads import pair_groups
 
-    policy = policy or PolicyConfig()
-    frame, post, summary = vote.frame, vote.posterior, vote.summary()
     n = table.num_rows
     flipped = _n_true(kept) - _n_true(table)
     reasons = (pl.from_arrow(dropped.select(["drop_reason"])).group_by("drop_reason").len().sort("drop_reason")
                if dropped.num_rows else pl.DataFrame({"drop_reason": [], "len": []}))
-    groups = pair_groups(table)
     dups = duplicate_pairs(table)
-    counts = "\n".join([
+    return "\n".join([
         "| | pairs |", "|---|---|", f"| input | {n} |", f"| kept | {kept.num_rows} |",
         f"| flipped (this step) | {flipped} |", f"| dropped | {dropped.num_rows} |",
-        f"| posterior < 0.5 before policies | {int((post.label_prob < 0.5).sum())} |",
+        f"| posterior < 0.5 before policies | {int((vote.posterior.label_prob < 0.5).sum())} |",
         *[f"| dropped: {cell(r)} | {c} |" for r, c in reasons.iter_rows()],
         f"| exact duplicate pairs | {dups['exact']} |",
         f"| swapped duplicates (same two answers, opposite labels) | {dups['swapped']} |",
-        f"| cross-fitting groups (pairs sharing a prompt or an answer) | {len(np.unique(groups))} |",
+        f"| cross-fitting groups (pairs sharing a prompt or an answer) | {len(np.unique(pair_groups(table)))} |",
         "", "Every flipped pair carries `flipped = true` (flip it again to undo); dropped pairs are kept, "
         "with `drop_reason`, in the `dropped` side table named in the lineage.",
     ])
 
+
+def _family_rows(vote, votes: dict[str, np.ndarray], summary: dict, n: int) -> list[str]:
+    """One table row per voter family, then the length-only baseline."""
     ell = vote.ell
     longer = float(((ell > 0).sum() + 0.5 * (ell == 0).sum()) / max(n, 1))
     rows = ["| family | kind | members | estimated accuracy (90% interval) | weight | voted | ties | "
@@ -121,6 +132,12 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
                     f"{fs['weight']:+.2f} | {fs['voted']:.0%} | {fs['ties']:.0%} | {agree:.3f} | "
                     f"{vote.length_corr[i]:+.3f} |")
     rows.append(f"| length only (longer answer wins) | — | — | — | — | — | — | {longer:.3f} | +1.000 |")
+    return rows
+
+
+def _families_markdown(vote, votes: dict[str, np.ndarray], summary: dict, n: int) -> str:
+    """The latent-class model in words, the families' table, the noise rate, and per-group fits."""
+    post = vote.posterior
     lo, hi = summary.get("noise_interval", (float("nan"), float("nan")))
     noise = (f"estimated noise rate **{post.noise_rate:.1%}** (90% interval {lo:.1%} – {hi:.1%}, which holds both "
              "the fit's uncertainty and which labels are wrong)" if post.can_judge else
@@ -130,7 +147,7 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
         "(a latent-class model; see `prefdata/curation/posterior.py`). Members of one family count once; a "
         "negative weight means the family is reliably wrong and is read backwards; ties and missing votes "
         "carry no evidence.",
-        "", *rows, "",
+        "", *_family_rows(vote, votes, summary, n), "",
         f"Estimated accuracy of the stored labels: **{post.alpha:.3f}**; {noise}.",
         f"Length control: {'on' if vote.length_control else 'off'} for score families (each family's vote minus "
         "its slope on the log length ratio of the two answers); verdict families are used as given.",
@@ -148,10 +165,13 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
     if "family_corr" in summary:
         text.append(f"Mean correlation between families: {summary['family_corr']:.3f}.")
     if "gold" in summary:
-        g = summary["gold"]
-        text.append("Gold: " + ", ".join(f"{k} {v}" for k, v in g.items()) + ".")
+        text.append("Gold: " + ", ".join(f"{k} {v}" for k, v in summary["gold"].items()) + ".")
+    return "\n".join(text)
 
-    worst = frame.sort("label_prob").head(10)
+
+def _doubtful_markdown(vote, table: pa.Table) -> str:
+    """The ten pairs with the lowest posterior, their evidence and a clip of each message."""
+    worst = vote.frame.sort("label_prob").head(10)
     lookup_rows = table.filter(pc.is_in(table.column("id"), value_set=pa.array(worst["id"].to_list())))
     lookup = {r["id"]: r for r in lookup_rows.select(["id", "prompt", "chosen", "rejected"]).to_pylist()}
     disputed = ["| label_prob | evidence | prompt (last turn) | chosen (as labelled) | rejected (as labelled) |",
@@ -164,10 +184,7 @@ def figures_and_sections(kept: pa.Table, dropped: pa.Table, vote, votes: dict[st
         p = lookup[r["id"]]
         disputed.append(f"| {r['label_prob']:.3f} | {r['strength_mean']:.2f} | {clip(p['prompt'])} | "
                         f"{clip(p['chosen'])} | {clip(p['rejected'])} |")
-    sections = [("Verdict", verdict_text(vote, summary, policy)), ("Label cleaning", counts),
-                ("Posterior and voter families", "\n".join(text)),
-                ("Ten most doubtful pairs (lowest posterior, before policies)", "\n".join(disputed))]
-    return _figures(vote, policy), sections
+    return "\n".join(disputed)
 
 
 def verdict_text(vote, summary: dict, policy) -> str:
