@@ -203,65 +203,75 @@ def checks(q: dict, t: Thresholds = THRESHOLDS) -> list[Check]:
     """The seven checks of a `measure` result, in card order."""
     first, second, unit = KINDS.get(q.get("kind", "pair"), KINDS["pair"])
     n = q.get("rows", 0)
-    out: list[Check] = []
+    return [check(q, t, first, second, unit, n) for check in _CHECKS]
 
-    # truncation
+
+def _truncation(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Truncation."""
     answers, known, cut = q.get("answers", 0), q.get("finish_known", 0), q.get("truncated", 0)
     if not known:
-        out.append(Check("truncation", "unknown", "this step does not record why generation stopped, so answers "
-                         "cut off at max_tokens cannot be counted" if answers else "no answers"))
+        return Check("truncation", "unknown", "this step does not record why generation stopped, so answers "
+                     "cut off at max_tokens cannot be counted" if answers else "no answers")
     else:
         share = cut / known
         tail = "" if known == answers else f" ({answers - known} answers not recorded)"
         warn = share > t.truncated
-        out.append(Check("truncation", f"{_pct(cut, known)} answers{tail}",
-                         ("most answers stopped at max_tokens: they end mid-sentence; raise max_tokens"
-                          if share > 0.5 else "some answers stopped at max_tokens and end mid-sentence; "
-                          "raise max_tokens" if warn else "answers ended on their own" if not cut else
-                          "a few answers stopped at max_tokens"),
-                         f"{share:.0%} of answers cut off at max_tokens" if warn else None))
+        return Check("truncation", f"{_pct(cut, known)} answers{tail}",
+                     ("most answers stopped at max_tokens: they end mid-sentence; raise max_tokens"
+                      if share > 0.5 else "some answers stopped at max_tokens and end mid-sentence; "
+                      "raise max_tokens" if warn else "answers ended on their own" if not cut else
+                      "a few answers stopped at max_tokens"),
+                     f"{share:.0%} of answers cut off at max_tokens" if warn else None)
 
-    # parse failures
+
+def _parse_failures(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Parse failures."""
     if "parsed_outputs" in q:
         total, bad, what = q["parsed_outputs"], q["unparsed"], q.get("parse_what", "judge verdicts")
         share = bad / total if total else 0.0
         warn = share > t.unparsed
-        out.append(Check("parse failures", f"{_pct(bad, total)} {what}",
-                         (f"{share:.0%} of {what} could not be parsed and were thrown away"
-                          + ("; the model does not keep the format it was asked for" if warn else "") if bad else
-                          f"every one of the {what} could be parsed" if total else f"no {what} were made"),
-                         f"{share:.0%} of {what} unparseable" if warn else None))
+        return Check("parse failures", f"{_pct(bad, total)} {what}",
+                     (f"{share:.0%} of {what} could not be parsed and were thrown away"
+                      + ("; the model does not keep the format it was asked for" if warn else "") if bad else
+                      f"every one of the {what} could be parsed" if total else f"no {what} were made"),
+                     f"{share:.0%} of {what} unparseable" if warn else None)
     else:
-        out.append(Check("parse failures", "n/a", "this step parses no model output"))
+        return Check("parse failures", "n/a", "this step parses no model output")
 
-    # judge self-agreement
+
+def _self_agreement(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Judge self-agreement."""
     if q.get("repeat_pairs"):
         pairs, agree = q["repeat_pairs"], q["repeat_agree"]
         rate = agree / pairs
         warn = rate < t.agreement
-        out.append(Check("judge self-agreement", f"{rate:.0%} of {pairs} pairs of judgements of the same item agree",
-                         ("the judge often contradicts itself on the same item (judged again, or shown in the "
-                          "other order): its labels are close to noise" if warn else
-                          "repeated judgements of the same item mostly agree"),
-                         f"judge agrees with itself only {rate:.0%} of the time" if warn else None))
+        return Check("judge self-agreement", f"{rate:.0%} of {pairs} pairs of judgements of the same item agree",
+                     ("the judge often contradicts itself on the same item (judged again, or shown in the "
+                      "other order): its labels are close to noise" if warn else
+                      "repeated judgements of the same item mostly agree"),
+                     f"judge agrees with itself only {rate:.0%} of the time" if warn else None)
     else:
-        out.append(Check("judge self-agreement", "n/a", "no item was judged twice" if "repeat_pairs" in q
-                         else "this step does not judge an item more than once"))
+        return Check("judge self-agreement", "n/a", "no item was judged twice" if "repeat_pairs" in q
+                     else "this step does not judge an item more than once")
 
-    # identical / near-identical
+
+def _identical(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Identical / near-identical."""
     if "identical" in q:
         same, near = q["identical"], q["near_identical"]
         share = (same + near) / n if n else 0.0
         warn = share > t.identical
-        out.append(Check("identical pairs", f"{same} identical, {near} near-identical of {n} {unit}",
-                         (f"{share:.0%} of {unit} have (nearly) the same {first} and {second} "
-                          f"(token Jaccard >= {t.near_identical:g}): there is nothing to tell apart"
-                          if same + near else f"every {first} differs from its {second}"),
-                         f"{same + near} of {n} {unit} identical or near-identical" if warn else None))
+        return Check("identical pairs", f"{same} identical, {near} near-identical of {n} {unit}",
+                     (f"{share:.0%} of {unit} have (nearly) the same {first} and {second} "
+                      f"(token Jaccard >= {t.near_identical:g}): there is nothing to tell apart"
+                      if same + near else f"every {first} differs from its {second}"),
+                     f"{same + near} of {n} {unit} identical or near-identical" if warn else None)
     else:
-        out.append(Check("identical pairs", "n/a", "rows have a single answer"))
+        return Check("identical pairs", "n/a", "rows have a single answer")
 
-    # meta-text and refusal markers
+
+def _meta_text(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Meta-text and refusal markers."""
     mf, rf = q.get("meta_first", 0), q.get("refusal_first", 0)
     if "meta_second" in q:
         ms, rs = q["meta_second"], q["refusal_second"]
@@ -277,16 +287,18 @@ def checks(q: dict, t: Thresholds = THRESHOLDS) -> list[Check]:
                    "once" if meta_warn else "no meta-text found" if not (mf or ms) else "a little meta-text")
         reading += ("; refusals mark one side, so a model can learn to refuse (or never refuse) instead of "
                     "the content" if refusal_warn else "")
-        out.append(Check("meta-text and refusals", f"meta-text: {first} {mf}, {second} {ms}; refusals: "
-                         f"{first} {rf}, {second} {rs} (of {n})", reading, "; ".join(parts) or None))
+        return Check("meta-text and refusals", f"meta-text: {first} {mf}, {second} {ms}; refusals: "
+                     f"{first} {rf}, {second} {rs} (of {n})", reading, "; ".join(parts) or None)
     else:
         meta_warn = n and mf / n > t.meta_text
-        out.append(Check("meta-text and refusals", f"meta-text {mf}, refusals {rf} of {n} {unit}",
-                         "editor meta-text or template tags leak into the answers" if meta_warn else
-                         "no meta-text found" if not mf else "a little meta-text",
-                         f"meta-text in {mf / n:.0%} of {unit}" if meta_warn else None))
+        return Check("meta-text and refusals", f"meta-text {mf}, refusals {rf} of {n} {unit}",
+                     "editor meta-text or template tags leak into the answers" if meta_warn else
+                     "no meta-text found" if not mf else "a little meta-text",
+                     f"meta-text in {mf / n:.0%} of {unit}" if meta_warn else None)
 
-    # length skew
+
+def _length_skew(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Length skew."""
     if "log_ratio_milli" in q and n:
         ratio = math.exp(q["log_ratio_milli"] / 1000 / n)
         longer = q["first_longer"] / n
@@ -309,25 +321,30 @@ def checks(q: dict, t: Thresholds = THRESHOLDS) -> list[Check]:
             short = f"optimized prompts {ratio:.1f}x the original's length" if warn else None
         else:
             reading, short = "reported, not warned", None
-        out.append(Check("length skew", measured, reading, short))
+        return Check("length skew", measured, reading, short)
     else:
-        out.append(Check("length skew", "n/a", "no pairs to compare" if "identical" in q else
-                         "rows have a single answer"))
+        return Check("length skew", "n/a", "no pairs to compare" if "identical" in q else
+                     "rows have a single answer")
 
-    # uncertain labels
+
+def _uncertain(q: dict, t: Thresholds, first: str, second: str, unit: str, n: int) -> Check:
+    """Uncertain labels."""
     if "labels" in q:
         total, unsure = q["labels"], q["uncertain"]
         share = unsure / total if total else 0.0
         warn = share > t.uncertain
         what = "verdicts" if q.get("kind") == "answers" else "labels"
-        out.append(Check("uncertain labels", f"{_pct(unsure, total)} {what}",
-                         (f"{share:.0%} of {what} are ties or near a coin flip (label_prob "
-                          f"{t.uncertain_low:g}-{t.uncertain_high:g}): they teach little" if unsure else
-                          f"no {what[:-1]} is a tie or near a coin flip" if total else f"no {what}"),
-                         f"{share:.0%} of {what} uncertain" if warn else None))
+        return Check("uncertain labels", f"{_pct(unsure, total)} {what}",
+                     (f"{share:.0%} of {what} are ties or near a coin flip (label_prob "
+                      f"{t.uncertain_low:g}-{t.uncertain_high:g}): they teach little" if unsure else
+                      f"no {what[:-1]} is a tie or near a coin flip" if total else f"no {what}"),
+                     f"{share:.0%} of {what} uncertain" if warn else None)
     else:
-        out.append(Check("uncertain labels", "n/a", "the rows carry no preference label"))
-    return out
+        return Check("uncertain labels", "n/a", "the rows carry no preference label")
+
+
+_CHECKS = (_truncation, _parse_failures, _self_agreement, _identical, _meta_text, _length_skew, _uncertain)
+
 
 
 def warnings(q: dict | None, t: Thresholds = THRESHOLDS) -> list[str]:
