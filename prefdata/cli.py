@@ -38,7 +38,7 @@ def _mount() -> None:
     from prefdata.engines.cache_cli import app as cache_app
     from prefdata.models import app as models_app
     from prefdata.pipeline import register as register_run
-    from prefdata.store.cli import app as datasets_app
+    from prefdata.datasets_cli import app as datasets_app
 
     app.add_typer(datasets_app, name="datasets", help="List, inspect, diff and export dataset versions.")
     app.add_typer(models_app, name="models", help="Prepare and inspect models (the embedded default).")

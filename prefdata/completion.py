@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prefdata.store.complete import complete_ref, dataset_refs  # noqa: F401  (one import for every CLI)
+from prefdata.store.paths import complete_ref, dataset_refs  # noqa: F401  (one import for every CLI)
 
 
 def step_types(incomplete: str = "") -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from prefdata.store.complete import complete_ref
+from prefdata.store.paths import complete_ref
 
 
 def _config(model, config: Path | None, **fixed):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from prefdata.store.complete import complete_ref
+from prefdata.store.paths import complete_ref
 
 
 def _engine(model: str, backend: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from prefdata.store.complete import complete_ref
+from prefdata.store.paths import complete_ref
 
 app = typer.Typer(no_args_is_help=True)
 
