@@ -7,19 +7,15 @@
 TRL's DPOTrainer keeps only its own columns, so a pair's `label_prob` and `margin` would be dropped
 before the loss. `PrefDPOTrainer` subclasses it (TRL >=1.16,<1.17; tests/test_trainers_dpo.py fails
 loudly if the internals it relies on move) and carries both columns through the collator into
-`trainers.losses`:
-  sigmoid  -log s(beta h)                                   (Rafailov et al. 2023)
-  ipo      (h_per_token - 1/(2 beta))^2                     (Azar et al. 2023)
-  robust   TRL's unbiased robust loss, one global eps       (Chowdhury et al. 2024)
-  soft     cDPO with eps = 1 - label_prob, per pair         (Mitchell 2023; Secrets of RLHF II)
-  offset   -log s(beta h - alpha * delta), per pair         (ODPO, Amini et al. 2024)
-           delta = log(s_c - s_r) from the score columns, or the `margin` column (`offset_source`)
-  hinge    max(0, 1 - beta h), soft label per pair if given  (SLiC-HF, Zhao et al. 2023; RSO, Liu et al. 2023)
-  simpo    -log s(beta (mean logp_c - mean logp_r) - gamma)  (SimPO, Meng et al. 2024), no reference model
+the loss chosen by name from `trainers.losses.DPO_LOSSES` (sigmoid, ipo, robust, soft, offset, hinge,
+simpo; `prefdata train fields dpo` lists them, each function's docstring has its paper and equation).
+The loss's record says which per-pair columns it needs (soft: `label_prob`; offset: `margin`, or
+delta = log(s_c - s_r) from the score columns, see `offset_source`), which it reads when present
+(hinge, simpo: `label_prob`) and whether it uses a reference model (simpo does not).
 
-A tie (label_prob 0.5, or null in older versions) stays at 0.5 for the soft loss and is dropped,
-and counted in the card, by every hard loss. hinge and simpo read `label_prob` when the dataset has
-it (ties then stay at 0.5) and take every pair as certain when it does not. With >= 10 pairs, `eval_fraction` of them are held
+A tie (label_prob 0.5, or null in older versions) stays at 0.5 for a loss that reads `label_prob` and
+is dropped, and counted in the card, by every hard loss. A loss that reads `label_prob` only when the
+dataset has it takes every pair as certain when it does not. With >= 10 pairs, `eval_fraction` of them are held
 out; eval loss, implicit-reward accuracy and margin on them go into the card.
 
 The reference model is `ref_model` when given; otherwise the starting policy (a frozen copy, or the
@@ -45,20 +41,18 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefdata.errors import PrefdataError
 from trainers import common
-from trainers.losses import NEEDS, OPTIONAL, REFERENCE_FREE, get_loss
+from trainers.losses import DPO_LOSSES, PAIR_COLUMNS, spec
 
 # Per-pair columns TRL would drop and our losses read.
-EXTRA_COLUMNS = ("label_prob", "margin")
+EXTRA_COLUMNS = PAIR_COLUMNS
 
 
 class DPOTrainConfig(common.BaseTrainConfig):
     """`prefdata train dpo` / `python -m trainers.dpo`: every field is a YAML key and a --set override."""
 
-    loss: Literal["sigmoid", "ipo", "robust", "soft", "offset", "hinge", "simpo"] = Field(
-        "sigmoid", description="sigmoid (DPO eq. 7) | ipo (IPO eq. 17) | robust (rDPO eq. 8, global eps) | "
-                               "soft (cDPO, per-pair label_prob) | offset (ODPO eq. 6, per-pair margin) | "
-                               "hinge (SLiC-HF / RSO: max(0, 1 - beta h)) | simpo (SimPO eq. 6: reference-free, "
-                               "length-normalised, target margin simpo_gamma).")
+    # The choices and their help come from the registry: a new loss in trainers/losses.py appears here.
+    loss: Literal[tuple(DPO_LOSSES)] = Field(  # type: ignore[valid-type]
+        "sigmoid", description=" | ".join(f"{s.name} ({s.summary})" for s in DPO_LOSSES.values()) + ".")
     beta: float = Field(0.1, gt=0, le=10, description="DPO's beta (IPO's tau): inverse KL strength, in (0, 10]. "
                                                       "0.1 as in DPO and Self-Rewarding LMs. For simpo it scales the "
                                                       "mean log-prob reward and defaults to 2.0 (SimPO tunes beta in "
@@ -83,12 +77,15 @@ class DPOTrainConfig(common.BaseTrainConfig):
                                            "<store home>/refcache/ keyed on (model, dataset hash, max_length).")
 
     @model_validator(mode="after")
-    def _simpo_beta(self):
-        if self.loss == "simpo" and "beta" not in self.model_fields_set:
-            self.beta = 2.0  # SimPO's reward is a mean token log-prob, far smaller than DPO's summed log-ratio
-        if self.loss == "simpo" and (self.ref_model or self.precompute_ref_log_probs):
-            print("warning: loss=simpo uses no reference model; ref_model / precompute_ref_log_probs are ignored",
-                  file=sys.stderr)
+    def _loss_defaults(self):
+        # e.g. simpo's beta 2.0: SimPO's reward is a mean token log-prob, far smaller than DPO's summed log-ratio
+        loss = spec(self.loss)
+        for key, value in loss.defaults.items():
+            if key not in self.model_fields_set:
+                setattr(self, key, value)
+        if loss.reference_free and (self.ref_model or self.precompute_ref_log_probs):
+            print(f"warning: loss={self.loss} uses no reference model; ref_model / precompute_ref_log_probs are "
+                  "ignored", file=sys.stderr)
         return self
 
     @model_validator(mode="after")
@@ -128,8 +125,8 @@ class PrefDPOTrainer(DPOTrainer):
                  ref_cache_key: str | None = None, **kwargs):
         self.pref_loss, self.offset_alpha, self.ref_cache_key = pref_loss, offset_alpha, ref_cache_key
         self.simpo_gamma = simpo_gamma
-        self.reference_free = pref_loss in REFERENCE_FREE
-        self.loss_fn = get_loss(pref_loss)
+        self.reference_free = spec(pref_loss).reference_free
+        self.loss_fn = spec(pref_loss).fn
         super().__init__(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
@@ -265,25 +262,26 @@ def prepare(cfg: DPOTrainConfig):
     Returns (dataset, provenance, model, tokenizer, reference model or None, local model dir, notes
     for the card: how ties were handled and where the ODPO offset came from)."""
     ds, prov = common.load_dataset_ref(cfg.dataset, "pair")
-    needs = [c for c in NEEDS[cfg.loss] if c != "margin"]  # the offset's source is checked by _offset_margins
+    loss = spec(cfg.loss)
+    needs = [c for c in loss.needs if c != "margin"]  # a margin's source is checked by _offset_margins
     common.require_columns(ds, ["prompt", "chosen", "rejected", *needs], f"DPO (loss={cfg.loss})")
-    optional = [c for c in OPTIONAL.get(cfg.loss, ()) if c in ds.column_names]
-    soft = cfg.loss == "soft" or "label_prob" in optional
+    optional = [c for c in loss.optional if c in ds.column_names]
+    soft = "label_prob" in (*loss.needs, *optional)
     ds, ties = common.resolve_ties(ds, soft=soft, what=f"DPO loss={cfg.loss}")
     notes = dict(ties or {})
-    if cfg.loss == "offset":
+    if "margin" in loss.needs:  # ODPO's offset: the margin column, or log(s_c - s_r) from the scores
         margins, notes["offset_source"] = _offset_margins(ds, cfg.offset_source)
         ds = ds.remove_columns([c for c in ["margin"] if c in ds.column_names]).add_column("margin", margins)
-    keep = ["prompt", "chosen", "rejected", *NEEDS[cfg.loss], *optional]
+    keep = ["prompt", "chosen", "rejected", *loss.needs, *optional]
     ds = ds.select_columns(keep)
     model, tok, path = common.load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     if common.is_conversational(ds):
         common.check_chat_template(tok, cfg.model)
     common.check_lengths(ds, tok, cfg.max_length)
     ref = None
-    if cfg.ref_model and cfg.loss not in REFERENCE_FREE:
+    if cfg.ref_model and not loss.reference_free:
         ref, _, _ = common.load_model_and_tokenizer(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
-    elif not cfg.lora and not cfg.precompute_ref_log_probs and cfg.loss not in REFERENCE_FREE:
+    elif not cfg.lora and not cfg.precompute_ref_log_probs and not loss.reference_free:
         ref = copy.deepcopy(model).eval()  # TRL needs an explicit reference for an in-memory policy
     return ds, prov, model, tok, ref, path, notes
 
@@ -318,14 +316,14 @@ def ref_cache_key(cfg: DPOTrainConfig, prov: dict, path: str, selection: dict | 
 def build_trainer(cfg: DPOTrainConfig, ds, prov, model, tok, ref, path, notes=None) -> PrefDPOTrainer:
     cfg.output_dir = cfg.output_dir or common.default_output_dir("dpo", prov)
     ds, heldout = split_eval(ds, cfg)
-    free = cfg.loss in REFERENCE_FREE
+    free = spec(cfg.loss).reference_free
     selection = {"ties_dropped": "dropped" in str((notes or {}).get("ties_handling", "")),
                  "eval": [cfg.eval_fraction, cfg.seed] if heldout is not None else None}
     # loss_type only matters for TRL's own argument checks (e.g. robust's eps range); our loss replaces TRL's.
     # A reference-free loss "precomputes" zeros (see _precompute_ref_logps), so TRL loads no reference model.
     args = DPOConfig(**common.training_args_common(cfg), beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                      max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs or free,
-                     loss_type="robust" if cfg.loss == "robust" else "sigmoid")
+                     loss_type=spec(cfg.loss).trl or "sigmoid")
     trainer = PrefDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, eval_dataset=heldout,
                              processing_class=tok, peft_config=common.peft_config(cfg), pref_loss=cfg.loss,
                              offset_alpha=cfg.offset_alpha, simpo_gamma=cfg.simpo_gamma,

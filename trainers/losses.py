@@ -1,23 +1,84 @@
-"""Preference losses as pure tensor functions, one per variant, chosen by name from `DPO_LOSSES`.
+"""Preference losses as pure tensor functions, one per variant, each registered with its record by `@loss`.
 
 Notation (ALGORITHMS.md, "Losses the trainers need"): per pair,
     h = (log pi(y_c|x) - log pi_ref(y_c|x)) - (log pi(y_r|x) - log pi_ref(y_r|x)),   shape (b,)
 Every DPO-family function takes h and keyword tensors of shape (b,) and returns the per-pair loss,
 shape (b,); the caller takes the mean. Unused keywords are accepted (`**_`) so the trainer can call
 any variant the same way. Metrics (accuracies, margins) are computed by the trainer, not here.
+
+`DPO_LOSSES` is the one registry of the DPO family: name -> `LossSpec` (the function, the per-pair
+columns it needs or reads when present, whether it looks at a reference model, TRL's name for it).
+`trainers.dpo` takes the `loss` choices, their help text, the data checks and the dispatch from it,
+so a new variant is one decorated function here (docs/CONTRIBUTING.md, "Adding a loss").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
+# Per-pair columns a DPO-family loss may read from the dataset (`trainers.dpo` carries them through TRL).
+PAIR_COLUMNS = ("label_prob", "margin")
 
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One DPO-family loss: what the trainer needs to know to check the data and call it."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    summary: str  # one line for the `loss` field's help: the paper, the equation, what it reads
+    needs: tuple[str, ...] = ()  # per-pair columns it requires (PAIR_COLUMNS); checked before training
+    optional: tuple[str, ...] = ()  # per-pair columns it reads when the dataset has them (1.0 otherwise)
+    reference_free: bool = False  # never looks at a reference model: none is loaded, no reference pass
+    trl: str | None = None  # TRL's DPOConfig.loss_type of the same loss, so TRL checks its arguments
+    defaults: dict = field(default_factory=dict)  # DPOTrainConfig defaults this loss changes, when not set
+
+
+DPO_LOSSES: dict[str, LossSpec] = {}
+
+
+def loss(name: str, *, summary: str, needs: tuple[str, ...] = (), optional: tuple[str, ...] = (),
+         reference_free: bool = False, trl: str | None = None, defaults: dict | None = None):
+    """Register the decorated function as the DPO-family loss `name` (see `LossSpec` for the rest)."""
+    unknown = sorted((set(needs) | set(optional)) - set(PAIR_COLUMNS))
+    if unknown:
+        raise ValueError(f"loss '{name}': unknown per-pair columns {unknown} (known: {', '.join(PAIR_COLUMNS)})")
+
+    def register(fn):
+        if name in DPO_LOSSES:
+            raise ValueError(f"loss '{name}' is registered twice")
+        DPO_LOSSES[name] = LossSpec(name, fn, summary, tuple(needs), tuple(optional), reference_free, trl,
+                                    dict(defaults or {}))
+        return fn
+
+    return register
+
+
+def spec(name: str) -> LossSpec:
+    """The record of the DPO-family loss `name`; an unknown name is a ConfigError listing the known ones."""
+    try:
+        return DPO_LOSSES[name]
+    except KeyError:
+        from prefdata.errors import ConfigError
+
+        raise ConfigError(f"unknown DPO loss '{name}' (known: {', '.join(DPO_LOSSES)})") from None
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    return spec(name).fn
+
+
+@loss("sigmoid", summary="DPO eq. 7", trl="sigmoid")
 def sigmoid(h, *, beta, **_):
     """DPO (Rafailov et al. 2023, eq. 7): -log sigmoid(beta h)."""
     return -F.logsigmoid(beta * h)
 
 
+@loss("ipo", summary="IPO eq. 17", trl="ipo")
 def ipo(h, *, beta, chosen_logratio, rejected_logratio, chosen_len, rejected_len, **_):
     """IPO (Azar et al. 2023, eq. 17): (h' - 1/(2 tau))^2 with tau = beta. h' uses log-ratios averaged
     per completion token, as TRL does (agreed with the IPO authors), so beta means the same at any length."""
@@ -25,6 +86,7 @@ def ipo(h, *, beta, chosen_logratio, rejected_logratio, chosen_len, rejected_len
     return (h_tok - 1.0 / (2.0 * beta)) ** 2
 
 
+@loss("robust", summary="rDPO eq. 8, global eps", trl="robust")
 def robust(h, *, beta, label_smoothing, **_):
     """Robust DPO (Chowdhury et al. 2024, eq. 8), TRL's `robust`: an unbiased loss under a global
     label-flip rate eps = label_smoothing in [0, 0.5):
@@ -33,6 +95,7 @@ def robust(h, *, beta, label_smoothing, **_):
     return (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
 
 
+@loss("soft", summary="cDPO, per-pair label_prob", needs=("label_prob",))
 def soft(h, *, beta, label_prob, **_):
     """Soft labels per pair (conservative DPO, Mitchell 2023, with eps = 1 - p per pair; the soft-label
     policy of Secrets of RLHF II): -[p log s(beta h) + (1 - p) log s(-beta h)], p = label_prob in [0, 1].
@@ -41,6 +104,7 @@ def soft(h, *, beta, label_prob, **_):
     return -(label_prob * F.logsigmoid(beta * h) + (1 - label_prob) * F.logsigmoid(-beta * h))
 
 
+@loss("offset", summary="ODPO eq. 6, per-pair margin", needs=("margin",))
 def offset(h, *, beta, margin, alpha=1.0, **_):
     """ODPO (Amini et al. 2024, eq. 6): -log sigmoid(beta h - alpha * delta), delta the per-pair offset
     (`margin`, or log(s_c - s_r) from the response scores). alpha is not multiplied by beta."""
@@ -57,6 +121,7 @@ def bradley_terry(r_chosen, r_rejected, *, margin=None, label_prob=None):
     return -(label_prob * F.logsigmoid(d) + (1 - label_prob) * F.logsigmoid(-d))
 
 
+@loss("hinge", summary="SLiC-HF / RSO: max(0, 1 - beta h)", optional=("label_prob",), trl="hinge")
 def hinge(h, *, beta, label_prob, **_):
     """Hinge (SLiC-HF, Zhao et al. 2023; RSO, Liu et al. 2023, eq. 9 with normalised likelihoods), TRL's
     `hinge`: max(0, 1 - beta h). With a soft label p per pair, each order is weighted by its probability,
@@ -65,6 +130,8 @@ def hinge(h, *, beta, label_prob, **_):
     return label_prob * F.relu(1 - beta * h) + (1 - label_prob) * F.relu(1 + beta * h)
 
 
+@loss("simpo", summary="SimPO eq. 6: reference-free, length-normalised, target margin simpo_gamma",
+      optional=("label_prob",), reference_free=True, defaults={"beta": 2.0})
 def simpo(h, *, beta, gamma, chosen_logps, rejected_logps, chosen_len, rejected_len, label_prob, **_):
     """SimPO (Meng et al. 2024, eq. 6): -log s(beta (log pi(y_c|x)/|y_c| - log pi(y_r|x)/|y_r|) - gamma).
     Reference-free, so `h` is unused: the reward is the policy's mean token log-prob. gamma is the target
@@ -136,24 +203,3 @@ def pro(logps, lengths, rewards, valid, *, sft_weight=0.05, reward_temperature=T
 
 
 RANK_LOSSES = {"rrhf": rrhf, "pro": pro}
-
-DPO_LOSSES = {"sigmoid": sigmoid, "ipo": ipo, "robust": robust, "soft": soft, "offset": offset, "hinge": hinge,
-              "simpo": simpo}
-
-# Per-pair columns each variant reads; the trainer checks the dataset has them before training.
-NEEDS = {"sigmoid": (), "ipo": (), "robust": (), "soft": ("label_prob",), "offset": ("margin",), "hinge": (),
-         "simpo": ()}
-# Columns a variant reads when the dataset has them (1.0 otherwise): soft labels where they mean something.
-OPTIONAL = {"hinge": ("label_prob",), "simpo": ("label_prob",)}
-# Variants that never look at a reference model.
-REFERENCE_FREE = ("simpo",)
-
-
-def get_loss(name: str):
-    try:
-        return DPO_LOSSES[name]
-    except KeyError:
-        from prefdata.errors import ConfigError
-
-        raise ConfigError(f"unknown DPO loss '{name}' (known: {', '.join(DPO_LOSSES)})") from None
-
