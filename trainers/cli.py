@@ -15,17 +15,9 @@ way the model is written to a temporary folder and renamed into place only when 
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-KINDS = {"sft": "SFTTrainConfig", "dpo": "DPOTrainConfig", "kto": "KTOTrainConfig", "orpo": "ORPOTrainConfig",
-         "reward": "RewardTrainConfig", "rrhf": "RRHFTrainConfig", "pro": "PROTrainConfig",
-         "armo": "ArmoTrainConfig"}
-
-
-def _config_cls(kind: str):
-    return getattr(importlib.import_module(f"trainers.{kind}"), KINDS[kind])
+from trainers import registry
 
 
 def _run(kind: str, dataset: str, model: str | None, config: str | None, set_: list[str], output_dir: str | None,
@@ -35,8 +27,8 @@ def _run(kind: str, dataset: str, model: str | None, config: str | None, set_: l
     from prefdata.store import home
     from trainers.common import load_config
 
-    mod = importlib.import_module(f"trainers.{kind}")
-    cfg = load_config(_config_cls(kind), config, set_, dataset=dataset, model=model, output_dir=output_dir)
+    mod = registry.module(kind)
+    cfg = load_config(mod.Config, config, set_, dataset=dataset, model=model, output_dir=output_dir)
     if name and cfg.output_dir:
         raise ConfigError("--name names a model version in the store; it cannot go with --output-dir")
     if name:
@@ -66,19 +58,16 @@ def _command(kind: str):
     return cmd
 
 
-def fields(kind: str = typer.Argument(..., help="sft | dpo | kto | orpo | reward | rrhf | pro | armo")):
+def fields(kind: str = typer.Argument(..., help=" | ".join(registry.KINDS))):
     """List a trainer's config fields: its YAML keys and --set overrides, with ranges and sources."""
-    from prefdata.errors import PrefdataError
     from trainers.common import config_help
 
-    if kind not in KINDS:
-        raise PrefdataError(f"unknown trainer '{kind}' (known: {', '.join(KINDS)})")
-    typer.echo(config_help(_config_cls(kind)))
+    typer.echo(config_help(registry.config_class(kind)))  # an unknown kind: a ConfigError naming the known
 
 
 def build_app() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True)
-    for kind in KINDS:
+    for kind in registry.KINDS:
         app.command(kind, epilog=f"Config fields: prefdata train fields {kind}")(_command(kind))
     app.command("fields")(fields)
     return app

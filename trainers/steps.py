@@ -23,33 +23,7 @@ from pathlib import Path
 
 from prefdata.errors import ConfigError
 from prefdata.steps import StepResult, register_step
-
-KINDS = ("sft", "dpo", "kto", "orpo", "reward", "rrhf", "pro", "armo")
-
-
-def trainer(kind: str):
-    """The trainer module, imported on first use: each pulls in torch and TRL (seconds), which a
-    pipeline without train steps should not pay for. Plain imports, so the import graph sees them.
-    The one lookup of trainers: pipeline steps and `prefdata train` both come here."""
-    if kind == "sft":
-        from trainers import sft as mod
-    elif kind == "dpo":
-        from trainers import dpo as mod
-    elif kind == "kto":
-        from trainers import kto as mod
-    elif kind == "orpo":
-        from trainers import orpo as mod
-    elif kind == "rrhf":
-        from trainers import rrhf as mod
-    elif kind == "pro":
-        from trainers import pro as mod
-    elif kind == "armo":
-        from trainers import armo as mod
-    elif kind == "reward":
-        from trainers import reward as mod
-    else:
-        raise ConfigError(f"unknown trainer '{kind}' (known: {', '.join(KINDS)})")
-    return mod
+from trainers import registry
 
 
 PIPELINE_OWNED = ("dataset", "output_dir")  # set from the step's input and folder, never in YAML
@@ -66,11 +40,11 @@ def _train(kind: str, cfg, table, ctx) -> StepResult:
                           f"not '{ctx.step.input}'")
     base = cfg.model if "model" in given else ctx.engine_config().model
     out = Path(ctx.artifact_dir)
-    # The reward trainer merges its own adapter; armo has none (frozen backbone, heads only).
-    adapter = bool(getattr(cfg, "lora", False)) and kind != "reward"
+    # A trainer that merges its own adapter (reward) leaves none here; armo has no `lora` (heads only).
+    adapter = bool(getattr(cfg, "lora", False)) and not registry.spec(kind).merges_lora
     train_dir = out / ("adapter" if adapter else "model")
     run_cfg = cfg.model_copy(update={"dataset": ctx.input_ref, "model": base, "output_dir": str(train_dir)})
-    card = trainer(kind).train(run_cfg)
+    card = registry.module(kind).train(run_cfg)
     if adapter:
         from prefdata.models import merge_lora  # the one adapter merge (engines use it on load too)
 
@@ -93,10 +67,9 @@ def _declare(kind: str) -> None:
 
     run.__qualname__ = run.__name__ = f"train_{kind}"
     run.__doc__ = f"Train with trainers.{kind} on the step's input; the model is `step:<name>` later."
-    # The ranking trainers read a candidates table (or the pair version that names one); the rest read pairs.
-    reads = "completion" if kind in ("rrhf", "pro") else "pair"
-    register_step(f"train_{kind}", lambda: trainer(kind).Config, run, input=reads, output="model")
+    register_step(f"train_{kind}", lambda: registry.config_class(kind), run, input=registry.spec(kind).reads,
+                  output="model")
 
 
-for _kind in KINDS:
+for _kind in registry.KINDS:
     _declare(_kind)
