@@ -16,7 +16,8 @@ from prefdata.curation.card import figures_and_sections, jury_bias
 from prefdata.curation.policies import PolicyConfig, apply
 from prefdata.curation.texts import match_gold
 from prefdata.curation.vote import combine, length_ratio
-from prefdata.rewards.voters import HeadsVoter, VoterSpec
+from prefdata.rewards.registry import VoterSpec
+from prefdata.rewards.voters import HeadsVoter
 from prefdata.schema import conform
 
 
@@ -40,7 +41,7 @@ class CleanLabelsConfig(BaseModel):
 
     @property
     def needs_engine(self) -> bool:
-        from prefdata.rewards.voters import VOTERS
+        from prefdata.rewards.registry import VOTERS
 
         return any(VOTERS[v.type].needs_engine for v in self.voters)
 
@@ -52,7 +53,7 @@ def collect_votes(table: pa.Table, cfg: CleanLabelsConfig, *, seed: int = 0, eng
     (`rewards.voters.VOTERS`). `juries`, when given, receives each jury voter's per-juror verdicts
     (`judges.jury.JurorVerdicts`), for the card's bias figures."""
     from prefdata.errors import DataError
-    from prefdata.rewards import voters as V
+    from prefdata.rewards import registry as V
 
     if table.num_rows == 0:  # before any model loads: nothing to vote on is a data error, not a crash
         raise DataError("the dataset has no pairs to vote on", file=source)

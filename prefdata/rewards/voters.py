@@ -12,9 +12,7 @@ Voters of different kinds mix freely in one vote; `curation.vote` standardises t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +22,7 @@ from prefdata.engines import EngineOverrides
 from prefdata.judges.jury import JurorConfig
 from prefdata.rewards.columns import ColumnVoter
 from prefdata.rewards.finetuned import FinetunedRMVoter  # each spec beside its method; registered below
+from prefdata.rewards.registry import VOTERS, VoteContext, VoterSpec, register_voter, vote_with  # noqa: F401
 from prefdata.rewards.reward_model import RewardModelVoter, reward_model_votes
 
 
@@ -66,43 +65,8 @@ class JuryVoter(BaseModel):
     seed: int = Field(0, description="Sampling seed passed to every juror's engine.")
 
 
-# ----------------------------------------------------------------------------- the registry
-# One record per voter type: its config class and the function that votes. Adding a voter is one
-# `register_voter` call beside its config (CONTRIBUTING.md); `clean_labels` looks voters up here.
-
-
-@dataclass
-class VoteContext:
-    """What a voter may use besides the pairs and its own config."""
-
-    seed: int = 0
-    progress: bool = True
-    source: str = "clean_labels"
-    engine_for: Callable | None = None  # EngineOverrides -> engine (judges); None outside a pipeline
-    juries: list | None = None  # receives each jury voter's per-juror verdicts, for the card
-
-
-@dataclass(frozen=True)
-class VoterRecord:
-    spec: type[BaseModel]
-    vote: Callable  # (table, spec, VoteContext) -> {voter name: (n,) scores}
-    needs_engine: bool = False
-
-
-VOTERS: dict[str, VoterRecord] = {}
-
-
-def register_voter(spec: type[BaseModel], vote: Callable, *, needs_engine: bool = False) -> None:
-    VOTERS[spec.model_fields["type"].default] = VoterRecord(spec, vote, needs_engine)
-
-
-def vote_with(spec: BaseModel, table: pa.Table, ctx: VoteContext) -> dict[str, np.ndarray]:
-    rec = VOTERS[spec.type]
-    if rec.needs_engine and ctx.engine_for is None:
-        from prefdata.errors import ConfigError
-
-        raise ConfigError(f"a {spec.type} voter needs an engine (run it inside a pipeline or pass engine_for)")
-    return rec.vote(table, spec, ctx)
+# ----------------------------------------------------------------------------- the built-in voters
+# Each registered beside its vote function (registry.py); `clean_labels` looks voters up there.
 
 
 def _heads(table, spec, ctx):
@@ -143,8 +107,6 @@ register_voter(JudgeVoter, _judge, needs_engine=True)
 register_voter(JuryVoter, _jury, needs_engine=True)
 register_voter(ColumnVoter, _column)
 
-VoterSpec = Annotated[Union[tuple(r.spec for r in VOTERS.values())],  # noqa: UP007 - built from the registry
-                      Field(discriminator="type")]
 
 
 def heads_votes(table: pa.Table, spec: HeadsVoter, seed: int = 0, cache=None, progress: bool = True) -> dict[str, np.ndarray]:
