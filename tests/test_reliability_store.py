@@ -238,11 +238,18 @@ def test_commit_validates_numbers_like_the_readers(field, value, needle):
     assert not store.list_versions("ds")
 
 
+def _paused_commit(seconds: float) -> str:
+    """Python source that makes every commit in its process pause `seconds` just before the rename
+    that publishes the version (the temp dir then holds a finished manifest), under the name's lock."""
+    return ("import time\nfrom prefdata.store import core\n_real = core._fsync_files\n"
+            f"core._fsync_files = lambda tmp: (_real(tmp), time.sleep({seconds}))\n")
+
+
 def test_killed_commit_temp_dir_is_removed_by_the_next_commit():
-    script = ("from prefdata import store\nfrom prefdata.schema import validate\nprint('START', flush=True)\n"
+    script = (_paused_commit(30) + "from prefdata import store\nfrom prefdata.schema import validate\n"
+              "print('START', flush=True)\n"
               "store.commit('killme', validate([{'prompt': 'q', 'chosen': 'g', 'rejected': 'b'}], 'pair'))\n")
-    env = {**os.environ, "PREFDATA_TEST_COMMIT_PAUSE": "30"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     d = store.datasets_dir() / "killme"
     deadline = time.time() + 60
     while time.time() < deadline and not any(d.glob(".tmp-*/manifest.json")):
@@ -262,13 +269,14 @@ def test_killed_commit_temp_dir_is_removed_by_the_next_commit():
 
 
 def test_concurrent_imports_number_versions_uniquely(tmp_path):
-    env = {**os.environ, "PREFDATA_TEST_COMMIT_PAUSE": "0.2", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli_paused = _paused_commit(0.2) + "import sys\nfrom prefdata.cli import main\nmain()\n"
     procs = []
     for k in range(4):
         src = tmp_path / f"in{k}.jsonl"
         write_jsonl(src, rows(3, f"p{k}") + [{**BAD_ROW, "prompt": f"bad {k}"}])
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "prefdata.cli", "datasets", "import", str(src), "--name", "shared",
+            [sys.executable, "-c", cli_paused, "datasets", "import", str(src), "--name", "shared",
              "--on-error", "quarantine"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
     for rc, out, err in results:

@@ -77,12 +77,15 @@ def test_killed_commit_leaves_nothing_visible(tmp_path):
         import pyarrow as pa
         from prefdata import store
         from prefdata.schema import validate
+        import time
+        from prefdata.store import core
+        real = core._fsync_files  # the last step before the rename: pause there, to be killed
+        core._fsync_files = lambda tmp: (real(tmp), time.sleep(30))
         rows = [{"prompt": "q", "chosen": "good", "rejected": "bad"}]
         print("START", flush=True)
         store.commit("killme", validate(rows, "pair"))
     """)
-    env = {**os.environ, "PREFDATA_TEST_COMMIT_PAUSE": "30"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "START"
     d = store.datasets_dir() / "killme"
     deadline = time.time() + 60

@@ -32,6 +32,7 @@ import shutil
 import socket
 import time
 import uuid
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,19 +338,83 @@ def verify_ref(ref: str) -> Version:
     return v
 
 
-def load_table(ref: str, split: str = "train") -> pa.Table:
-    v = resolve(ref)
-    verify(v, split)
-    return pa.concat_tables([pq.read_table(f) for f in v.data_files(split)])
+# ----------------------------------------------------------------------------- the one reader
+
+# Verifications that still hold, for this process: (what identifies the version's bytes, split).
+_VERIFIED: set[tuple] = set()
 
 
-def load(ref: str, split: str = "train"):
+def _identity(version: Version) -> tuple | None:
+    """What a verification of `version` depends on: its real folder, its content hash, and the inode,
+    size and times of its manifest, the manifest's sum and every file the manifest lists. A file
+    rewritten in place, replaced or swapped for a symlink, or a version committed again at the same
+    place, changes it; None when a file cannot be looked at (then `verify` says why)."""
+    stats = []
+    for rel in ("manifest.json", MANIFEST_SUM, *version.manifest["files"]):
+        try:
+            st = os.lstat(version.path / rel)
+        except FileNotFoundError:
+            if rel == MANIFEST_SUM:  # a schema-1 version has none
+                continue
+            return None
+        except OSError:
+            return None
+        stats.append((rel, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return os.path.realpath(version.path), version.sha, tuple(stats)
+
+
+def verify_once(version: Version, split: str | None = None) -> Version:
+    """`verify`, done once per process for the same bytes: a version read again (a train step's input,
+    then its trainer's dataset) is not hashed again, while a changed or re-committed one is."""
+    key = (_identity(version), split)
+    if key[0] is None or key not in _VERIFIED:
+        verify(version, split)
+        if key[0] is not None:
+            _VERIFIED.add(key)
+    return version
+
+
+# A table as `load_table` returned it -> the digest of its rows (the version's content hash and split),
+# so a step's input digest need not re-encode it. Keyed by id, dropped when the table is collected.
+_DIGESTS: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def _note_digest(table: pa.Table, digest: str) -> pa.Table:
+    key = id(table)
+    _DIGESTS[key] = (weakref.ref(table, lambda _ref, key=key: _DIGESTS.pop(key, None)), digest)
+    return table
+
+
+def stored_digest(table: pa.Table) -> str | None:
+    """For a table that holds exactly one split of a verified version, as `load_table` returned it (or
+    as `same_rows` passed it on): a digest of the version's content hash and the split. None for any
+    other table: a slice, a table built from it, rows read from a file."""
+    entry = _DIGESTS.get(id(table))
+    return entry[1] if entry is not None and entry[0]() is table else None
+
+
+def same_rows(source: pa.Table, table: pa.Table) -> pa.Table:
+    """`table`, which holds exactly `source`'s rows and values (its columns reordered or re-typed
+    losslessly), keeps `source`'s stored digest."""
+    digest = stored_digest(source)
+    return _note_digest(table, digest) if digest is not None and table is not source else table
+
+
+def load_table(ref: str | Version, split: str = "train") -> pa.Table:
+    """The one reader of a version: resolved (a Version is taken as it is), verified once per process
+    (`verify_once`), and one split's data files as an Arrow table."""
+    v = ref if isinstance(ref, Version) else resolve(ref)
+    verify_once(v, split)
+    table = pa.concat_tables([pq.read_table(f) for f in v.data_files(split)])
+    digest = hashlib.sha256(f"{v.sha}\0{split}".encode()).hexdigest()
+    return _note_digest(table, digest)
+
+
+def load(ref: str | Version, split: str = "train"):
     """A `datasets.Dataset` for one split of a version, checksums verified first."""
     import datasets
 
-    v = resolve(ref)
-    verify(v, split)
-    return datasets.Dataset(load_table(str(v.path), split))
+    return datasets.Dataset(load_table(ref, split))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -590,8 +655,6 @@ class VersionWriter:
         """Write the version and return it; identical content returns the existing version once it
         verifies (a corrupt or tampered match is passed over and a new version committed).
         `allow_kind_change=False` refuses a kind other than the latest version's (`--force-kind`)."""
-        from prefdata.store.card import render_card
-
         if self._done:
             raise PrefdataError(f"version writer for '{self.name}' is already closed")
         if not self._parts:
@@ -599,82 +662,104 @@ class VersionWriter:
         if not allow_kind_change:
             _refuse_kind_change(self.name, kind)
         lineage = dict(lineage or {})
-        dest_dir, tmp = self.dest_dir, self.tmp
         try:
             split_files: dict[str, list[str]] = {}
             hashes: dict[str, str] = {}
             for s in self._parts:
                 split_files[s], h = self._lay_out(s)
                 hashes.update(h)
-            shutil.rmtree(tmp / "spool", ignore_errors=True)
+            shutil.rmtree(self.tmp / "spool", ignore_errors=True)
             chash = content_hash(split_files, hashes)
             checked: dict[str, bool] = {}
             if (same := _reusable(self.name, chash, checked)) is not None:
                 self.abort()
                 return same
-            images = {}
-            for fig_name, fig in (figures or {}).items():
-                fn = f"{fig_name}.png"
-                fig.savefig(tmp / fn, dpi=110)
-                images[fig_name] = fn
-                try:
-                    import matplotlib.pyplot as plt
-
-                    plt.close(fig)
-                except Exception:
-                    pass
+            images = _save_figures(self.tmp, figures or {})
+            manifest = self._manifest(kind, chash, split_files, lineage, command)
             summaries = {s: pa.concat_tables(p, promote_options="permissive") for s, p in self._summary.items()}
-            manifest = {
-                "schema_version": SCHEMA_VERSION,
-                "name": self.name,
-                "kind": kind,
-                "content_hash": chash,
-                "splits": {s: {"rows": self._rows[s], "files": split_files[s]} for s in split_files},
-                "duplicates": {s: self._dups[s].counts() for s in split_files},
-                "columns": {s: [f"{f.name}: {f.type}" for f in self._schema[s]] for s in split_files},
-                "parents": list(lineage.get("parents", [])),
-                # Whoever commits (pipeline, import, trainers, curation), no credential is kept.
-                "lineage": redact_obj(lineage),
-                "command": redact(command),
-                "prefdata_version": prefdata.__version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            with _lock(dest_dir):
-                _refuse_escape(dest_dir)
+            with _lock(self.dest_dir):
+                _refuse_escape(self.dest_dir)
                 if not allow_kind_change:
                     _refuse_kind_change(self.name, kind)
                 if (same := _reusable(self.name, chash, checked)) is not None:
                     self.abort()
                     return same
-                # Numbered past every vN directory, corrupt ones included, so a new version never
-                # lands on (or is refused by) a damaged one.
-                nums = _version_numbers(dest_dir)
-                number = nums[-1] + 1 if nums else 1
-                manifest["version"] = f"v{number}"
-                card = render_card(self.name, f"v{number}", manifest, summaries, images, card_sections or [], tmp)
-                (tmp / "README.md").write_text(card, encoding="utf-8")
-                manifest["files"] = {**hashes, "README.md": sha256_file(tmp / "README.md"),
-                                     **{fn: sha256_file(tmp / fn) for fn in images.values()}}
-                blob = json.dumps(manifest, indent=2, default=str).encode("utf-8")
-                (tmp / "manifest.json").write_bytes(blob)
-                (tmp / MANIFEST_SUM).write_text(hashlib.sha256(blob).hexdigest() + "\n", encoding="ascii")
-                (tmp / ".owner").unlink()
-                for f in tmp.rglob("*"):
-                    if f.is_file():
-                        with open(f, "rb") as fh:
-                            os.fsync(fh.fileno())
-                if os.environ.get("PREFDATA_TEST_COMMIT_PAUSE"):
-                    # Test hook: a window in which the commit can be killed before the rename.
-                    time.sleep(float(os.environ["PREFDATA_TEST_COMMIT_PAUSE"]))
-                final = dest_dir / f"v{number}"
-                _refuse_escape(dest_dir)
-                os.rename(tmp, final)
-                self._done = True
-                _fsync_dir(dest_dir)
+                final = self._publish(manifest, hashes, images, summaries, card_sections or [])
             return _read_version(final)
         except BaseException:
             self.abort()
             raise
+
+    def _manifest(self, kind: str, chash: str, split_files: dict[str, list[str]], lineage: dict,
+                  command: str | None) -> dict:
+        """The manifest less what is known only under the lock (the version number, the files' sums)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "kind": kind,
+            "content_hash": chash,
+            "splits": {s: {"rows": self._rows[s], "files": split_files[s]} for s in split_files},
+            "duplicates": {s: self._dups[s].counts() for s in split_files},
+            "columns": {s: [f"{f.name}: {f.type}" for f in self._schema[s]] for s in split_files},
+            "parents": list(lineage.get("parents", [])),
+            # Whoever commits (pipeline, import, trainers, curation), no credential is kept.
+            "lineage": redact_obj(lineage),
+            "command": redact(command),
+            "prefdata_version": prefdata.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _publish(self, manifest: dict, hashes: dict[str, str], images: dict[str, str], summaries: dict,
+                 card_sections: list[tuple[str, str]]) -> Path:
+        """Under the name's lock: number the version, write its card and manifest, and rename the temp
+        dir into place. Returns the version's directory."""
+        from prefdata.store.card import render_card
+
+        dest_dir, tmp = self.dest_dir, self.tmp
+        # Numbered past every vN directory, corrupt ones included, so a new version never lands on
+        # (or is refused by) a damaged one.
+        nums = _version_numbers(dest_dir)
+        number = nums[-1] + 1 if nums else 1
+        manifest["version"] = f"v{number}"
+        card = render_card(self.name, f"v{number}", manifest, summaries, images, card_sections, tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        manifest["files"] = {**hashes, "README.md": sha256_file(tmp / "README.md"),
+                             **{fn: sha256_file(tmp / fn) for fn in images.values()}}
+        blob = json.dumps(manifest, indent=2, default=str).encode("utf-8")
+        (tmp / "manifest.json").write_bytes(blob)
+        (tmp / MANIFEST_SUM).write_text(hashlib.sha256(blob).hexdigest() + "\n", encoding="ascii")
+        (tmp / ".owner").unlink()
+        _fsync_files(tmp)
+        final = dest_dir / f"v{number}"
+        _refuse_escape(dest_dir)
+        os.rename(tmp, final)
+        self._done = True
+        _fsync_dir(dest_dir)
+        return final
+
+
+def _save_figures(tmp: Path, figures: dict) -> dict[str, str]:
+    """Each figure saved as `<name>.png` in the version; returns name -> file name."""
+    images = {}
+    for fig_name, fig in figures.items():
+        fn = f"{fig_name}.png"
+        fig.savefig(tmp / fn, dpi=110)
+        images[fig_name] = fn
+        try:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        except Exception:
+            pass
+    return images
+
+
+def _fsync_files(tmp: Path) -> None:
+    """Every file of a finished version on disk before it is renamed into place."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def commit(name: str, data, *, kind: str = "pair", lineage: dict | None = None, command: str | None = None,
