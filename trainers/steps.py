@@ -25,7 +25,6 @@ from prefdata.errors import ConfigError
 from prefdata.steps import StepResult, register_step
 from trainers import registry
 
-
 PIPELINE_OWNED = ("dataset", "output_dir")  # set from the step's input and folder, never in YAML
 
 
