@@ -19,6 +19,9 @@ a rerun after a kill replays the finished rounds from the request cache and yiel
 Every candidate, with its score, acceptance probability and whether it was used, goes into the
 `candidates` side table (the schema `self_reward` writes, `prefdata.schema.CANDIDATE`, plus columns).
 
+`self_reward` is a preset of this sampler: one round of best_of_n, best_vs_worst, scored by the judge
+scorer with the paper's defaults (`Preset` holds what it keeps of its own: cache keys, tie rule).
+
     from prefdata.generators import rejection
     res = rejection.generate(prompts, engine, rejection.RejectionSamplingConfig(mode="rso"), reward=my_fn)
     res.rows, res.candidates, res.rounds
@@ -37,7 +40,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from prefdata import quality
-from prefdata.engines.base import ChatRequest, Engine
+from prefdata.engines.base import ChatRequest, Completion, Engine
 from prefdata.generators.common import (
     SamplingConfig,
     assistant,
@@ -172,15 +175,18 @@ def prompt_rng(seed: int, round_: int, prompt_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, round_, int(content_id(prompt_id), 16)])
 
 
-def make_pairs(idx: np.ndarray, r: np.ndarray, how: str, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """(chosen, rejected) candidate indices from a pool `idx` with rewards `r[idx]`; ties are no pair."""
+def make_pairs(idx: np.ndarray, r: np.ndarray, how: str, rng: np.random.Generator,
+               later_first: bool = False) -> list[tuple[int, int]]:
+    """(chosen, rejected) candidate indices from a pool `idx` with rewards `r[idx]`; ties are no pair.
+    Equal rewards rank the earlier sample first, or the later one with `later_first` (self_reward's
+    rule: of tied best the last is chosen, of tied worst the first is rejected)."""
     if idx.size < 2:
         return []
     if how == "tournament":
         order = idx[rng.permutation(idx.size)]
         duels = [(order[i], order[i + 1]) for i in range(0, order.size - 1, 2)]
         return [(a, b) if r[a] > r[b] else (b, a) for a, b in duels if r[a] != r[b]]
-    ranked = idx[np.lexsort((idx, -r[idx]))]  # best first; equal rewards: earlier sample first
+    ranked = idx[np.lexsort((-idx if later_first else idx, -r[idx]))]  # best first
     best = ranked[0]
     rest = ranked[1:] if how == "best_vs_rest" else ranked[-1:]
     return [(best, j) for j in rest if r[best] > r[j]]
@@ -189,9 +195,52 @@ def make_pairs(idx: np.ndarray, r: np.ndarray, how: str, rng: np.random.Generato
 # ----------------------------------------------------------------------------- generation
 
 
+@dataclass(frozen=True)
+class Preset:
+    """What a generator built on this sampler keeps of its own besides config values (`self_reward`:
+    its request cache keys, the paper's tie rule and its candidates table)."""
+
+    template_version: str = TEMPLATE_VERSION  # of the candidate requests: part of their cache key
+    later_wins_ties: bool = False  # best_vs_worst: of equal rewards the later sample is chosen, the earlier rejected
+    score_filtered: bool = False  # score degenerate candidates too: in the side table, never in a row
+    dedupe: bool = True  # drop a row equal to an earlier one (a sharded step must not: it would depend on shards)
+
+
+@dataclass
+class _Tally:
+    """What the rounds have made so far."""
+
+    rows: list[dict] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    candidates: list[dict] = field(default_factory=list)
+    rounds: list[dict] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    requests: int = 0
+    tokens: int = 0
+    trimmed: int = 0
+    scorer: str = ""
+    template: str | None = None
+
+    def full(self, cfg: RejectionSamplingConfig) -> bool:
+        return cfg.target_rows is not None and len(self.rows) >= cfg.target_rows
+
+
+@dataclass
+class _Round:
+    """One round's candidates, per prompt and sample."""
+
+    t: int
+    prompts: list[dict]
+    outs: list[list[Completion]]
+    texts: list[list[str]]
+    why: list[list[str | None]]  # why a candidate is unusable; None when usable
+    scores: np.ndarray  # (prompts, n_candidates) rewards, NaN where not scored
+    judged: dict[tuple[int, int], tuple[list, list]] = field(default_factory=dict)  # (i, j) -> (raws, parsed)
+
+
 def generate(prompts: pa.Table, engine: Engine, config: RejectionSamplingConfig | None = None, *, seed: int = 0,
              reward: Callable | None = None, engine_for: Callable | None = None,
-             progress: bool = True) -> RejectionResult:
+             progress: bool = True, preset: Preset = Preset()) -> RejectionResult:
     """Rounds of sample -> score -> select until the target or a budget stops them (module docstring).
 
     `reward` (Python API) replaces `config.reward` with a function (prompts, answers) -> rewards;
@@ -202,102 +251,129 @@ def generate(prompts: pa.Table, engine: Engine, config: RejectionSamplingConfig 
     spec = reward if reward is not None else cfg.reward
     engine_for = engine_for or (lambda _overrides: engine)
     rows = prompts.select(["id", "prompt"]).to_pylist()
-    n = cfg.n_candidates
-    params = cfg.sampling(seed, n=n)
-    out: list[dict] = []
-    seen: set[str] = set()
-    cands: list[dict] = []
-    rounds: list[dict] = []
-    dropped: Counter = Counter()
-    used_requests = used_tokens = trimmed = 0
-    scorer, template, stopped = "", None, ""
-    done = lambda: cfg.target_rows is not None and len(out) >= cfg.target_rows
+    tally, stopped = _Tally(), ""
     with progress_bar(f"{NAME} rounds", total=cfg.max_rounds if cfg.max_rounds > 1 else 0, unit="rounds",
                       disable=not progress) as advance:
         for t in range(cfg.max_rounds):
-            if done():
-                stopped = "target_rows"
-                break
-            # Prompts this round can afford: a budget is never overrun, a round is cut instead.
-            fits = {"no prompts": len(rows)}
-            if cfg.max_requests is not None:
-                fits["max_requests"] = (cfg.max_requests - used_requests) // n
-            if cfg.max_tokens_total is not None:
-                fits["max_tokens_total"] = (cfg.max_tokens_total - used_tokens) // (n * cfg.max_tokens)
-            limit_by, fit = min(fits.items(), key=lambda kv: kv[1])
+            limit_by, fit = _affordable(cfg, tally, len(rows))
             if fit <= 0:
                 stopped = limit_by
                 break
-            active = rows[:fit]
-            reqs = [ChatRequest(messages=r["prompt"], template_version=TEMPLATE_VERSION, seed_offset=t * ROUND_OFFSET,
-                                request_id=r["id"]) for r in active]
-            outs = engine.generate(reqs, params)
-            used_requests += len(active) * n
-            used_tokens += sum(c.num_tokens for cs in outs for c in cs)
-            texts = [[clean_output(c.text) for c in cs] for cs in outs]
-            why = [[f"engine error: {c.error}" if c.finish_reason == "error" else degenerate_reason(x)
-                    for c, x in zip(cs, xs)] for cs, xs in zip(outs, texts)]
-            flat = [(i, j) for i in range(len(active)) for j in range(n) if why[i][j] is None]
-            scores = np.full((len(active), n), np.nan)
-            judged: dict[tuple[int, int], tuple[list, list]] = {}
-            if flat:
-                sc = scoring.score([active[i]["prompt"] for i, _ in flat], [texts[i][j] for i, j in flat], spec,
-                                   engine_for=engine_for, seed=seed, progress=progress)
-                scorer, template = sc.name, sc.template
-                for k, (i, j) in enumerate(flat):
-                    scores[i, j] = sc.values[k]
-                    if sc.judgements:
-                        judged[(i, j)] = (sc.judgements[k], sc.judge_scores[k])
-            stats = {"round": t + 1, "prompts": len(active), "candidates": len(active) * n, "scored": 0,
-                     "accepted": 0, "passed": 0, "rows": 0}
-            for i, r in enumerate(active):
-                new_rows, flags, probs = _select(r, texts[i], scores[i], cfg, prompt_rng(seed, t, r["id"]), dropped)
-                stats["scored"] += int(np.isfinite(scores[i]).sum())
-                stats["accepted"] += int(flags["accepted"].sum())
-                stats["passed"] += int(flags["passed"].sum())
-                for row, used in new_rows:
-                    key = row.get("id") or content_id(row["prompt"], row["chosen"], row["rejected"])
-                    if key in seen:
-                        dropped["duplicate of an earlier row"] += 1
-                        continue
-                    if done():
-                        trimmed += 1
-                        continue
-                    seen.add(key)
-                    row = {**row, "meta": {**row["meta"], "round": t + 1}}
-                    if cfg.output == "sft":
-                        j = used[0]
-                        row.update({"engine": engine.name, "model": engine.model_id,
-                                    "finish_reason": outs[i][j].finish_reason, "logprob": outs[i][j].logprob,
-                                    "sampling": json.dumps({"temperature": cfg.temperature, "top_p": cfg.top_p,
-                                                            "seed": seed, "seed_offset": t * ROUND_OFFSET,
-                                                            "sample": int(j)})})
-                    out.append(row)
-                    stats["rows"] += 1
-                    flags["selected"][list(used)] = True
-                for j in range(n):
-                    raw, parsed = judged.get((i, j), ([], []))
-                    cands.append(_candidate_row(r, texts[i][j], outs[i][j], engine, cfg, seed, t, j, scores[i, j],
-                                                why[i][j], raw, parsed, probs[j], flags, j))
-            stats.update({"acceptance_rate": round(stats["accepted"] / max(stats["candidates"], 1), 4),
-                          "total_rows": len(out), "requests": used_requests, "tokens": used_tokens})
-            rounds.append(stats)
-            advance(1, f"{len(out)} rows")
+            rnd = _sample(engine, rows[:fit], cfg, seed, t, preset, tally)
+            _score(rnd, spec, engine_for, seed, progress, preset.score_filtered, tally)
+            tally.rounds.append(_collect(rnd, engine, cfg, seed, preset, tally))
+            advance(1, f"{len(tally.rows)} rows")
         else:
-            stopped = "target_rows" if done() else "max_rounds"
+            stopped = "target_rows" if tally.full(cfg) else "max_rounds"
+    return _result(len(rows), cfg, spec, tally, stopped)
+
+
+def _affordable(cfg: RejectionSamplingConfig, tally: _Tally, prompts: int) -> tuple[str, int]:
+    """How many prompts the next round can take, and what limits it: a budget is never overrun, a round
+    is cut instead."""
+    if tally.full(cfg):
+        return "target_rows", 0
+    fits = {"no prompts": prompts}
+    if cfg.max_requests is not None:
+        fits["max_requests"] = (cfg.max_requests - tally.requests) // cfg.n_candidates
+    if cfg.max_tokens_total is not None:
+        fits["max_tokens_total"] = (cfg.max_tokens_total - tally.tokens) // (cfg.n_candidates * cfg.max_tokens)
+    return min(fits.items(), key=lambda kv: kv[1])
+
+
+def _sample(engine: Engine, active: list[dict], cfg: RejectionSamplingConfig, seed: int, t: int, preset: Preset,
+            tally: _Tally) -> _Round:
+    """Round t's candidates for `active`, each with why it is unusable (None when usable)."""
+    reqs = [ChatRequest(messages=r["prompt"], template_version=preset.template_version, seed_offset=t * ROUND_OFFSET,
+                        request_id=r["id"]) for r in active]
+    outs = engine.generate(reqs, cfg.sampling(seed, n=cfg.n_candidates))
+    tally.requests += len(active) * cfg.n_candidates
+    tally.tokens += sum(c.num_tokens for cs in outs for c in cs)
+    texts = [[clean_output(c.text) for c in cs] for cs in outs]
+    why = [[f"engine error: {c.error}" if c.finish_reason == "error" else degenerate_reason(x)
+            for c, x in zip(cs, xs)] for cs, xs in zip(outs, texts)]
+    return _Round(t, active, outs, texts, why, np.full((len(active), cfg.n_candidates), np.nan))
+
+
+def _score(rnd: _Round, spec, engine_for: Callable, seed: int, progress: bool, every: bool, tally: _Tally) -> None:
+    """Scores the usable candidates (`every`: all of them) into `rnd`, with a judge's evidence, in one call."""
+    flat = [(i, j) for i, ws in enumerate(rnd.why) for j, w in enumerate(ws) if every or w is None]
+    if not flat:
+        return
+    sc = scoring.score([rnd.prompts[i]["prompt"] for i, _ in flat], [rnd.texts[i][j] for i, j in flat], spec,
+                       engine_for=engine_for, seed=seed, progress=progress)
+    tally.scorer, tally.template = sc.name, sc.template
+    for k, (i, j) in enumerate(flat):
+        rnd.scores[i, j] = sc.values[k]
+        if sc.judgements:
+            rnd.judged[(i, j)] = (sc.judgements[k], sc.judge_scores[k])
+
+
+def _collect(rnd: _Round, engine: Engine, cfg: RejectionSamplingConfig, seed: int, preset: Preset,
+             tally: _Tally) -> dict:
+    """One round's rows and candidate rows, into the tally; returns the round's counts."""
+    n = cfg.n_candidates
+    stats = {"round": rnd.t + 1, "prompts": len(rnd.prompts), "candidates": len(rnd.prompts) * n, "scored": 0,
+             "accepted": 0, "passed": 0, "rows": 0}
+    for i, r in enumerate(rnd.prompts):
+        usable = np.where([w is None for w in rnd.why[i]], rnd.scores[i], np.nan)  # (n,)
+        new_rows, flags, probs = _select(r, rnd.texts[i], usable, cfg, prompt_rng(seed, rnd.t, r["id"]), tally.dropped,
+                                         later_first=preset.later_wins_ties)
+        stats["scored"] += int(np.isfinite(usable).sum())
+        stats["accepted"] += int(flags["accepted"].sum())
+        stats["passed"] += int(flags["passed"].sum())
+        for row, used in new_rows:
+            if _keep(row, rnd.outs[i][used[0]], used[0], rnd.t, engine, cfg, seed, preset, tally):
+                stats["rows"] += 1
+                flags["selected"][list(used)] = True
+        for j in range(n):
+            raw, parsed = rnd.judged.get((i, j), ([], []))
+            tally.candidates.append(_candidate_row(r, rnd.texts[i][j], rnd.outs[i][j], engine, cfg, seed, rnd.t, j,
+                                                   rnd.scores[i, j], rnd.why[i][j], raw, parsed, probs[j], flags, j))
+    stats.update({"acceptance_rate": round(stats["accepted"] / max(stats["candidates"], 1), 4),
+                  "total_rows": len(tally.rows), "requests": tally.requests, "tokens": tally.tokens})
+    return stats
+
+
+def _keep(row: dict, comp: Completion, j: int, t: int, engine: Engine, cfg: RejectionSamplingConfig, seed: int,
+          preset: Preset, tally: _Tally) -> bool:
+    """Adds a row unless it repeats an earlier one or the target is met already. `comp`, `j`: the
+    completion and sample index an SFT row is made of."""
+    key = row.get("id") or content_id(row["prompt"], row["chosen"], row["rejected"])
+    if preset.dedupe and key in tally.seen:
+        tally.dropped["duplicate of an earlier row"] += 1
+        return False
+    if tally.full(cfg):
+        tally.trimmed += 1
+        return False
+    tally.seen.add(key)
+    row = {**row, "meta": {**row["meta"], "round": t + 1}}
+    if cfg.output == "sft":
+        row.update({"engine": engine.name, "model": engine.model_id, "finish_reason": comp.finish_reason,
+                    "logprob": comp.logprob, "sampling": _sampling(cfg, seed, t, j)})
+    tally.rows.append(row)
+    return True
+
+
+def _result(prompts: int, cfg: RejectionSamplingConfig, spec, tally: _Tally, stopped: str) -> RejectionResult:
     kind = "pair" if cfg.output == "pairs" else "completion"
-    table = pair_table(out) if kind == "pair" else _completion_table(out)
-    report = {"input_examples": len(rows), "rows": len(out), "rounds": len(rounds), "stopped_by": stopped,
-              "candidates": len(cands), "requests": used_requests, "tokens": used_tokens,
-              "acceptance_rate": round(sum(s["accepted"] for s in rounds) / max(len(cands), 1), 4),
-              "trimmed_beyond_target": trimmed, "dropped": sum(dropped.values()), "drop_reasons": dict(dropped)}
+    table = pair_table(tally.rows) if kind == "pair" else _completion_table(tally.rows)
+    scorer = tally.scorer or _spec_name(spec)
+    cands = tally.candidates
+    report = {"input_examples": prompts, "rows": len(tally.rows), "rounds": len(tally.rounds), "stopped_by": stopped,
+              "candidates": len(cands), "requests": tally.requests, "tokens": tally.tokens,
+              "acceptance_rate": round(sum(s["accepted"] for s in tally.rounds) / max(len(cands), 1), 4),
+              "trimmed_beyond_target": tally.trimmed, "dropped": sum(tally.dropped.values()),
+              "drop_reasons": dict(tally.dropped)}
     return RejectionResult(rows=table, kind=kind, candidates=pa.Table.from_pylist(cands, schema=CANDIDATES),
-                           rounds=rounds, stopped_by=stopped, scorer=scorer or _spec_name(spec),
-                           report={**report, "scorer": scorer or _spec_name(spec), "judge_template": template})
+                           rounds=tally.rounds, stopped_by=stopped, scorer=scorer,
+                           report={**report, "scorer": scorer, "judge_template": tally.template})
 
 
-def _select(r: dict, texts: list[str], s: np.ndarray, cfg: RejectionSamplingConfig, rng, dropped: Counter):
-    """Rows from one prompt's round: [(row, candidate indices used)], per-candidate flags, accept probs."""
+def _select(r: dict, texts: list[str], s: np.ndarray, cfg: RejectionSamplingConfig, rng, dropped: Counter,
+            later_first: bool = False):
+    """Rows from one prompt's round: [(row, candidate indices used)], per-candidate flags, accept probs.
+    `s`: (n,) rewards, NaN where a candidate is unusable or unscored."""
     n = len(texts)
     valid = np.flatnonzero(np.isfinite(s))
     probs = np.full(n, np.nan)
@@ -328,7 +404,7 @@ def _select(r: dict, texts: list[str], s: np.ndarray, cfg: RejectionSamplingConf
                   "completion": assistant(texts[j]), "source": src, "score": float(s[j]),
                   "meta": {**meta, "sample": int(j), "rank": rank}}, [j])
                 for rank, j in enumerate(keep)], flags, probs
-    duels = make_pairs(pool, s, cfg.pairing_used, rng)
+    duels = make_pairs(pool, s, cfg.pairing_used, rng, later_first=later_first)
     if not duels:
         dropped["fewer than 2 candidates with different rewards" if pool.size >= 2 and cfg.pairing_used != "tournament"
                 else "tournament gave only ties" if pool.size >= 2 else
@@ -349,12 +425,16 @@ def _select(r: dict, texts: list[str], s: np.ndarray, cfg: RejectionSamplingConf
 def _candidate_row(r, text, comp, engine, cfg, seed, t, j, score, why, raw, parsed, prob, flags, k) -> dict:
     return {"id": content_id(r["id"], t, j, text), "prompt_id": r["id"], "prompt": r["prompt"],
             "completion": assistant(text), "engine": engine.name, "model": engine.model_id,
-            "sampling": json.dumps({"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": seed,
-                                    "seed_offset": t * ROUND_OFFSET, "sample": j}),
+            "sampling": _sampling(cfg, seed, t, j),
             "finish_reason": comp.finish_reason, "logprob": comp.logprob, "judgements": raw, "judge_scores": parsed,
             "score": None if not np.isfinite(score) else float(score), "filtered": why, "round": t + 1, "sample": j,
             "accept_prob": None if not np.isfinite(prob) else float(prob), "accepted": bool(flags["accepted"][k]),
             "selected": bool(flags["selected"][k])}
+
+
+def _sampling(cfg: RejectionSamplingConfig, seed: int, t: int, j: int) -> str:
+    return json.dumps({"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": seed,
+                       "seed_offset": t * ROUND_OFFSET, "sample": int(j)})
 
 
 def _completion_table(rows: list[dict]) -> pa.Table:

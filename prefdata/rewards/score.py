@@ -37,7 +37,9 @@ Messages = list[dict]
 
 
 class JudgeScorer(JudgeVoter):
-    """The judge voter's spec (engine overrides) plus how the pointwise judge answers."""
+    """The judge voter's spec (engine overrides) plus how the pointwise judge answers: the one judge
+    scorer config, rejection sampling's `reward: {type: judge}` and self_reward's `judge:` (there with
+    the paper's defaults, `generators.self_reward.SelfRewardJudge`)."""
 
     method: Literal["generate", "logprob"] = Field(
         "generate", description="generate: k sampled judgements, 'Score: n' parsed strictly, mean of the "
@@ -76,18 +78,28 @@ def reward_model_scores(prompts: list[Messages], answers: list[str], spec: Rewar
     return conversation_rewards(spec, [convs], unit="answers", progress=progress)[0]
 
 
+def rubric_judge(spec: JudgeScorer):
+    """The pointwise judge (`judges.pointwise.RubricJudge`) a judge scorer runs: logprob forces 'Score: '."""
+    from prefdata.judges import pointwise
+
+    return pointwise.RubricJudge(k=spec.k, temperature=spec.temperature, max_tokens=spec.max_tokens,
+                                 score_first=spec.score_first or spec.method == "logprob")
+
+
+def judge_template(spec: JudgeScorer) -> str:
+    """The judge prompt's template version as `Scores.template` and lineage record it."""
+    return rubric_judge(spec).template_version + ("+logprob" if spec.method == "logprob" else "")
+
+
 def judge_scores(prompts: list[Messages], answers: list[str], spec: JudgeScorer, engine: Engine,
                  seed: int = 0) -> Scores:
     """Pointwise rubric scores in [0, 5]; NaN where no judgement parsed (generate method)."""
-    from prefdata.judges import pointwise
-
-    judge = pointwise.RubricJudge(k=spec.k, temperature=spec.temperature, max_tokens=spec.max_tokens,
-                                  score_first=spec.score_first or spec.method == "logprob")
+    judge = rubric_judge(spec)
     name = f"judge:{engine.model_id}"
     if spec.method == "generate":
         raws, parsed, means = judge.judge(engine, prompts, answers, seed=seed)
         values = np.array([np.nan if m is None else m for m in means], dtype=float)
-        return Scores(name, values, raws, parsed, judge.template_version)
+        return Scores(name, values, raws, parsed, judge_template(spec))
     reqs = judge.requests(prompts, answers)
     digits = [str(s) for s in range(6)]
     # (n, 6) log p("s" | ..., "Score: "), in one call: the six one-token continuations of a request
@@ -97,8 +109,7 @@ def judge_scores(prompts: list[Messages], answers: list[str], spec: JudgeScorer,
     p = np.exp(lp - lp.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     values = p @ np.arange(6.0)
-    return Scores(name + ":logprob", values, [[] for _ in answers], [[] for _ in answers],
-                  judge.template_version + "+logprob")
+    return Scores(name + ":logprob", values, [[] for _ in answers], [[] for _ in answers], judge_template(spec))
 
 
 def score(prompts: list[Messages], answers: list[str], spec, *, engine_for: Callable | None = None,
