@@ -43,9 +43,6 @@ from prefdata.errors import PrefdataError
 from trainers import common
 from trainers.losses import DPO_LOSSES, PAIR_COLUMNS, spec
 
-# Per-pair columns TRL would drop and our losses read.
-EXTRA_COLUMNS = PAIR_COLUMNS
-
 
 class DPOTrainConfig(common.BaseTrainConfig):
     """`prefdata train dpo` / `python -m trainers.dpo`: every field is a YAML key and a --set override."""
@@ -99,11 +96,11 @@ Config = DPOTrainConfig
 
 
 class PreferenceCollator(DataCollatorForPreference):
-    """TRL's collator plus the per-pair float columns our losses read, as (b,) tensors."""
+    """TRL's collator plus the per-pair float columns our losses read (PAIR_COLUMNS), as (b,) tensors."""
 
     def torch_call(self, examples):
         out = super().torch_call(examples)
-        for col in EXTRA_COLUMNS:
+        for col in PAIR_COLUMNS:
             if col in examples[0]:
                 out[col] = torch.tensor([float(e[col]) for e in examples], dtype=torch.float32)
         return out
@@ -125,17 +122,17 @@ class PrefDPOTrainer(DPOTrainer):
                  ref_cache_key: str | None = None, **kwargs):
         self.pref_loss, self.offset_alpha, self.ref_cache_key = pref_loss, offset_alpha, ref_cache_key
         self.simpo_gamma = simpo_gamma
-        self.reference_free = spec(pref_loss).reference_free
-        self.loss_fn = spec(pref_loss).fn
+        loss = spec(pref_loss)  # the registry's record: the function and whether it needs a reference
+        self.reference_free, self.loss_fn = loss.reference_free, loss.fn
         super().__init__(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(self._signature_columns) + [
-            c for c in EXTRA_COLUMNS if c not in self._signature_columns]
+            c for c in PAIR_COLUMNS if c not in self._signature_columns]  # TRL would drop them
 
     def compute_ref_log_probs(self, model, inputs):
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in EXTRA_COLUMNS})
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in PAIR_COLUMNS})
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's pass, but cached across runs and processes: TRL's own cache lives in the datasets
