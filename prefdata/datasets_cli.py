@@ -337,8 +337,9 @@ def import_cmd(source: str = typer.Argument(..., help="File, HF datasets folder 
         raw, info = pandalm(source)
         typer.echo(f"{layout}: {info['pairs']} pairs, {info['annotators']} annotators; {info['ties_left_out']} rows "
                    "whose majority was a tie left out", err=True)
+        sides = io.allow_empty_sides(allow_empty)
         table = validate(raw.to_pylist(), "pair", source=source, on_error=on_error, quarantine_path=quarantine,
-                         normalise=lambda row, k: io.normalise_row(row, k, io.allow_empty_sides(allow_empty)))
+                         normalise=lambda row, k: io.normalise_row(row, k, sides), empty_ok=sides)
     else:
         table = io.read(source, kind, on_error=on_error, quarantine_path=quarantine, allow_empty=allow_empty)
     kind = kind or io.infer_kind(table.column_names)

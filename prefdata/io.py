@@ -21,18 +21,17 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from prefdata.errors import DataError, PrefdataError
 from prefdata.schema import (
+    EMPTY_ANSWER,
     SCHEMAS,
     RowError,
     _write_quarantine,
-    check_row,
-    content_id,
-    scan_values,
+    already_valid,
+    check_arguments,
+    check_rows,
     to_table,
     validate,
 )
@@ -137,7 +136,7 @@ def _common_prefix(a: list, b: list) -> int:
 
 def normalise_row(row: dict, kind: str, allow_empty: tuple[str, ...] = ()) -> dict:
     """Map a row from any accepted layout onto our field names (types are checked later). A pair side
-    in `allow_empty` that is empty becomes the stand-in `_EMPTY` answer, which `read` turns back."""
+    in `allow_empty` that is empty becomes the `EMPTY_ANSWER` (check it with `empty_ok=allow_empty`)."""
     row = dict(row)
     if kind == "pair":
         c, r = row.get("chosen"), row.get("rejected")
@@ -164,15 +163,15 @@ def normalise_row(row: dict, kind: str, allow_empty: tuple[str, ...] = ()) -> di
     if kind == "pair":
         for f in allow_empty:
             if _is_empty_answer(row.get(f)):
-                row[f] = [{"role": "assistant", "content": _EMPTY}]
+                row[f] = [dict(m) for m in EMPTY_ANSWER]
     return row
 
 
 # ----------------------------------------------------------------------------- empty answers kept on request
 
-# The schema refuses an empty message, and rightly by default. When the user keeps empty answers, the
-# row is checked with this stand-in in place of the empty side, and `read` then writes "" back.
-_EMPTY = "\x00prefdata:empty-answer\x00"
+# The schema refuses an empty message, and rightly by default. When the user keeps empty answers, an
+# empty side becomes the schema's EMPTY_ANSWER (one assistant turn, content ""), which the row check
+# then accepts for that side only.
 ALLOW_EMPTY = {"none": (), "chosen": ("chosen",), "rejected": ("rejected",), "both": ("chosen", "rejected")}
 
 
@@ -193,37 +192,6 @@ def allow_empty_sides(value: str | None) -> tuple[str, ...]:
     if value not in ALLOW_EMPTY:
         raise PrefdataError(f"allow_empty must be one of {', '.join(ALLOW_EMPTY)}, got '{value}'")
     return ALLOW_EMPTY[value]
-
-
-def _restore_empty(table: pa.Table, sides: tuple[str, ...]) -> pa.Table:
-    """Write "" back where `_EMPTY` stood (vectorised over the message lists) and give the rows whose
-    id was derived from content the id of their real content, as a reader without the stand-in would."""
-    hit = np.zeros(table.num_rows, dtype=bool)
-    fixed = {}
-    for f in sides:
-        col = table.column(f).combine_chunks()
-        msgs = col.values  # what col.offsets index into
-        role, content = msgs.flatten()  # flatten, not field(): it honours the struct's own offset
-        is_stub = pc.fill_null(pc.equal(content, _EMPTY), False)
-        if not pc.any(is_stub).as_py():
-            continue
-        parents = pc.list_parent_indices(col).to_numpy()
-        hit[parents[np.flatnonzero(is_stub.to_numpy(zero_copy_only=False))]] = True
-        struct = pa.StructArray.from_arrays([role, pc.if_else(is_stub, "", content)],
-                                            fields=list(msgs.type))
-        fixed[f] = pa.ListArray.from_arrays(col.offsets, struct, mask=col.is_null())
-    if not fixed:
-        return table
-    idx = np.flatnonzero(hit)
-    before = table.select(["id", "prompt", "chosen", "rejected"]).take(idx).to_pylist()
-    for f, arr in fixed.items():
-        table = table.set_column(table.schema.get_field_index(f), f, arr)
-    after = table.select(["prompt", "chosen", "rejected"]).take(idx).to_pylist()
-    new_ids = [content_id(a["prompt"], a["chosen"], a["rejected"])
-               if b["id"] == content_id(b["prompt"], b["chosen"], b["rejected"]) else b["id"]
-               for b, a in zip(before, after)]
-    ids = pc.replace_with_mask(table.column("id").combine_chunks(), pa.array(hit), pa.array(new_ids, pa.string()))
-    return table.set_column(table.schema.get_field_index("id"), "id", ids)
 
 
 # ----------------------------------------------------------------------------- file formats
@@ -427,7 +395,8 @@ def _table_rows(table: pa.Table, label: str, from_store: bool, batch_rows: int) 
             yield rows, list(range(start + 1, start + 1 + len(rows)))
 
     first = table.slice(0, 1).to_pylist()
-    return _Rows(label, from_store, table.num_rows, set(table.column_names), first[0] if first else None, batches)
+    return _Rows(label, from_store, table.num_rows, set(table.column_names), first[0] if first else None, batches,
+                 table if from_store else None)
 
 
 def _hf_rows(path: Path, batch_rows: int) -> _Rows:
@@ -462,6 +431,7 @@ class _Rows:
     keys: set
     first: object
     batches: Callable[[], Iterator[tuple[list, list[int]]]]
+    table: pa.Table | None = None  # a store version's rows as stored: taken whole when already valid
 
 
 def _open_rows(source: str, batch_rows: int) -> _Rows:
@@ -493,7 +463,7 @@ def _open_rows(source: str, batch_rows: int) -> _Rows:
         from prefdata import store
 
         v = store.resolve(source)
-        return _table_rows(store.load_table(str(v.path)), v.ref, True, batch_rows)
+        return _table_rows(store.load_table(v), v.ref, True, batch_rows)
     raise PrefdataError(f"file not found: {path}")
 
 
@@ -528,12 +498,39 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
         raise PrefdataError(f"{label}: allow_empty applies to pairs, but the rows are {kind} rows")
     if src.from_store and kind == "pair":
         sides = ALLOW_EMPTY["both"]  # a version keeps the empty answers it was committed with
-    normalise = partial(normalise_row, allow_empty=sides)
     if kind not in SCHEMAS or on_error not in ("raise", "quarantine"):
-        validate([], kind, on_error=on_error)  # raises its one-line error about the argument
+        check_arguments(kind, on_error)  # raises its one-line error about the argument
+    if src.table is not None and (table := _stored_valid(src.table, kind, sides)) is not None:
+        return table  # checked at commit: the rows need no dict each to come out as the check gives them
+    table = _read_batches(src, kind, on_error, quarantine_path, partial(normalise_row, allow_empty=sides), sides)
+    if table.num_rows == 0:
+        raise DataError("no valid rows", file=label)
+    return table
+
+
+def _stored_valid(table: pa.Table, kind: str, sides: tuple[str, ...]) -> pa.Table | None:
+    """A store version's rows as `read` would return them, taken as they are (no dict per row), or None
+    when the row check could change some value: answers that repeat the prompt, which `normalise_row`
+    strips, or anything `schema.already_valid` does not vouch for."""
+    from prefdata import store
+
+    if kind == "pair":
+        import pyarrow.compute as pc
+
+        n_prompt = pc.list_value_length(table.column("prompt"))
+        for f in ("chosen", "rejected"):
+            if f in table.column_names and pc.any(pc.greater(pc.list_value_length(table.column(f)), n_prompt)).as_py():
+                return None
+    valid = already_valid(table, kind, sides)
+    return None if valid is None else store.core.same_rows(table, valid)
+
+
+def _read_batches(src: _Rows, kind: str, on_error: str, quarantine_path, normalise, sides) -> pa.Table:
+    """The rows checked and converted a batch at a time, then joined into one table."""
     tables, bad, extras = [], [], _Extras()
     for rows, numbers in src.batches():
-        good = _check_rows(rows, numbers, kind, label, on_error, normalise, bad)
+        good = check_rows(rows, numbers, kind, source=src.label, on_error=on_error, bad=bad, normalise=normalise,
+                          empty_ok=sides)
         extras.note(good, kind)
         tables.append(to_table(good, kind))
         del rows, good
@@ -545,36 +542,12 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
         for r, n in src.batches():
             rows += r
             numbers += n
-        table = validate(rows, kind, source=label, on_error=on_error, quarantine_path=quarantine_path,
-                         row_numbers=numbers, normalise=normalise)
-    else:
-        if bad:
-            _write_quarantine(bad, quarantine_path, label)
-        # One chunk, as a table built in one go has: the pipeline's input digest hashes its Parquet bytes.
-        table = pa.concat_tables(tables, promote_options="default").combine_chunks() if len(tables) > 1 \
-            else tables[0]
-        del tables
-    if table.num_rows == 0:
-        raise DataError("no valid rows", file=label)
-    return _restore_empty(table, sides) if sides else table
-
-
-def _check_rows(rows: list, numbers: list[int], kind: str, label: str, on_error: str, normalise,
-                bad: list) -> list[dict]:
-    """`schema.validate`'s row loop over one batch: the good rows normalised; bad ones raise or, when
-    quarantining, are added to `bad` (written once, after the last batch)."""
-    good = []
-    for i, row in enumerate(rows):
-        try:
-            if not isinstance(row, dict):
-                raise RowError("(row)", "must be a JSON object")
-            scan_values(row, kind)  # before normalising: HH splitting and prefix matching walk the values
-            good.append(check_row(normalise(row, kind), kind))
-        except RowError as e:
-            if on_error == "raise":
-                raise DataError(e.reason, file=label, row=numbers[i], field=e.field) from None
-            bad.append({"row": numbers[i], "field": e.field, "reason": e.reason, "record": row})
-    return good
+        return validate(rows, kind, source=src.label, on_error=on_error, quarantine_path=quarantine_path,
+                        row_numbers=numbers, normalise=normalise, empty_ok=sides)
+    if bad:
+        _write_quarantine(bad, quarantine_path, src.label)
+    # One chunk, as a table built in one go has: the pipeline's input digest hashes its Parquet bytes.
+    return pa.concat_tables(tables, promote_options="default").combine_chunks() if len(tables) > 1 else tables[0]
 
 
 class _Extras:

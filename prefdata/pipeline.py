@@ -290,8 +290,15 @@ DIGEST_ROWS = 65536  # the input is hashed in slices this long: one Parquet imag
 
 
 def _table_digest(table: pa.Table) -> str:
+    """The input's digest for the fingerprint. A split of a store version, as the store's reader gave it
+    (`step:` and `name@vN` inputs), is named by the version's content hash, checked when it was read;
+    any other table (a file's rows, a `limit` slice) by its rows, re-encoded as Parquet."""
     import pyarrow.parquet as pq
 
+    from prefdata import store
+
+    if (stored := store.core.stored_digest(table)) is not None:
+        return stored
     h = hashlib.sha256()
     for start in range(0, max(table.num_rows, 1), DIGEST_ROWS):
         sink = pa.BufferOutputStream()

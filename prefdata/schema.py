@@ -14,6 +14,7 @@ import hashlib
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -119,9 +120,16 @@ class RowError(Exception):
         self.field, self.reason = field, reason
 
 
-def as_messages(value, field: str) -> list[dict]:
+# A pair side kept as an empty answer (`io.read(allow_empty=...)`): one assistant turn with no text.
+EMPTY_ANSWER = ({"role": "assistant", "content": ""},)
+
+
+def as_messages(value, field: str, empty_ok: bool = False) -> list[dict]:
     """Messages from a list of {role, content}, or a plain string (the role follows the field:
-    a bare prompt is a user turn, a bare answer an assistant turn)."""
+    a bare prompt is a user turn, a bare answer an assistant turn). `empty_ok` accepts the one
+    `EMPTY_ANSWER` shape too, which the reader gives a side whose answer is empty when asked to keep it."""
+    if empty_ok and isinstance(value, (list, tuple)) and list(value) == list(EMPTY_ANSWER):
+        return [dict(EMPTY_ANSWER[0])]
     if isinstance(value, str):
         value = [{"role": MESSAGE_FIELDS.get(field, "user"), "content": value}]
     if not isinstance(value, (list, tuple)) or not value:
@@ -222,15 +230,16 @@ def _check_text(s, path: str) -> None:
         raise RowError(path, f"invalid Unicode: lone surrogate \\u{ord(bad):04x} (not valid UTF-8)")
 
 
-def check_row(row: dict, kind: str) -> dict:
-    """One normalised row of `kind`, or RowError naming the field (run `scan_values` on raw rows first)."""
+def check_row(row: dict, kind: str, empty_ok: tuple[str, ...] = ()) -> dict:
+    """One normalised row of `kind`, or RowError naming the field (run `scan_values` on raw rows first).
+    A message field in `empty_ok` may hold the `EMPTY_ANSWER`."""
     for f in REQUIRED[kind]:
         if row.get(f) is None or (isinstance(row.get(f), str) and not row[f].strip()):
             raise RowError(f, "missing" if row.get(f) is None else "empty")
     out = dict(row)
     for f in SCHEMAS[kind].names:
         if f in MESSAGE_FIELDS and (f in REQUIRED[kind] or out.get(f) is not None):
-            out[f] = as_messages(out[f], f)
+            out[f] = as_messages(out[f], f, f in empty_ok)
     for f, default in DEFAULTS[kind].items():
         if out.get(f) is None:
             out[f] = default
@@ -267,40 +276,59 @@ def check_row(row: dict, kind: str) -> dict:
 
 
 def validate(data, kind: str, *, source: str = "<memory>", on_error: str = "raise",
-             quarantine_path=None, row_numbers: list[int] | None = None, normalise=None):
+             quarantine_path=None, row_numbers: list[int] | None = None, normalise=None,
+             empty_ok: tuple[str, ...] = ()):
     """Coerce rows to `kind`'s schema (extra columns kept) or fail naming file, row and field.
 
     With on_error="quarantine", bad rows go to `quarantine_path` (JSONL with row, field, reason and
     the record) and the good rows are returned; the count is reported on stderr. Nothing is dropped
-    silently either way. `normalise(row, kind)` maps another layout (HH, TRL) onto our fields first.
+    silently either way. `normalise(row, kind)` maps another layout (HH, TRL) onto our fields first;
+    the message fields in `empty_ok` may hold the `EMPTY_ANSWER` it gives a kept empty answer.
     """
-    from prefdata.errors import DataError, PrefdataError
-
-    if kind not in SCHEMAS:
-        raise PrefdataError(f"unknown record kind '{kind}' (expected one of {', '.join(SCHEMAS)})")
-    if on_error not in ("raise", "quarantine"):
-        raise PrefdataError(f"on_error must be 'raise' or 'quarantine', got '{on_error}'")
+    check_arguments(kind, on_error)
     if isinstance(data, pa.Table):
         rows = data.to_pylist()
     elif hasattr(data, "to_arrow"):
         rows = data.to_arrow().to_pylist()
     else:
         rows = list(data)
-    good, bad = [], []
-    for i, row in enumerate(rows):
-        n = row_numbers[i] if row_numbers else i + 1
+    bad: list[dict] = []
+    good = check_rows(rows, row_numbers or range(1, len(rows) + 1), kind, source=source, on_error=on_error,
+                      bad=bad, normalise=normalise, empty_ok=empty_ok)
+    if bad:
+        _write_quarantine(bad, quarantine_path, source)
+    return to_table(good, kind)
+
+
+def check_arguments(kind: str, on_error: str) -> None:
+    """`validate`'s one-line errors about its arguments (an unknown kind or on_error)."""
+    from prefdata.errors import PrefdataError
+
+    if kind not in SCHEMAS:
+        raise PrefdataError(f"unknown record kind '{kind}' (expected one of {', '.join(SCHEMAS)})")
+    if on_error not in ("raise", "quarantine"):
+        raise PrefdataError(f"on_error must be 'raise' or 'quarantine', got '{on_error}'")
+
+
+def check_rows(rows: list, numbers, kind: str, *, source: str, on_error: str, bad: list, normalise=None,
+               empty_ok: tuple[str, ...] = ()) -> list[dict]:
+    """The row loop of `validate` (and of `io.read`, a batch at a time): the good rows, normalised and
+    checked. A bad row raises a DataError naming `source`, its number in `numbers` and the field, or,
+    when quarantining, is appended to `bad` for the caller to write once."""
+    from prefdata.errors import DataError
+
+    good = []
+    for row, n in zip(rows, numbers):
         try:
             if not isinstance(row, dict):
                 raise RowError("(row)", "must be a JSON object")
             scan_values(row, kind)  # before normalising: HH splitting and prefix matching walk the values
-            good.append(check_row(normalise(row, kind) if normalise else row, kind))
+            good.append(check_row(normalise(row, kind) if normalise else row, kind, empty_ok))
         except RowError as e:
             if on_error == "raise":
                 raise DataError(e.reason, file=source, row=n, field=e.field) from None
             bad.append({"row": n, "field": e.field, "reason": e.reason, "record": row})
-    if bad:
-        _write_quarantine(bad, quarantine_path, source)
-    return to_table(good, kind)
+    return good
 
 
 def _write_quarantine(bad: list[dict], path, source: str) -> None:
@@ -357,3 +385,111 @@ def conform(table: pa.Table, kind: str) -> pa.Table:
     extras = [n for n in table.column_names if n not in schema.names]
     return pa.Table.from_arrays(cols + [table.column(n) for n in extras],
                                 schema=pa.schema(list(schema) + [table.schema.field(n) for n in extras]))
+
+
+# ----------------------------------------------------------------------------- tables already valid
+
+# A character Python's str.strip() keeps: a text holding one is not blank (the class is every
+# whitespace character of str.isspace, checked over all of Unicode).
+_NOT_SPACE = r"[^\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]"
+_NUMBER_RANGES = {"pair": {"chosen_score": (None, None), "rejected_score": (None, None), "strength_mean": (None, None),
+                           "strength_std": (None, None), "margin": (None, None), "label_prob": (0.0, 1.0),
+                           "votes": (None, None)},
+                  "unpaired": {"weight": (0.0, None)}, "completion": {"logprob": (None, None)}, "prompt": {}}
+
+
+def already_valid(table: pa.Table, kind: str, empty_ok: tuple[str, ...] = ()) -> pa.Table | None:
+    """`table` as `validate(table, kind, empty_ok=empty_ok)` would return it, when that can be told
+    from its columns without a Python dict per row (a store version, checked at commit, nearly always
+    can); None when some value would be changed or refused, or an extra column's type would come out
+    otherwise (an all-null one becomes type null): then run `validate`."""
+    schema, names = SCHEMAS[kind], table.column_names
+    if table.num_rows == 0 or len(set(names)) != len(names) or not all(
+            f.name in names and table.schema.field(f.name).type == f.type for f in schema):
+        return None
+    extras = [n for n in names if n not in schema.names]
+    types = [_inferred_type(table.column(n)) for n in extras]
+    if None in types or not _values_valid(table, kind, empty_ok):
+        return None
+    try:
+        table.validate(full=True)  # e.g. invalid UTF-8, which a dict per row could not even be made of
+    except pa.ArrowInvalid:
+        return None
+    out = pa.schema(list(schema) + [pa.field(n, t) for n, t in zip(extras, types)])
+    return pa.Table.from_arrays([table.column(f.name).cast(f.type) for f in out], schema=out)
+
+
+def _none(mask) -> bool:
+    """No true value in a boolean array (nulls are not true)."""
+    return not pc.any(mask).as_py()
+
+
+def _values_valid(table: pa.Table, kind: str, empty_ok: tuple[str, ...]) -> bool:
+    """`check_row` would keep every value as it is: ids set, required and defaulted columns present,
+    messages well formed, numbers finite and in range."""
+    ids = table.column("id")
+    if ids.null_count or not _none(pc.equal(ids, "")):
+        return False
+    defaulted = [f for f, d in DEFAULTS[kind].items() if d is not None]
+    if any(table.column(f).null_count for f in (*REQUIRED[kind], *defaulted)):
+        return False
+    for f, (lo, hi) in _NUMBER_RANGES[kind].items():
+        col = table.column(f)
+        if pa.types.is_list(col.type):
+            col = pc.list_flatten(col)
+        if not _none(pc.invert(pc.is_finite(col))) or (lo is not None and not _none(pc.less(col, lo))) \
+                or (hi is not None and not _none(pc.greater(col, hi))):
+            return False
+    return all(_messages_valid(table.column(f), f in empty_ok) for f in SCHEMAS[kind].names if f in MESSAGE_FIELDS)
+
+
+def _messages_valid(col: pa.ChunkedArray, empty_ok: bool) -> bool:
+    """Every non-null message list of `col` is what `as_messages` returns unchanged."""
+    for arr in col.chunks:
+        if arr.null_count:  # a null optional field is not checked; dropping them keeps values and parents aligned
+            arr = arr.filter(pc.is_valid(arr))
+        lengths = pc.list_value_length(arr)
+        if not _none(pc.less(lengths, 1)):
+            return False
+        msgs = arr.flatten()
+        if msgs.null_count:
+            return False
+        role, content = msgs.flatten()
+        if role.null_count or content.null_count or not pc.all(pc.is_in(role, pa.array(sorted(ROLES)))).as_py():
+            return False
+        blank = pc.invert(pc.match_substring_regex(content, _NOT_SPACE))
+        if _none(blank):
+            continue
+        if not empty_ok:
+            return False
+        # Only a side that is exactly the EMPTY_ANSWER may hold a blank text.
+        single = pc.take(pc.equal(lengths, 1), pc.list_parent_indices(arr))
+        kept = pc.and_(pc.and_(single, pc.equal(role, "assistant")), pc.equal(content, ""))
+        if not _none(pc.and_(blank, pc.invert(kept))):
+            return False
+    return True
+
+
+def _inferred_type(col, depth: int = 1) -> pa.DataType | None:
+    """The type `pa.array` gives the Python values of an extra column (as `to_table` builds it), when
+    it is this column's type again; None when it would differ or cannot be told: a column (or a
+    nested field) with no value at all comes back as type null, and only plain types are judged."""
+    t = col.type
+    if col.null_count == len(col) or depth > 16:  # deep nesting: let `scan_values` judge it
+        return None
+    if t in (pa.string(), pa.int64(), pa.float64(), pa.bool_()):
+        return t
+    if pa.types.is_list(t):
+        inner = _inferred_type(pc.list_flatten(col), depth + 1)
+        return None if inner is None else pa.list_(inner)
+    if pa.types.is_struct(t) and t.num_fields and len({f.name for f in t}) == t.num_fields:
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        fields = []
+        for i in range(t.num_fields):
+            child = pa.chunked_array([c.flatten()[i] for c in chunks], t.field(i).type)
+            inner = _inferred_type(child, depth + 1)
+            if inner is None:
+                return None
+            fields.append(pa.field(t.field(i).name, inner))
+        return pa.struct(fields)
+    return None

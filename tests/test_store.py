@@ -72,6 +72,24 @@ def test_tampering_is_detected():
         store.load_table("ds2@v1")
 
 
+def test_a_version_is_hashed_once_per_process_until_its_files_change(monkeypatch):
+    v = store.commit("ds", pairs())
+    calls = []
+    real = store.core.verify
+    monkeypatch.setattr(store.core, "verify", lambda version, split=None: (calls.append(version.ref),
+                                                                           real(version, split))[1])
+    store.load_table("ds@v1")
+    store.load("ds@v1")
+    store.load_table(v)
+    assert calls == ["ds@v1"]
+    f = v.data_files("train")[0]
+    data = bytearray(f.read_bytes())
+    data[-20] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(PrefdataError, match="checksum mismatch"):
+        store.load_table("ds@v1")
+
+
 def test_killed_commit_leaves_nothing_visible(tmp_path):
     script = textwrap.dedent("""
         import pyarrow as pa
