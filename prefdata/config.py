@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from prefdata.errors import ConfigError, PrefdataError
 
@@ -130,3 +130,24 @@ def read_yaml(path: Path, what: str = "pipeline file") -> Any:
 
 
 _fmt_validation = fmt_validation  # the old private name, kept for callers
+
+
+# A config field that changes how a run goes but never what it produces (batch sizes, concurrency,
+# progress bars, where a run is logged) is marked `Field(..., json_schema_extra=RUN_ONLY)`: recorded in
+# lineage, left out of the fingerprint, so changing it never invalidates finished work.
+RUN_ONLY = {"run_only": True}
+
+
+def run_only_fields(model: type[BaseModel] | BaseModel) -> set[str]:
+    """The names of the fields marked RUN_ONLY on `model` (a class or an instance)."""
+    fields = (model if isinstance(model, type) else type(model)).model_fields
+    return {name for name, f in fields.items() if isinstance(f.json_schema_extra, dict)
+            and f.json_schema_extra.get("run_only")}
+
+
+def fingerprint_dump(model: BaseModel, dumped: dict | None = None) -> dict:
+    """`model` as a fingerprint sees it: its JSON dump (or `dumped`, that dump made already) less the
+    RUN_ONLY fields."""
+    data = model.model_dump(mode="json") if dumped is None else dumped
+    skip = run_only_fields(model)
+    return {k: v for k, v in data.items() if k not in skip}

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import prefdata
 from prefdata import artifacts, costs, interrupts, progress, quality, step_health
-from prefdata.config import _parse_value, apply_overrides, fmt_validation, read_yaml  # noqa: F401  (re-exports)
+from prefdata.config import _parse_value, apply_overrides, fingerprint_dump, fmt_validation, read_yaml  # noqa: F401  (re-exports)
 from prefdata.costs import BudgetSpec, Meter
 from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError, PrefdataError
@@ -307,15 +307,13 @@ def _table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_digest: str, seed: int) -> str:
+def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_digest: str, seed: int, *,
+                config: dict | None = None, engine: dict | None = None) -> str:
     """What determines a step's output. Run-only settings (batch budget, concurrency, progress,
-    cache location) are left out so changing them never invalidates finished work."""
-    eng = engine_cfg.model_dump() if engine_cfg is not None else {}
-    for run_only in ("token_budget", "max_batch_size", "concurrency", "progress", "cache", "cache_path",
-                     "max_retries", "timeout_s", "api_key_env", "gpu_memory_utilization", "max_model_len",
-                     "enforce_eager", "http_client", "max_response_mb"):
-        eng.pop(run_only, None)
-    blob = json.dumps({"uses": step.uses, "config": step_cfg.model_dump(mode="json"), "engine": eng,
+    cache location: the fields marked RUN_ONLY, prefdata/config.py) are left out so changing them
+    never invalidates finished work. `config` and `engine`: the two configs' JSON dumps, if made already."""
+    eng = fingerprint_dump(engine_cfg, engine) if engine_cfg is not None else {}
+    blob = json.dumps({"uses": step.uses, "config": fingerprint_dump(step_cfg, config), "engine": eng,
                        "input": input_digest, "limit": step.limit, "seed": seed,
                        "prefdata": prefdata.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefdata.config import apply_overrides, fmt_validation, read_yaml
+from prefdata.config import RUN_ONLY, apply_overrides, fmt_validation, read_yaml
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.models import DEFAULT_MODEL
 from trainers.card import write_model_card  # noqa: F401  (re-export)
@@ -64,8 +64,9 @@ class BaseTrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Log loss/metrics every n steps (the curves' resolution).")
     seed: int = Field(0, description="Seed for init of new heads/adapters and data order.")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (hub models only).")
-    # exclude=True: where a run is logged does not change what it trains (a step's fingerprint skips it).
-    report_to: str | list[str] = Field("none", exclude=True,
+    # RUN_ONLY: where a run is logged does not change what it trains; lineage records it, a step's
+    # fingerprint skips it (prefdata.config.fingerprint_dump).
+    report_to: str | list[str] = Field("none", json_schema_extra=RUN_ONLY,
                                        description="Experiment trackers that get the curves and the run config "
                                                    f"(the dataset ref is the run name): none, or one or a list of "
                                                    f"{', '.join(TRACKERS)}. The tracker's own env vars "

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_serializer
 
+from prefdata.config import RUN_ONLY
 from prefdata.engines.base import ChatRequest, Completion, Engine, SamplingParams
 from prefdata.engines.cache import RequestCache, request_key, score_key
 from prefdata.errors import PrefdataError
@@ -38,15 +39,21 @@ class EngineConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Hub id or local path; the default has an offline fallback.")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype; "
                                                                       "float32 is fastest on most CPUs.")
-    token_budget: int = Field(16384, ge=256, description="Max padded tokens per batch (rows x (prompt + new)).")
-    max_batch_size: int = Field(64, ge=1)
-    cache: bool = Field(True, description="Use the request cache (resume, reruns for free).")
-    cache_path: str | None = Field(None, description="Default: $PREFDATA_HOME/cache/requests.sqlite")
+    # RUN_ONLY (prefdata/config.py): recorded in lineage, left out of the fingerprint; they change how
+    # the rows are fetched, never which rows come back.
+    token_budget: int = Field(16384, ge=256, description="Max padded tokens per batch (rows x (prompt + new)).",
+                              json_schema_extra=RUN_ONLY)
+    max_batch_size: int = Field(64, ge=1, json_schema_extra=RUN_ONLY)
+    cache: bool = Field(True, description="Use the request cache (resume, reruns for free).",
+                        json_schema_extra=RUN_ONLY)
+    cache_path: str | None = Field(None, description="Default: $PREFDATA_HOME/cache/requests.sqlite",
+                                   json_schema_extra=RUN_ONLY)
     trust_remote_code: bool = Field(False, description="Run model code from the checkpoint. Off unless you trust it.")
     base_url: str | None = Field(None, description="openai backend: server URL (or env OPENAI_BASE_URL).")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var holding the API key; "
-                             "the key itself never appears in configs, logs or cards.")
-    concurrency: int = Field(16, ge=1, le=4096, description="openai backend: requests in flight.")
+                             "the key itself never appears in configs, logs or cards.", json_schema_extra=RUN_ONLY)
+    concurrency: int = Field(16, ge=1, le=4096, description="openai backend: requests in flight.",
+                             json_schema_extra=RUN_ONLY)
     http_client: Literal["auto", "openai", "lean"] = Field(
         "auto", description="openai backend: the HTTP client. openai: the official client (proxies from the "
         "environment). lean: prefdata's asyncio HTTP/1.1 client (prefdata/engines/http.py), about a tenth of the "
@@ -54,19 +61,20 @@ class EngineConfig(BaseModel):
         "flight and the lean one from 64, where one event loop cannot carry the official client's CPU "
         "(benchmarks/RESULTS.md, OpenAI-compatible client efficiency); the official one whenever a proxy variable "
         "applies to base_url or base_url has credentials or a query string. Same request body, retries, usage "
-        "and error texts either way.")
-    max_retries: int = Field(5, ge=0, le=50)
+        "and error texts either way.", json_schema_extra=RUN_ONLY)
+    max_retries: int = Field(5, ge=0, le=50, json_schema_extra=RUN_ONLY)
     timeout_s: float = Field(60.0, gt=0, description="openai backend: the deadline of each attempt, connect to the "
-                             "last byte of the reply, on either HTTP client.")
+                             "last byte of the reply, on either HTTP client.", json_schema_extra=RUN_ONLY)
     max_response_mb: float = Field(32.0, gt=0, description="openai backend: the largest reply body accepted, in MiB "
                                    "(as sent and once gunzipped); a larger one fails that request with a clear error "
-                                   "instead of filling memory.")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend: share of GPU memory.")
+                                   "instead of filling memory.", json_schema_extra=RUN_ONLY)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend: share of GPU memory.",
+                                          json_schema_extra=RUN_ONLY)
     max_model_len: int = Field(4096, ge=64, description="vllm backend: longest prompt + completion in tokens; "
-                               "bounds the KV cache it reserves.")
+                               "bounds the KV cache it reserves.", json_schema_extra=RUN_ONLY)
     enforce_eager: bool = Field(False, description="vllm backend: skip torch.compile and graph capture; starts "
-                                "in seconds instead of minutes, decodes more slowly.")
-    progress: bool = Field(True, description="Show a progress bar with tokens/s.")
+                                "in seconds instead of minutes, decodes more slowly.", json_schema_extra=RUN_ONLY)
+    progress: bool = Field(True, description="Show a progress bar with tokens/s.", json_schema_extra=RUN_ONLY)
 
     @field_validator("api_key_env")
     @classmethod
