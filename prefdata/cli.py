@@ -37,7 +37,7 @@ def _mount() -> None:
         return
     from prefdata.engines.cache_cli import app as cache_app
     from prefdata.models import app as models_app
-    from prefdata.pipeline import register as register_run
+    from prefdata.run_cli import register as register_run
     from prefdata.datasets_cli import app as datasets_app
 
     app.add_typer(datasets_app, name="datasets", help="List, inspect, diff and export dataset versions.")

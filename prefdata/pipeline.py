@@ -8,11 +8,17 @@ Config its step type registered. Unknown keys anywhere are errors that name the 
 Resume: each step has a fingerprint (step type, its config, the engine settings that change outputs,
 the input's content). A step whose fingerprint is already committed is skipped, and inside a step the
 request cache means a killed run regenerates nothing it finished.
+
+A step runs in three parts around one `StepPlan` (what it is, its typed config, its input and
+fingerprint): read (`_Run.prepare`), run its shards (`_run_shards`), commit (`_Run.commit`); every
+version and artifact it writes records `StepPlan.lineage`. The `run` command is in run_cli.py, the
+card's usage and streaming notes in step_card.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,22 +31,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 import prefdata
 from prefdata import artifacts, costs, interrupts, progress, quality, step_health
-from prefdata.config import _parse_value, apply_overrides, fingerprint_dump, fmt_validation, read_yaml  # noqa: F401  (re-exports)
+from prefdata.config import apply_overrides, fingerprint_dump, fmt_validation, read_yaml
 from prefdata.costs import BudgetSpec, Meter
 from prefdata.engines import EngineOverrides, overrides_dict
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.executors import ENV as EXECUTOR_ENV
 from prefdata.executors import ExecutorConfig, with_env
 from prefdata.redact import redact, redact_obj
+from prefdata.step_card import close_figures, engine_usage, merge_reports, streaming_markdown, usage_markdown
 from prefdata.step_health import Counts, Tally
 from prefdata.steps import StepResult, StepType, register_step  # noqa: F401  (re-exported for step authors)
 
-_fmt_validation = fmt_validation
 DEFAULT_SHARD_ROWS = 2048  # a few engine batches' worth: keeps the engine busy, memory a few MiB
 
 
@@ -74,6 +79,8 @@ class StepSpec(BaseModel):
                             "or quarantining them (files and store refs; see io.read).")
     shard_rows: int | None = Field(None, ge=1, le=10_000_000, description="Rows per shard for a streaming step "
                                    "(default: the pipeline's shard_rows). Changes memory, never the output.")
+    # (config, the step type's Config validated from it): set by load_spec, read by typed_config.
+    _typed: tuple[dict, BaseModel] | None = PrivateAttr(None)
 
 
 class RepeatSpec(BaseModel):
@@ -138,7 +145,7 @@ class StepContext:
         try:
             return EngineConfig(**merged)
         except ValidationError as e:
-            raise ConfigError(_fmt_validation(self.source_file, f"steps.{self.step.name}.engine", e)) from None
+            raise ConfigError(fmt_validation(self.source_file, f"steps.{self.step.name}.engine", e)) from None
 
     def engine(self, override: EngineOverrides | dict | None = None):
         """One engine per distinct config per run: loading a model twice wastes minutes on CPU."""
@@ -185,7 +192,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(str(path), "", e, step_names)) from None
+        raise ConfigError(fmt_validation(str(path), "", e, step_names)) from None
     names = [s.name for s in spec.steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: step names must be unique, got {names}")
@@ -195,17 +202,16 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     try:
         EngineConfig(**overrides_dict(spec.engine))
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(str(path), "engine", e)) from None
+        raise ConfigError(fmt_validation(str(path), "engine", e)) from None
     models: set[str] = set()  # model steps seen so far: what `step:<name>` may name in an engine/config
     for s in spec.steps:
         if s.uses not in types:
             raise ConfigError(f"{path}: steps.{s.name}.uses: unknown step type '{s.uses}' "
                               f"(known: {', '.join(sorted(types))})")
-        cfg_model = types[s.uses].config
         try:
-            cfg_model.model_validate(s.config)
+            typed_config(s, types[s.uses])  # validated once; the run reads it from the spec
         except ValidationError as e:
-            raise ConfigError(_fmt_validation(str(path), f"steps.{s.name}.config", e)) from None
+            raise ConfigError(fmt_validation(str(path), f"steps.{s.name}.config", e)) from None
         for where, ref in step_refs({"engine": overrides_dict(s.engine), "config": s.config}):
             if ref not in models:
                 raise ConfigError(f"{path}: steps.{s.name}.{where}: 'step:{ref}' names no earlier train step "
@@ -247,6 +253,15 @@ def resolve_refs(node: Any, models: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [resolve_refs(v, models) for v in node]
     return node
+
+
+def typed_config(step: StepSpec, stype: StepType) -> BaseModel:
+    """The step's `config` as its type's Config. load_spec validates it and the spec keeps the result
+    (copies of the spec too); it is validated again only once the run has changed it (a
+    `step:<model>` resolved to its folder, a key carried by `repeat`)."""
+    if step._typed is None or step._typed[0] != step.config:
+        step._typed = (step.config, stype.config.model_validate(step.config))
+    return step._typed[1]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -317,6 +332,53 @@ def fingerprint(step: StepSpec, step_cfg: BaseModel, engine_cfg: Any, input_dige
                        "input": input_digest, "limit": step.limit, "seed": seed,
                        "prefdata": prefdata.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StepPlan:
+    """A step made ready to run once its input is read: what it is, the config it runs with (validated
+    at load, dumped once here), its input and context, and what identifies its output."""
+
+    step: StepSpec
+    stype: StepType
+    step_cfg: BaseModel
+    table: pa.Table
+    ctx: StepContext
+    engine_cfg: Any  # an EngineConfig, or None for a step that needs no engine
+    fp: str
+    parents: list[str]  # the input's ref, then (inside `repeat`) this step's output of the last iteration
+    loop: dict  # {"iteration": t} inside `repeat`, else {}
+    config: dict  # step_cfg as JSON: lineage records it whole, the fingerprint less its run-only fields
+    engine: dict | None  # engine_cfg as JSON, likewise
+
+    def lineage(self, engine_ids: dict, step_keys: dict | None = None, record: dict | None = None,
+                own: dict | None = None) -> dict:
+        """The one lineage of this step's outputs (unredacted). A side table's (no `step_keys`): its
+        input, the step and its config, the fingerprint, iteration and engine. The step's own version or
+        artifact adds `step_keys` to its step entry, the engine settings and seeds, `record` (what the
+        run measured), and last `own`, the lineage the step itself returned."""
+        step = {"name": self.step.name, "uses": self.step.uses, "config": self.config}
+        if step_keys is None:
+            return {"parents": self.parents[:1], "step": step, "fingerprint": self.fp, **self.loop, **engine_ids}
+        engine = None if self.engine is None else {k: v for k, v in self.engine.items() if k != "api_key_env"}
+        return {"parents": self.parents, "step": {**step, **step_keys}, "engine_config": engine, **engine_ids,
+                "seeds": {"pipeline": self.ctx.seed}, "fingerprint": self.fp, **(record or {}), **self.loop,
+                **(own or {})}
+
+
+def plan_step(ctx: StepContext, stype: StepType, table: pa.Table, previous: Any = None,
+              iteration: int | None = None) -> StepPlan:
+    """Everything known about a step before it runs: its typed config, engine settings, fingerprint."""
+    step_cfg = typed_config(ctx.step, stype)
+    engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
+    config = step_cfg.model_dump(mode="json")
+    engine = engine_cfg.model_dump(mode="json") if engine_cfg is not None else None
+    fp = fingerprint(ctx.step, step_cfg, engine_cfg, _table_digest(table), ctx.seed, config=config, engine=engine)
+    # Iterations link: a step's output in iteration t names its own output in iteration t-1.
+    parents = [ctx.input_ref] + ([previous.ref] if previous is not None else [])
+    return StepPlan(step=ctx.step, stype=stype, step_cfg=step_cfg, table=table, ctx=ctx, engine_cfg=engine_cfg,
+                    fp=fp, parents=parents, loop={"iteration": iteration} if iteration else {}, config=config,
+                    engine=engine)
 
 
 # ----------------------------------------------------------------------------- run
@@ -399,19 +461,17 @@ def dry_run(spec: PipelineSpec, source: str) -> list[dict]:
         if step.limit is not None:
             table = table.slice(0, step.limit)
         row["rows"] = len(table)
-        step_cfg = stype.config.model_validate(step.config)
         ctx = StepContext(spec=spec, step=step, source_file=source, seed=spec.seed, executor="local",
                           executor_config=None, _engines={}, _warned=set(), input_ref=ref, meter=None)
-        engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
-        row["model"] = getattr(engine_cfg, "model", None)
-        fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), spec.seed)
-        done = None if stype.artifact else _find_committed(step.output, fp)
+        plan = plan_step(ctx, stype, table)
+        row["model"] = getattr(plan.engine_cfg, "model", None)
+        done = None if stype.artifact else _find_committed(step.output, plan.fp)
         if done is not None and not step_health.recorded_failures(done):
             row["action"] = f"skip: already committed as {done.ref}"
         else:
             pending.add(step.name)
-            if not stype.artifact and getattr(step_cfg, "needs_engine", True):
-                row.update(_count_requests(spec, step, stype, step_cfg, table, ref, source))
+            if not stype.artifact and plan.engine_cfg is not None:
+                row.update(_count_requests(plan))
         out.append(row)
     return out
 
@@ -428,16 +488,15 @@ class _DryEngines(dict):
         return True
 
 
-def _count_requests(spec, step, stype, step_cfg, table, ref, source) -> dict:
+def _count_requests(plan: StepPlan) -> dict:
     """Run the step's own code against dry engines (`engines/dry.py`): the requests it would send, the
     cache's hits, and for priced models the cost bound (prompt characters / 4, max_tokens per answer)."""
     engines = _DryEngines()
-    ctx = StepContext(spec=spec, step=step, source_file=source, seed=spec.seed, executor="local",
-                      executor_config=None, _engines=engines, _warned=set(), input_ref=ref, meter=None)
+    ctx = dataclasses.replace(plan.ctx, _engines=engines, _warned=set())
     note = None
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            stype.run(step_cfg, table, ctx)
+            plan.stype.run(plan.step_cfg, plan.table, ctx)
     except Exception as e:  # noqa: BLE001 - a step may stop on placeholder answers; the counts so far stand
         note = f"the step stopped on the placeholder answers ({type(e).__name__}); counts are up to there"
     sent = sum(len(e.backend.sent) for e in engines.values())
@@ -445,7 +504,7 @@ def _count_requests(spec, step, stype, step_cfg, table, ref, source) -> dict:
     scored = sum(e.backend.scored for e in engines.values())
     usd = 0.0
     priced = False
-    prices, _ = costs.load_prices(spec.prices)
+    prices, _ = costs.load_prices(plan.ctx.spec.prices)
     for e in engines.values():
         price = costs.price_for(prices, e.backend.cfg.model)
         if price is None or not e.backend.sent:
@@ -535,9 +594,12 @@ def _carry(spec: PipelineSpec, carried: dict[str, str], source: str) -> Pipeline
             node = node[part]
         node[parts[-1]] = value
     try:
-        return PipelineSpec.model_validate(raw)
+        out = PipelineSpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(source, "repeat.carry", e)) from None
+        raise ConfigError(fmt_validation(source, "repeat.carry", e)) from None
+    for old, new in zip(spec.steps, out.steps):  # a config the carry left alone stays validated
+        new._typed = old._typed
+    return out
 
 
 @dataclass
@@ -557,7 +619,6 @@ class _Run:
         from rich.console import Console
 
         console = Console(stderr=True)
-        types = step_types()
         outputs: dict[str, Any] = {}
         models: dict[str, str] = {}  # model step name -> checkpoint folder, for `step:<name>` in engines/configs
         for step in spec.steps:
@@ -565,167 +626,100 @@ class _Run:
                 "engine": EngineOverrides(**resolve_refs(overrides_dict(step.engine), models)) if step.engine else None,
                 "config": resolve_refs(step.config, models),
                 "output": step.output + (f"-iter{iteration}" if iteration else "")})
-            stype = types[step.uses]
-            out = self.step(spec, step, stype, outputs, seed, console, iteration, (previous or {}).get(step.name))
+            plan = self.prepare(spec, step, outputs, seed=seed, iteration=iteration,
+                                previous=(previous or {}).get(step.name))
+            out = self.artifact_step(plan, console) if plan.stype.artifact else self.dataset_step(plan, console)
             outputs[step.name] = out
             if isinstance(out, artifacts.Artifact) and out.kind == "model":
                 models[step.name] = out.ref
         return outputs
 
-    def step(self, spec, step, stype: StepType, outputs, seed, console, iteration, previous):
+    def prepare(self, spec: PipelineSpec, step: StepSpec, outputs: dict[str, Any], *, seed: int,
+                iteration: int | None, previous: Any) -> StepPlan:
+        """Read: the step's input (its first `limit` rows), and the plan made from it."""
         from prefdata import store
 
-        path, executor, command, engines = self.path, self.executor, self.command, self.engines
-        step_cfg = stype.config.model_validate(step.config)
         quarantine = store.quarantine_path(step.output)
         table, source_ref = read_input(step.input, outputs, spec.on_error, quarantine, step.allow_empty)
         if step.limit is not None:
             table = table.slice(0, step.limit)
-        ctx = StepContext(spec=spec, step=step, source_file=str(path), seed=seed, executor=executor,
-                          executor_config=self.executor_config, _engines=engines, _warned=self.warned,
+        ctx = StepContext(spec=spec, step=step, source_file=self.path, seed=seed, executor=self.executor,
+                          executor_config=self.executor_config, _engines=self.engines, _warned=self.warned,
                           input_ref=source_ref, meter=self.meter)
-        engine_cfg = ctx.engine_config() if getattr(step_cfg, "needs_engine", True) else None
-        fp = fingerprint(step, step_cfg, engine_cfg, _table_digest(table), seed)
-        # Iterations link: a step's output in iteration t names its own output in iteration t-1.
-        parents = [source_ref] + ([previous.ref] if previous is not None else [])
-        loop = {"iteration": iteration} if iteration else {}
-        if stype.artifact:
-            return self.artifact_step(step, stype, step_cfg, table, ctx, engine_cfg, fp, parents, loop, console)
-        done = _find_committed(step.output, fp)
+        return plan_step(ctx, step_types()[step.uses], table, previous, iteration)
+
+    def dataset_step(self, plan: StepPlan, console) -> Any:
+        """A dataset step: skipped when its fingerprint is committed; else its shards run and commit as
+        one version, or nothing is committed when too many requests failed."""
+        from prefdata import store
+
+        step, ctx = plan.step, plan.ctx
+        done = _find_committed(step.output, plan.fp)
         if done is not None and not step_health.recorded_failures(done):
-            console.print(f"[green]✓[/] {step.name}: already committed as {done.ref} (fingerprint {fp}), skipped")
+            console.print(f"[green]✓[/] {step.name}: already committed as {done.ref} (fingerprint {plan.fp}), skipped")
             return done
         if done is not None:  # committed with failed requests: ask for those again
             console.print(f"[yellow]↻[/] {step.name}: {done.ref} had {step_health.recorded_failures(done)} failed "
                           "requests; retrying them (the rest comes from the request cache)")
-        shard_rows = (step.shard_rows or spec.shard_rows) if stype.streaming else max(len(table), 1)
-        n_shards = max(1, -(-len(table) // shard_rows))
-        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(source_ref)}"
-                      + (f" in {n_shards} shards of {shard_rows}" if n_shards > 1 else ""))
-        t0 = time.time()
-        stats_before = {k: dict(e.stats) for k, e in engines.items()}
         with _Sink(store, step.output) as sink:
-            first, report, n_dups = None, {}, 0
-            dedupers: dict[str, store.Deduper] = {}
-            bar = (progress.progress_bar(f"{step.name} shards", len(table)) if n_shards > 1
-                   else nullcontext(lambda n=1, note=None: None))
-            with bar as advance:
-                for k in range(n_shards):
-                    part = table.slice(k * shard_rows, shard_rows) if n_shards > 1 else table
-                    ctx.shard, ctx.shards = k, n_shards
-                    result = stype.run(step_cfg, part, ctx)
-                    if first is None:
-                        first = result
-                    else:
-                        _close_figures(result.figures)
-                    report = _merge_reports(report, result.report or {}) if k else dict(result.report or {})
-                    for split, t in result.tables.items():
-                        if step.dedup:
-                            t, n = dedupers.setdefault(split, store.Deduper()).filter(t)
-                            n_dups += n
-                        sink.write(split, t)
-                    for side_name, (side_kind, side_table) in result.side_tables.items():
-                        sink.write(split="train", table=side_table, side=(side_name, side_kind))
-                    advance(len(part))
-            elapsed = time.time() - t0
-            usage = engine_usage(engines, stats_before)
-            cost = self.meter.cost({k: dict(e.stats or {}) for k, e in engines.items()}, stats_before)
+            run = _run_shards(plan, sink, console)
+            if run.usage.get("requests"):
+                console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in run.usage.items()))
+            if run.cost["billable"]:
+                console.print("  " + costs.summary_line(run.cost))
             rows = sink.rows
-            if usage.get("requests"):
-                console.print("  engine: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
-            if cost["billable"]:
-                console.print("  " + costs.summary_line(cost))
             # Fails the run (nothing committed) when everything failed, too much failed, or nothing is left.
-            step_health.verdict(step.name, ctx.counts, rows, len(table), step.max_failure_rate,
-                                report.get("drop_reasons"))
+            step_health.verdict(step.name, ctx.counts, rows, len(plan.table), step.max_failure_rate,
+                                run.report.get("drop_reasons"))
             if done is not None and not step_health.improved(ctx.counts, rows, done):
                 console.print(f"[yellow]✓[/] {step.name}: still {ctx.counts.failed} failed requests, no better "
                               f"than {done.ref}; kept it")
                 return done
-            card_sections = list(first.card_sections or [])
-            if n_shards > 1:
-                # The step drew its sections and plots from the shard it saw; the store's own
-                # statistics (rows, lengths, duplicates, score plots) cover every row.
-                card_sections = [(f"{title} (first shard)", text) for title, text in card_sections]
-                card_sections.append(("Streaming", streaming_markdown(n_shards, shard_rows, len(table), report)))
-            if usage.get("requests"):
-                card_sections.append(("Engine usage", usage_markdown(usage)))
-            if cost["billable"]:
-                card_sections.append(("Cost", costs.card_markdown(cost, self.meter.prices_version)))
-            if ctx.counts.failed:
-                card_sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
-            if step.dedup:
-                card_sections.append(("Deduplication", f"`dedup: true` dropped {n_dups:,} rows repeating an earlier "
-                                                        "row's id or content."))
-            if ctx.warnings:
-                card_sections.append(("Warnings", "\n".join(f"- {w}" for w in ctx.warnings)))
-            engine_lineage = {}
-            if engine_cfg is not None:
-                eng = ctx.engine()
-                engine_lineage = {"engine": eng.name, "model": eng.model_id}
-            lineage = {
-                "parents": parents,
-                "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
-                         "limit": step.limit, "pipeline": str(path), "max_failure_rate": step.max_failure_rate,
-                         "dedup": step.dedup},
-                "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
-                **engine_lineage,
-                "seeds": {"pipeline": seed},
-                "fingerprint": fp,
-                "report": {**report, **({"deduplicated": n_dups} if step.dedup else {}),
-                           **({"shards": n_shards, "shard_rows": shard_rows} if n_shards > 1 else {})},
-                "elapsed_s": round(elapsed, 2),
-                "engine_usage": usage,
-                **({"cost": {"usd": cost["usd"], "models": cost["models"]}} if cost["billable"] else {}),
-                "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate),
-                "warnings": list(ctx.warnings),
-                **loop,
-                **first.lineage,
-            }
-            if n_shards > 1 and lineage.get("description"):  # measured again over every shard's summed counts
-                lineage["description"] = quality.restate(lineage.get("description"), report)
-            # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
-            lineage, card_sections = redact_obj(lineage), redact_obj(card_sections)
-            # A signal inside is held until the block ends: a step's versions are written whole or not at all.
-            with interrupts.deferred():
-                side_refs = {}
-                for side_name, (side_kind, writer) in sink.sides.items():
-                    v = sink.commit(writer, kind=side_kind,
-                                    lineage=redact_obj({"parents": [source_ref],
-                                                        "step": {"name": step.name, "uses": step.uses,
-                                                                 "config": step_cfg.model_dump(mode="json")},
-                                                        "fingerprint": fp, **loop, **engine_lineage}),
-                                    command=command)
-                    side_refs[side_name] = v.ref
-                lineage["side_tables"] = side_refs
-                version = sink.commit(sink.main, kind=first.kind, lineage=lineage, command=command,
-                                      card_sections=card_sections, figures=first.figures)
+            version = self.commit(plan, sink, run)
         failed = f", {ctx.counts.failed} failed requests (rerun to retry)" if ctx.counts.failed else ""
-        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {elapsed:.1f}s{failed}"
-                      + quality.run_line(report), soft_wrap=True)
+        console.print(f"[green]✓[/] {step.name}: {rows} rows → {version.ref} in {run.elapsed:.1f}s{failed}"
+                      + quality.run_line(run.report), soft_wrap=True)
         return version
 
-    def artifact_step(self, step, stype, step_cfg, table, ctx, engine_cfg, fp, parents, loop, console):
+    def commit(self, plan: StepPlan, sink: _Sink, run: _Shards) -> Any:
+        """Commit: each side table, then the step's version naming them, all or none."""
+        sections = _card_sections(plan, run)
+        engine_ids = {}
+        if plan.engine_cfg is not None:
+            eng = plan.ctx.engine()
+            engine_ids = {"engine": eng.name, "model": eng.model_id}
+        lineage = plan.lineage(engine_ids, _dataset_keys(plan), _measured(plan, run), run.first.lineage)
+        if run.n_shards > 1 and lineage.get("description"):  # measured again over every shard's summed counts
+            lineage["description"] = quality.restate(lineage.get("description"), run.report)
+        # Redacted once here, so no URL userinfo, token or key reaches a manifest or card.
+        lineage, sections = redact_obj(lineage), redact_obj(sections)
+        # A signal inside is held until the block ends: a step's versions are written whole or not at all.
+        with interrupts.deferred():
+            side_lineage = redact_obj(plan.lineage(engine_ids))
+            lineage["side_tables"] = {
+                side_name: sink.commit(writer, kind=side_kind, lineage=side_lineage, command=self.command).ref
+                for side_name, (side_kind, writer) in sink.sides.items()}
+            return sink.commit(sink.main, kind=run.first.kind, lineage=lineage, command=self.command,
+                               card_sections=sections, figures=run.first.figures)
+
+    def artifact_step(self, plan: StepPlan, console) -> artifacts.Artifact:
         """A train or eval step: its folder is named by the fingerprint; step.json marks it done."""
         from prefdata import store
 
-        where = artifacts.folder(store.home(), stype.output, step.output, fp)
+        step, stype, ctx = plan.step, plan.stype, plan.ctx
+        where = artifacts.folder(store.home(), stype.output, step.output, plan.fp)
         done = artifacts.find_done(where, stype.output)
         if done is not None:
-            console.print(f"[green]✓[/] {step.name}: already done as {done.ref} (fingerprint {fp}), skipped")
+            console.print(f"[green]✓[/] {step.name}: already done as {done.ref} (fingerprint {plan.fp}), skipped")
             return done
-        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(ctx.input_ref)}")
+        console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(plan.table)} rows from {redact(ctx.input_ref)}")
         artifacts.fresh(where)
         ctx.artifact_dir = where
         t0 = time.time()
-        result = stype.run(step_cfg, table, ctx)
-        lineage = redact_obj({
-            "parents": parents,
-            "step": {"name": step.name, "uses": step.uses, "config": step_cfg.model_dump(mode="json"),
-                     "pipeline": ctx.source_file},
-            "engine_config": engine_cfg.model_dump(mode="json", exclude={"api_key_env"}) if engine_cfg else None,
-            "seeds": {"pipeline": ctx.seed}, "fingerprint": fp, "elapsed_s": round(time.time() - t0, 2),
-            "command": self.command, **loop, **result.lineage})
+        result = stype.run(plan.step_cfg, plan.table, ctx)
+        lineage = redact_obj(plan.lineage({}, {"pipeline": ctx.source_file},
+                                          {"elapsed_s": round(time.time() - t0, 2), "command": self.command},
+                                          result.lineage))
         manifest = {"kind": stype.output, "name": step.output, "lineage": lineage, "metrics": result.metrics,
                     "card_path": result.card_path or str(where / "README.md")}
         card = artifacts.card_markdown(f"{step.output} ({step.uses})", redact_obj(result.card_sections), manifest)
@@ -736,6 +730,110 @@ class _Run:
                           and not isinstance(v, bool) and ("loss" in k or "accuracy" in k or k == "pairs"))
         console.print(f"[green]✓[/] {step.name}: {out.ref} in {time.time() - t0:.1f}s" + (f" ({shown})" if shown else ""))
         return out
+
+
+@dataclass
+class _Shards:
+    """What a dataset step's shards produced: the first shard's result (its card sections, figures
+    and lineage stand for the step), the reports summed over every shard, the rows `dedup` dropped,
+    and what the engines did meanwhile."""
+
+    n_shards: int
+    shard_rows: int
+    first: StepResult | None = None
+    report: dict = field(default_factory=dict)
+    n_dups: int = 0
+    elapsed: float = 0.0
+    usage: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)
+
+    def add(self, k: int, result: StepResult) -> None:
+        if self.first is None:
+            self.first = result
+        else:
+            close_figures(result.figures)
+        self.report = merge_reports(self.report, result.report or {}) if k else dict(result.report or {})
+
+
+def _run_shards(plan: StepPlan, sink: _Sink, console) -> _Shards:
+    """Run: the step over its input a shard at a time, each shard's tables written to `sink` as it ends."""
+    step, table, ctx = plan.step, plan.table, plan.ctx
+    shard_rows = (step.shard_rows or ctx.spec.shard_rows) if plan.stype.streaming else max(len(table), 1)
+    run = _Shards(n_shards=max(1, -(-len(table) // shard_rows)), shard_rows=shard_rows)
+    console.print(f"[bold]▶ {step.name}[/] ({step.uses}) on {len(table)} rows from {redact(ctx.input_ref)}"
+                  + (f" in {run.n_shards} shards of {shard_rows}" if run.n_shards > 1 else ""))
+    t0 = time.time()
+    before = {k: dict(e.stats) for k, e in ctx._engines.items()}
+    dedupers: dict[str, Any] | None = {} if step.dedup else None
+    bar = (progress.progress_bar(f"{step.name} shards", len(table)) if run.n_shards > 1
+           else nullcontext(lambda n=1, note=None: None))
+    with bar as advance:
+        for k in range(run.n_shards):
+            part = table.slice(k * shard_rows, shard_rows) if run.n_shards > 1 else table
+            ctx.shard, ctx.shards = k, run.n_shards
+            result = plan.stype.run(plan.step_cfg, part, ctx)
+            run.add(k, result)
+            run.n_dups += _write_shard(result, sink, dedupers)
+            advance(len(part))
+    run.elapsed = time.time() - t0
+    run.usage = engine_usage(ctx._engines, before)
+    run.cost = ctx.meter.cost({k: dict(e.stats or {}) for k, e in ctx._engines.items()}, before)
+    return run
+
+
+def _write_shard(result: StepResult, sink: _Sink, dedupers: dict | None) -> int:
+    """Write one shard's tables (less rows repeating earlier ones, with `dedup`); return how many were dropped."""
+    from prefdata import store
+
+    dropped = 0
+    for split, t in result.tables.items():
+        if dedupers is not None:
+            t, n = dedupers.setdefault(split, store.Deduper()).filter(t)
+            dropped += n
+        sink.write(split, t)
+    for side_name, (side_kind, side_table) in result.side_tables.items():
+        sink.write(split="train", table=side_table, side=(side_name, side_kind))
+    return dropped
+
+
+def _dataset_keys(plan: StepPlan) -> dict:
+    """What a dataset version's lineage adds to its step entry."""
+    step = plan.step
+    return {"limit": step.limit, "pipeline": plan.ctx.source_file, "max_failure_rate": step.max_failure_rate,
+            "dedup": step.dedup}
+
+
+def _measured(plan: StepPlan, run: _Shards) -> dict:
+    """What a dataset version's lineage records of its run: report, time, engine usage, cost, failures."""
+    step, ctx = plan.step, plan.ctx
+    report = {**run.report, **({"deduplicated": run.n_dups} if step.dedup else {}),
+              **({"shards": run.n_shards, "shard_rows": run.shard_rows} if run.n_shards > 1 else {})}
+    cost = {"cost": {"usd": run.cost["usd"], "models": run.cost["models"]}} if run.cost["billable"] else {}
+    return {"report": report, "elapsed_s": round(run.elapsed, 2), "engine_usage": run.usage, **cost,
+            "failures": step_health.lineage_entry(ctx.counts, step.max_failure_rate), "warnings": list(ctx.warnings)}
+
+
+def _card_sections(plan: StepPlan, run: _Shards) -> list[tuple[str, str]]:
+    """The step's card sections, then the pipeline's: streaming, engine usage, cost, failures, dedup, warnings."""
+    step, ctx = plan.step, plan.ctx
+    sections = list(run.first.card_sections or [])
+    if run.n_shards > 1:
+        # The step drew its sections and plots from the shard it saw; the store's own
+        # statistics (rows, lengths, duplicates, score plots) cover every row.
+        sections = [(f"{title} (first shard)", text) for title, text in sections]
+        sections.append(("Streaming", streaming_markdown(run.n_shards, run.shard_rows, len(plan.table), run.report)))
+    if run.usage.get("requests"):
+        sections.append(("Engine usage", usage_markdown(run.usage)))
+    if run.cost["billable"]:
+        sections.append(("Cost", costs.card_markdown(run.cost, ctx.meter.prices_version)))
+    if ctx.counts.failed:
+        sections.append(("Failed requests", step_health.card_markdown(ctx.counts, step.max_failure_rate)))
+    if step.dedup:
+        sections.append(("Deduplication", (f"`dedup: true` dropped {run.n_dups:,} rows repeating an earlier "
+                                           "row's id or content.")))
+    if ctx.warnings:
+        sections.append(("Warnings", "\n".join(f"- {w}" for w in ctx.warnings)))
+    return sections
 
 
 class _Sink:
@@ -785,111 +883,3 @@ class _Sink:
         self.main.abort()
         for _, w in self.sides.values():
             w.abort()
-
-
-def _merge_reports(a: dict, b: dict) -> dict:
-    """Two shards' reports as one: counts add up, nested counts merge; any other value that differs
-    between shards (a rate, a mean) has no whole-step value here and is left out."""
-    out = dict(a)
-    for k, v in b.items():
-        if k not in out:
-            out[k] = v
-        elif isinstance(v, int) and not isinstance(v, bool) and isinstance(out[k], int):
-            out[k] += v
-        elif isinstance(v, dict) and isinstance(out[k], dict):
-            out[k] = _merge_reports(out[k], v)
-        elif out[k] != v:
-            del out[k]
-    return out
-
-
-def _close_figures(figures: dict) -> None:
-    if figures:
-        import matplotlib.pyplot as plt
-
-        for fig in figures.values():
-            plt.close(fig)
-
-
-def streaming_markdown(n_shards: int, shard_rows: int, input_rows: int, report: dict) -> str:
-    """The card's note on a step streamed in shards, with its counts summed over every shard."""
-    flat = []
-
-    def walk(d: dict, prefix: str = "") -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, int) and not isinstance(v, bool):
-                flat.append((f"{prefix}{k}", v))
-
-    walk(report)
-    lines = [f"{input_rows:,} input rows ran in {n_shards} shards of up to {shard_rows:,} rows (`shard_rows`). "
-             "Sections marked *first shard* were written by the step from its first shard alone; the row counts, "
-             "lengths, duplicates and score plots of this card, and the counts below, cover every shard."]
-    if flat:
-        lines += ["", "| count (all shards) | value |", "|---|---|", *[f"| {k} | {v:,} |" for k, v in flat]]
-    return "\n".join(lines)
-
-
-def engine_usage(engines: dict, before: dict) -> dict[str, int]:
-    """What this step cost the engines: requests, failures, retries, tokens (deltas of their stats)."""
-    total: dict[str, int] = {}
-    for key, eng in engines.items():
-        for name, val in (eng.stats or {}).items():
-            if isinstance(val, int) and not isinstance(val, bool):
-                total[name] = total.get(name, 0) + val - before.get(key, {}).get(name, 0)
-    return {k: v for k, v in sorted(total.items()) if v}
-
-
-def usage_markdown(usage: dict[str, int]) -> str:
-    labels = {"requests": "samples requested from the engine (cache hits excluded)",
-              "failed": "requests that failed after all retries (kept out of the data)",
-              "retries": "retried attempts (429, 5xx, timeouts, dropped connections, malformed replies)",
-              "prompt_tokens": "prompt tokens billed by the server", "completion_tokens": "completion tokens "
-              "billed by the server", "generated_tokens": "tokens generated locally",
-              "worker_restarts": "Ray workers replaced after dying",
-              "billed_failures": "unusable replies the server still billed (their tokens are counted above)"}
-    rows = [f"| {k} | {v:,} | {labels.get(k, '')} |" for k, v in usage.items()]
-    return "\n".join(["| counter | value | meaning |", "|---|---|---|", *rows])
-
-
-def register(app: typer.Typer) -> None:
-    @app.command("run")
-    def run_cmd(
-        file: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/quickstart.yaml"),
-        set_: list[str] = typer.Option([], "--set", help="Override a key: --set steps.rlcd.limit=8"),
-        executor: str = typer.Option(None, help="local or ray; default: the YAML's executor.type (local)"),
-        only: list[str] = typer.Option([], "--only", help="Run only this step (repeatable); a step it reads "
-                                       "that is left out is read from the store as committed (OUTPUT@latest)."),
-        start: str = typer.Option(None, "--from", help="Run this step and every step after it."),
-        dry: bool = typer.Option(False, "--dry-run", help="Say what each step would read and do (rows, model, "
-                                 "skip or run, requests to send and how many the cache holds, cost for priced "
-                                 "models); commits nothing, calls no model."),
-    ):
-        """Run a YAML pipeline and commit each step's output as a dataset version."""
-        # Rebuilt from the parsed options (not sys.argv, which is the host's when called in-process),
-        # and redacted: a URL with a password or a key pasted on the command line is never recorded.
-        command = redact("prefdata run " + " ".join(shlex.quote(a) for a in [str(file)] + [f"--set={o}" for o in set_]
-                                                    + ([f"--executor={executor}"] if executor else [])
-                                                    + [f"--only={o}" for o in only] + ([f"--from={start}"] if start else [])))
-        raw = read_yaml(file)
-        if isinstance(raw, dict) and "self_reward_loop" in raw:
-            raise ConfigError(f"{file}: the self_reward_loop format is gone; the loop is an ordinary pipeline "
-                              "now (steps + `repeat:`), see pipelines/self_reward_loop.yaml")
-        if dry:
-            spec = select_steps(load_spec(file, set_), only, start, str(file))
-            for r in dry_run(spec, str(file)):
-                rows = "?" if r["rows"] is None else r["rows"]
-                model = f", model {r['model']}" if r.get("model") else ""
-                est = ""
-                if r.get("requests") is not None:
-                    est = (f"; would send up to {r['requests']} requests ({r['cached']} answered by the cache"
-                           + (f", {r['scored']} scorings" if r["scored"] else "") + ")"
-                           + (f", at most ${r['usd']:.4f}" if r.get("usd") is not None else "")
-                           + (f"; {r['note']}" if r.get("note") else ""))
-                typer.echo(f"{r['step']} ({r['uses']}): {rows} rows from {r['input']} -> {r['output']}{model}: "
-                           f"{r['action']}{est}")
-            return
-        outputs = run_pipeline(file, set_, executor=executor, command=command, only=only or None, start=start)
-        for name, v in outputs.items():
-            typer.echo(f"{name}: {v.ref}  card: {v.card_path}")

@@ -147,7 +147,7 @@ def test_rewrites_that_read_as_answers_and_single_answer_rows():
 def test_counts_are_integers_that_add_up_across_shards():
     """A streamed step reports per shard; the pipeline sums the counts. The sum must read the same
     as one measurement over all rows."""
-    from prefdata.pipeline import _merge_reports
+    from prefdata.step_card import merge_reports as _merge_reports
 
     rows = DISTINCT[:10] + [(f"{a} {a} {a}", b) for a, b in DISTINCT[10:]]
     fin = ["length", "stop"] * 20
