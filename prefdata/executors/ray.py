@@ -462,12 +462,6 @@ class RayEngine:
 
     def _step(self, call: _Call | None, queue: deque, submit, finish) -> None:
         """One turn of the dispatch loop: hand queued work to idle actors, then handle one answer."""
-        from ray.exceptions import ActorUnavailableError, NodeDiedError, ObjectLostError, RayActorError
-
-        # A batch whose answer died with its node is lost work, like a dead worker: retried, not fatal.
-        lost = (RayActorError, ObjectLostError, NodeDiedError)
-
-        ray = self._ray
         now = time.monotonic()
         self._touch()
         for a in self._pool:
@@ -487,60 +481,77 @@ class RayEngine:
         if not refs and not waits:
             return
         timeout = max(0.05, min([TOUCH_S, *waits]))
-        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], time.sleep(timeout))
+        ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout) if refs else ([], time.sleep(timeout))
         for ref in ready:
-            a = next(x for x in self._pool if x.ref is ref)
-            was = a.state
-            try:
-                value = ray.get(ref)
-            except lost as e:
-                a.ref = None
-                if getattr(e, "actor_init_failed", False):  # the engine itself cannot be built: no retry helps
-                    raise PrefdataError(f"Ray executor: could not start an engine worker ({_explain(e)})") from e
-                if was == "busy":
-                    b = a.job["batch"]
-                    call.attempts[b] = call.attempts.get(b, 0) + 1
-                    call.last_error = e
-                    self.stats["worker_restarts"] += 1  # counted when seen to die: its restart may come later
-                    # The dead incarnation's shard holds what it finished of this batch: merge it, so
-                    # the retry sends only the rest.
-                    self._merge([a.shard])
-                    if call.attempts[b] > self.max_restarts:
-                        raise self._failure(call, e) from e
-                    queue.appendleft(b)
-                    a.state, a.job, a.retry_at, a.deadline = "starting", None, now, now + self.start_timeout_s
-                elif isinstance(e, ActorUnavailableError):  # restarting: ask again shortly
-                    a.retry_at = now + RESTART_POLL_S
-                else:  # out of restarts
-                    a.state = "dead"
-                    if call is not None:
-                        call.last_error = e
-            except Exception as e:  # the engine raised inside the worker: a bug or bad input, not a lost worker
-                a.ref, a.state = None, "idle"
-                if was == "busy":
-                    raise (self._failure(call, e) if call else PrefdataError(_explain(e))) from e
-                raise PrefdataError(f"Ray executor: could not start an engine worker ({_explain(e)})") from e
-            else:
-                if was == "starting":
-                    self._hello(a, value)
-                else:
-                    out, meta = value
-                    a.state, a.ref = "idle", None
-                    if meta["pid"] != a.pid:  # came back as a new process without us seeing it go
-                        self.stats["worker_restarts"] += 1
-                        self._merge([a.shard])
-                        a.pid, a.shard = meta["pid"], meta["shard"]
-                    for k, v in meta["stats"].items():
-                        self.stats[k] = self.stats.get(k, 0) + int(v)
-                    self._shard_note(meta.get("shard_error"))
-                    finish(a.job, out)
-                    a.job = None
+            self._settle(next(x for x in self._pool if x.ref is ref), call, queue, finish, now)
         late = [a for a in self._pool if a.state == "starting" and now > a.deadline]
         if late and not any(a.state in ("idle", "busy") for a in self._pool):
             need = ", ".join(f"{k} {v:g}" for k, v in self._needs().items()) or "no resources"
             raise PrefdataError(f"Ray executor: no engine worker started within {self.start_timeout_s:g}s "
                                 f"(executor.start_timeout_s); each needs {need}: does the cluster have room "
                                 "and can its nodes load the model?")
+
+    def _settle(self, a: _Actor, call: _Call | None, queue: deque, finish, now: float) -> None:
+        """Take the answer actor `a` has ready: its hello, a batch's results, or the error it ended in."""
+        from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError
+
+        # A batch whose answer died with its node is lost work, like a dead worker: retried, not fatal.
+        lost = (RayActorError, ObjectLostError, NodeDiedError)
+        was = a.state
+        try:
+            value = self._ray.get(a.ref)
+        except lost as e:
+            a.ref = None
+            if getattr(e, "actor_init_failed", False):  # the engine itself cannot be built: no retry helps
+                raise PrefdataError(f"Ray executor: could not start an engine worker ({_explain(e)})") from e
+            self._lost(a, e, was, call, queue, now)
+        except Exception as e:  # the engine raised inside the worker: a bug or bad input, not a lost worker
+            a.ref, a.state = None, "idle"
+            if was == "busy":
+                raise (self._failure(call, e) if call else PrefdataError(_explain(e))) from e
+            raise PrefdataError(f"Ray executor: could not start an engine worker ({_explain(e)})") from e
+        else:
+            if was == "starting":
+                self._hello(a, value)
+            else:
+                self._answered(a, value, finish)
+
+    def _lost(self, a: _Actor, e: BaseException, was: str, call: _Call | None, queue: deque, now: float) -> None:
+        """Actor `a` died (or its node did) while starting or with a batch: retry the batch, or wait."""
+        from ray.exceptions import ActorUnavailableError
+
+        if was == "busy":
+            b = a.job["batch"]
+            call.attempts[b] = call.attempts.get(b, 0) + 1
+            call.last_error = e
+            self.stats["worker_restarts"] += 1  # counted when seen to die: its restart may come later
+            # The dead incarnation's shard holds what it finished of this batch: merge it, so
+            # the retry sends only the rest.
+            self._merge([a.shard])
+            if call.attempts[b] > self.max_restarts:
+                raise self._failure(call, e) from e
+            queue.appendleft(b)
+            a.state, a.job, a.retry_at, a.deadline = "starting", None, now, now + self.start_timeout_s
+        elif isinstance(e, ActorUnavailableError):  # restarting: ask again shortly
+            a.retry_at = now + RESTART_POLL_S
+        else:  # out of restarts
+            a.state = "dead"
+            if call is not None:
+                call.last_error = e
+
+    def _answered(self, a: _Actor, value: tuple, finish) -> None:
+        """A batch's results from actor `a`: its stats counted, its cache shard noted, the job finished."""
+        out, meta = value
+        a.state, a.ref = "idle", None
+        if meta["pid"] != a.pid:  # came back as a new process without us seeing it go
+            self.stats["worker_restarts"] += 1
+            self._merge([a.shard])
+            a.pid, a.shard = meta["pid"], meta["shard"]
+        for k, v in meta["stats"].items():
+            self.stats[k] = self.stats.get(k, 0) + int(v)
+        self._shard_note(meta.get("shard_error"))
+        finish(a.job, out)
+        a.job = None
 
     def _ready(self) -> None:
         """At least one actor up: its engine's name, model id and cache id are then known."""
