@@ -1,4 +1,4 @@
-"""docs/CONTRIBUTING.md cannot rot: its generator and loss walk-throughs are run as written.
+"""docs/CONTRIBUTING.md cannot rot: its generator, voter and loss walk-throughs are run as written.
 
 The three code blocks under the headings naming `prefdata/generators/offtopic.py`,
 `pipelines/offtopic.yaml` and `tests/test_offtopic.py` are written to a temporary tree. The module
@@ -24,6 +24,7 @@ import pytest
 DOC = Path(__file__).resolve().parents[1] / "docs" / "CONTRIBUTING.md"
 FILES = ("prefdata/generators/offtopic.py", "pipelines/offtopic.yaml", "tests/test_offtopic.py")
 LOSS_FILES = ("trainers/losses.py", "tests/test_losses.py")
+VOTER_FILES = ("prefdata/rewards/repetition.py", "tests/test_repetition.py")
 
 
 def doc_block(path: str) -> str:
@@ -150,3 +151,30 @@ print(config_help(config_class("dpo")))
     assert out.returncode == 0, out.stderr
     loss_help = next(line for line in out.stdout.splitlines() if line.startswith("loss "))
     assert "| apo_zero (APO-zero eq. 7" in loss_help and loss_help.startswith("loss ('sigmoid'): sigmoid (DPO eq. 7)")
+
+
+def test_the_voter_walk_through_runs_as_written(tmp_path, monkeypatch):
+    """The doc's voter module registers itself (no edit elsewhere); its tests pass, one of them running
+    `clean_labels` from YAML with `voters: [{type: repetition}]`. The registry is restored afterwards."""
+    from prefdata.rewards import registry
+
+    root = tmp_path / "repo"
+    for rel in VOTER_FILES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(doc_block(rel), encoding="utf-8")
+    monkeypatch.setattr(registry, "VOTERS", dict(registry.VOTERS))
+    monkeypatch.setitem(sys.modules, "prefdata.rewards.repetition", None)
+    mod = _load("prefdata.rewards.repetition", root / VOTER_FILES[0])
+    assert registry.VOTERS["repetition"].spec is mod.RepetitionVoter
+
+    monkeypatch.setitem(sys.modules, "test_repetition_from_doc", None)
+    tests = _load("test_repetition_from_doc", root / VOTER_FILES[1])
+    ran = []
+    for name, fn in inspect.getmembers(tests, inspect.isfunction):
+        if name.startswith("test_") and fn.__module__ == tests.__name__:
+            where = tmp_path / name
+            where.mkdir()
+            fixtures = {"monkeypatch": monkeypatch, "tmp_path": where}
+            fn(**{p: fixtures[p] for p in inspect.signature(fn).parameters})
+            ran.append(name)
+    assert ran == ["test_clean_labels_runs_it_from_yaml", "test_distinct_word_ratio_by_hand_and_sign_under_swap"]
