@@ -15,7 +15,8 @@ One module per method, each with a pydantic `Config` (its YAML keys / `--set` fi
 - `trainers.armo`    multi-objective reward model (ArmoRM-style): per-aspect heads and a prompt gate
 
 The DPO family in `trainers.dpo` also holds IPO, hinge (SLiC) and SimPO (reference-free).
-Shared pieces: `trainers.losses` (pure loss functions), `trainers.ranking` (candidate groups for
-RRHF/PRO), `trainers.common` (config loading, data,
-checks, model loading), `trainers.card` and `trainers.plots` (outputs), `trainers.cli`.
+Shared pieces: `trainers.registry` (the one lookup, kind -> module), `trainers.losses` (pure loss
+functions, one `@loss` record each), `trainers.ranking` (candidate groups for RRHF/PRO),
+`trainers.common` (config loading, data, checks, model loading), `trainers.card` and `trainers.plots`
+(outputs), `trainers.cli`.
 """
