@@ -9,6 +9,7 @@ safetensors checkpoint under `$PREFDATA_HOME/models/`, with checksums recorded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -43,6 +44,27 @@ def _sha256(path: Path) -> str:
     from prefdata.store.core import sha256_file  # the one file hasher
 
     return sha256_file(path)
+
+
+_MODEL_FILES = (".safetensors", ".bin", ".json", ".jinja", ".model")  # weights, configs, tokenizer
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """The identity of a local checkpoint for cache keys (16 hex digits): the embedded model's recorded
+    weights checksum, else the name, size and mtime of each weight, config and tokenizer file, so a
+    folder overwritten in place (M_t in a loop) gets a new identity without hashing gigabytes. The one
+    model fingerprint: engines' request caches and the trainers' reference log-prob cache use it."""
+    p = Path(path)
+    info = p / INFO_FILE
+    if info.is_file():  # the embedded model: its recorded checksum holds wherever the folder was unpacked
+        parts = [json.loads(info.read_text()).get("weights_sha256", "")]
+    else:
+        parts = []
+        for f in sorted(p.glob("*")):
+            if f.suffix in _MODEL_FILES and f.is_file():
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _offline() -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prefdata.config import RUN_ONLY, apply_overrides, fmt_validation, read_yaml
 from prefdata.errors import ConfigError, PrefdataError
-from prefdata.models import DEFAULT_MODEL
+from prefdata.models import DEFAULT_MODEL, model_fingerprint  # noqa: F401  (the one model fingerprint)
 from trainers.card import write_model_card  # noqa: F401  (re-export)
 from trainers.plots import plot_curves  # noqa: F401  (re-export)
 
@@ -338,18 +337,6 @@ def load_model_and_tokenizer(name: str, *, trust_remote_code: bool = False, seq_
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                          trust_remote_code=trust_remote_code)
     return model, tok, path
-
-
-def model_fingerprint(path: str) -> str:
-    """Identity of a local checkpoint for cache keys: its path plus each weight/tokenizer file's size and
-    mtime, so a directory overwritten in place (e.g. M_t in a loop) gets a new key without hashing GBs."""
-    p = Path(path).resolve()
-    parts = [str(p)]
-    for f in sorted(p.glob("*")):
-        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".json", ".jinja", ".model")):
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def report_to(cfg) -> list[str]:

@@ -10,10 +10,7 @@ vectorised op per step; EOS and stop checks are vectorised over the batch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -53,19 +50,12 @@ def _register_attention() -> None:
 
 
 def _model_fingerprint(path: str, name: str) -> str:
-    """A model id for cache keys and lineage: the name, plus the weights' identity for local dirs,
-    so replacing a checkpoint in place never serves stale cached text."""
-    p = Path(path)
-    parts = []
-    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + [p / "config.json"]:
-        if f.is_file():
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
-    info = p / "prefdata-model.json"
-    if info.is_file():  # the embedded model: its recorded checksum is the better identity
-        parts = [json.loads(info.read_text()).get("weights_sha256", "")]
-    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
-    return f"{name}#{digest}"
+    """A model id for cache keys and lineage: the name, plus the weights' identity for local dirs
+    (`prefdata.models.model_fingerprint`), so replacing a checkpoint in place never serves stale
+    cached text."""
+    from prefdata.models import model_fingerprint
+
+    return f"{name}#{model_fingerprint(path)[:12]}"
 
 
 class TransformersEngine:
