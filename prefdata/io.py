@@ -482,7 +482,9 @@ def read(source: str, kind: str | None = None, *, on_error: str = "raise", quara
     missing side (null) stays an error.
 
     Rows are checked and converted `batch_rows` at a time, so memory grows with the Arrow table, not
-    with a Python dict per row; `batch_rows` changes neither the rows nor the errors."""
+    with a Python dict per row; `batch_rows` changes neither the rows nor the errors. A store version
+    comes through the store's one reader (verified once per process) and, when the row check would keep
+    every value, is returned as stored, with no dict per row at all."""
     sides = allow_empty_sides(allow_empty)
     src = _open_rows(str(source), max(1, batch_rows))
     label = src.label
