@@ -12,9 +12,11 @@ from pathlib import Path
 import typer
 
 from prefdata.config import read_yaml
+from prefdata.dry_run import dry_run
 from prefdata.errors import ConfigError
-from prefdata.pipeline import dry_run, load_spec, run_pipeline, select_steps
+from prefdata.pipeline import run_pipeline
 from prefdata.redact import redact
+from prefdata.spec import load_spec, select_steps
 
 
 def register(app: typer.Typer) -> None:

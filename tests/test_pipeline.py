@@ -13,7 +13,8 @@ from prefdata.engines.base import Completion
 from prefdata.errors import ConfigError, PrefdataError
 from prefdata.generators import rlcd
 from prefdata.generators.common import clean_output, degenerate_reason
-from prefdata.pipeline import apply_overrides, load_spec, run_pipeline
+from prefdata.config import apply_overrides
+from prefdata.pipeline import load_spec, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
