@@ -19,7 +19,7 @@ SLOW_FILES = {
 }
 SLOW_NAMES = ("browser", "chromium", "playwright", "killed_run_resumes_without_regenerating",
               "stop_string_logprob_and_num_tokens", "dpo_eval_split_puts_eval_loss", "finetuned_reward_model_family",
-              "test_train_off_a_terminal")
+              "test_train_off_a_terminal", "test_the_flow_runs_as_written")
 
 
 def pytest_collection_modifyitems(config, items):
