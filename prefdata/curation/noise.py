@@ -19,8 +19,6 @@ An injected-flip AUC only measures whether labels agree with what the voters lea
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
 import pyarrow as pa

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from prefdata.engines import _env_name_check
