@@ -86,3 +86,10 @@ def test_ece_by_hand():
     # Two bins used: 0.15 (2 pairs, 1 right) and 0.95 (2 pairs, both right).
     assert P.ece(np.array([0.15, 0.15, 0.95, 0.95]), np.array([1, 0, 1, 1])) == pytest.approx(
         (2 * abs(0.15 - 0.5) + 2 * abs(0.95 - 1.0)) / 4)
+
+
+def test_an_auc_just_under_the_cut_never_reads_as_the_cut():
+    """0.7496 printed as 0.75 beside "under the 0.75 needed" would contradict itself: it reads 0.74."""
+    from prefdata.curation import posterior as P
+
+    assert P.below(0.7496) == "0.74" and P.below(0.70) == "0.70" and P.below(0.6612) == "0.66"

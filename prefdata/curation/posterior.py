@@ -52,10 +52,16 @@ SCORE, VERDICT = "score", "verdict"
 VERDICT_EDGES = (1 / 3, 2 / 3)  # |v| bin edges above 0 (a tie is exactly 0)
 VERDICT_PRIOR = 2.0  # Dirichlet pseudo-pairs per bin (measured on the LLMBar dev panels, RESULTS.md)
 JUDGE_MIN_SEPARATION = 0.75  # below this model-implied AUC the voters cannot judge single labels (HH + SmolLM2 heads: 0.67; LLMBar Base_9: >= 0.82)
+
 ALPHA_MAX = 0.999
 MAX_NOISE = 0.4  # a posterior noise rate above this contradicts the anchor (labels beat a coin): not judged
 ALPHA_GRID = np.r_[np.linspace(0.5, 0.95, 19), 0.97, 0.985, 0.995]  # label accuracies the profile visits
 _BINS = 2 * (len(VERDICT_EDGES) + 1) + 1  # 7: -3 .. +3
+
+
+def below(separation: float) -> str:
+    """An AUC under the cut, in two decimals rounded down: 0.7496 reads 0.74, never the 0.75 it missed."""
+    return f"{np.floor(separation * 100) / 100:.2f}"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

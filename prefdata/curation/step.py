@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.curation import posterior as P
 from prefdata.curation.card import figures_and_sections, jury_bias
 from prefdata.curation.policies import PolicyConfig, apply
 from prefdata.curation.texts import match_gold
@@ -157,7 +158,8 @@ def headline(result, kept: pa.Table, dropped: pa.Table) -> str:
             return (f"Labels NOT judged: the voters call {post.noise_rate:.0%} of the labels wrong, more than a "
                     "shared bias makes believable; no label was changed. See Verdict below.")
         return (f"Labels NOT judged: the voters are near chance (they separate right from wrong labels with AUC "
-                f"{post.separation:.2f}); the noise rate is unknown and no label was changed. See Verdict below.")
+                f"{P.below(post.separation)}, under the {P.JUDGE_MIN_SEPARATION} needed); the noise rate is unknown "
+                "and no label was changed. See Verdict below.")
     groups = post.extra.get("groups")
     scope = (f" in {sum(g['can_judge'] for g in groups.values())} of {len(groups)} groups "
              f"({post.judged.mean():.0%} of the pairs; the rest left as they were)" if groups else "")

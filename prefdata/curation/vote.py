@@ -145,7 +145,7 @@ def cannot_judge_reason(post: P.Posterior) -> str:
                 f"(more than {P.MAX_NOISE:.0%}), which more likely means they share a bias (adversarial pairs, one "
                 f"judge style) than that most labels are wrong; family accuracies as fitted {fams}; no label was "
                 "changed, check a sample by hand or add a different kind of voter")
-    return (f"voters near chance: they separate right from wrong labels with AUC {post.separation:.2f} (below "
+    return (f"voters near chance: they separate right from wrong labels with AUC {P.below(post.separation)} (below "
             f"{P.JUDGE_MIN_SEPARATION}); family accuracies {fams}; the posterior is the prior, so no label can be "
             f"judged and none was changed" + (f" (strongest: {best})" if best else ""))
 
