@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.curation import step as S
 from prefdata.curation.noise import auc, flip_mask, length_only
 from prefdata.curation.policies import describe_policy
-from prefdata.curation import step as S
 from prefdata.curation.step import CleanLabelsConfig, curate, vote
 from prefdata.curation.texts import match_gold
 from prefdata.errors import DataError
