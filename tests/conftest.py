@@ -14,7 +14,7 @@ SLOW_FILES = {
     "test_generators_e2e.py", "test_quickstart_e2e.py", "test_self_reward_loop.py", "test_ray.py",
     "test_ray_cluster.py", "test_flywheel.py", "test_compare_losses.py", "test_trainers_dpo.py",
     "test_trainers_dpo_family.py", "test_trainers_others.py", "test_trainers_rank.py", "test_armo.py",
-    "test_rewards_finetuned.py", "test_training_versions.py", "test_reliability_trainers.py",
+    "test_rewards_finetuned.py", "test_training_versions.py", "test_trainers_guards.py",
     "test_model_versions.py", "test_trainer_progress.py", "test_trainer_card_intervals.py",
 }
 SLOW_NAMES = ("browser", "chromium", "playwright", "killed_run_resumes_without_regenerating",

@@ -209,3 +209,54 @@ def test_backends_never_share_cached_text(tmp_path):
     assert CachedEngine(c, cache).generate(r, SamplingParams())[0][0].text == "from c"
     assert CachedEngine(ScriptedEngine(["again"], model_id="m"), cache).generate(r, SamplingParams())[0][0].text \
         == "from a"  # the same backend still replays its cache
+
+
+# ----------------------------------------------------------------------------- stop strings (issue 13, item 7)
+
+
+def test_stop_string_logprob_and_num_tokens_count_only_the_kept_text(tiny_model):
+    from prefdata.engines import EngineConfig
+    from prefdata.engines.transformers import TransformersEngine
+
+    eng = TransformersEngine(EngineConfig(model=tiny_model, cache=False, progress=False))
+    req = ChatRequest(messages=[{"role": "user", "content": "Tell me about bread."}])
+    # Sampled (the greedy tiny model repeats one token); every row has its own seeded stream, so a
+    # shorter max_tokens yields a prefix of the same tokens.
+    sp = {"temperature": 1.0, "seed": 3, "logprobs": True}
+    prefixes = [eng.generate_samples([(req, 0)], SamplingParams(max_tokens=j, **sp))[0] for j in range(1, 25)]
+    full = prefixes[-1]
+    assert full.num_tokens == 24
+    texts = [""] + [c.text for c in prefixes]  # texts[j]: the text of the first j tokens
+    # A stop string made of tokens m+1..m+2, printable and first seen right there.
+    m = next(m for m in range(4, 22) if not texts[m].endswith("\ufffd")
+             and (piece := texts[m + 2][len(texts[m]):]).isprintable() and piece.strip()
+             and "\ufffd" not in piece and full.text.find(piece) == len(texts[m]))
+    stop = texts[m + 2][len(texts[m]):]
+    [cut] = eng.generate_samples([(req, 0)], SamplingParams(max_tokens=24, stop=(stop,), **sp))
+    assert cut.text == texts[m] and cut.finish_reason == "stop"
+    assert cut.num_tokens <= m  # the stop string's own tokens are not counted
+    # The counted tokens are exactly those that make the text, and the log-prob is theirs.
+    assert texts[cut.num_tokens] == cut.text or len(texts[cut.num_tokens]) >= len(cut.text)
+    assert cut.logprob == pytest.approx(prefixes[cut.num_tokens - 1].logprob, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- identical samples (issue 24)
+
+
+def test_identical_samples_at_temperature_warn_once(capsys):
+    # A server that ignores the temperature (generation_config with do_sample false) returns the same
+    # text N times: best-of-N is then one answer, and the user is told once.
+    from prefdata.engines import CachedEngine
+    from prefdata.engines.base import ChatRequest, SamplingParams
+    from prefdata.engines.scripted import ScriptedEngine
+
+    eng = CachedEngine(ScriptedEngine(lambda req, s: "same answer"), None)
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(4)]
+    eng.generate(reqs, SamplingParams(n=3, temperature=0.8))
+    eng.generate(reqs, SamplingParams(n=3, temperature=0.8))
+    err = capsys.readouterr().err
+    assert err.count("identical samples for 4 of 4 prompts at temperature 0.8") == 1
+    varied = CachedEngine(ScriptedEngine(lambda req, s: f"answer {s}"), None)
+    varied.generate(reqs, SamplingParams(n=3, temperature=0.8))
+    CachedEngine(ScriptedEngine(lambda req, s: "same"), None).generate(reqs, SamplingParams(n=3, temperature=0.0))
+    assert "identical samples" not in capsys.readouterr().err

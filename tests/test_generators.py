@@ -423,3 +423,16 @@ def test_committed_generator_cards_list_sources_once_and_keep_both_score_plots()
         titles = [t for t, _ in step_result.card_sections]
         assert "Rows per source" not in titles and titles[-1] == "Examples"
         assert not any("| source | rows |" in text for _, text in step_result.card_sections)
+
+
+# ----------------------------------------------------------------------------- RLCD-Rescore ties (issue 13, item 7)
+
+
+def test_rlcd_rescore_tie_is_half_not_null():
+    from prefdata.engines.scripted import ScriptedEngine
+    from prefdata.generators.rlcd import rescore
+
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "x"}],
+             "rejected": [{"role": "assistant", "content": "y"}], "label_prob": 1.0, "meta": {}}]
+    rescore(rows, ScriptedEngine(["Winner: A"]), seed=0)  # A in both orders: the verdict follows the position
+    assert rows[0]["meta"]["rescore"] == "tie" and rows[0]["label_prob"] == 0.5

@@ -325,3 +325,28 @@ def test_rubric_v2_never_hits_rubric_v1_cache_entries(tmp_path):
     assert len(backend.calls) == 4 and means == [4.0]  # judged afresh, not replayed from the old entry
     judge.judge(eng, [MULTI], ["Miso."])
     assert len(backend.calls) == 4  # and cached under its own key
+
+
+# ----------------------------------------------------------------------------- judge parsing edge cases (issue 13, item 7)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Winner: a tie", "tie"), ("Winner: A tie.", "tie"), ("Winner: it's a tie", "tie"), ("Winner: draw", "tie"),
+    ("Winner: neither", "tie"), ("Winner: A and B", None), ("Winner: A/B", None), ("Winner: Assistant B", "b"),
+    ("Winner: A", "a"), ("Winner: a, it is clearer", "a"), ("**Winner:** B.", "b"),
+])
+def test_winner_edge_cases(text, want):
+    from prefdata.judges.pairwise import parse_winner
+
+    assert parse_winner(text) == want
+
+
+@pytest.mark.parametrize("cont,want", [("3-4", None), ("3 - 4", None), ("3\u20134", None), ("3 to 4", None),
+                                       ("3 or 4", None), ("3/4", None), ("4/5", 4.0), ("3-star answer", 3.0),
+                                       ("4 out of 5", 4.0)])
+def test_score_ranges_are_not_scores(cont, want):
+    from prefdata.judges.pointwise import parse_score, parse_score_first
+
+    assert parse_score_first(cont) == want
+    assert parse_score(f"Score: {cont}") in (want, None)  # the line form is stricter still
+    assert parse_score("Score: 3-4") is None

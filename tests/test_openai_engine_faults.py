@@ -1,16 +1,16 @@
-"""Issue 24, engines and exports: what a hostile or broken OpenAI-compatible server cannot do to a
-run, on both HTTP paths (the official client, "openai", and prefdata's "lean" one); CSV exports that
-a spreadsheet cannot run as formulas; configs nested too deep for the parser.
+"""Issue 24: what a hostile or broken OpenAI-compatible server cannot do to a run, on both HTTP paths
+(the official client, "openai", and prefdata's "lean" one).
 
 Every server here is a loopback one on a background thread, and every case is bounded in time: a
 server that trickles stops after a while, so even the code before the change ends (late).
 Through the real CLI (`prefdata.cli.main`, in-process) wherever a user meets the failure.
+
+The same issue's CSV-export and nesting-depth tests are in test_writers.py and test_config.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import gzip
 import json
 import threading
@@ -423,105 +423,3 @@ def test_a_server_that_accepts_vllm_fields_keeps_getting_them(path):
     assert all(c.error is None for c in out)
     assert all(b.get("continue_final_message") is True and b.get("add_generation_prompt") is False
                for _, b in s.requests)
-
-
-# ----------------------------------------------------------------------------- 6. CSV formula injection
-
-
-DANGEROUS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tindent", "\rcr", "safe", "-",
-             "a=b"]
-
-
-def test_csv_export_neutralises_formulas(tmp_path, capsys):
-    rows = [{"id": f"r{i}", "prompt": p, "chosen": f"=c{i}", "rejected": "fine", "label_prob": 1.0}
-            for i, p in enumerate(DANGEROUS)]
-    src = tmp_path / "pairs.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    code, _, err = cli(capsys, "datasets", "import", src, "--name", "csvpairs")
-    assert code == 0, err
-    out = tmp_path / "x.csv"
-    code, _, err = cli(capsys, "datasets", "export", "csvpairs", "--format", "standard", "--out", out)
-    assert code == 0, err
-    with open(out, newline="", encoding="utf-8") as f:
-        got = list(csv.DictReader(f))
-    prompts = [r["prompt"] for r in got]
-    want = ["'" + p if p[:1] in ("=", "+", "-", "@", "\t", "\r") else p for p in DANGEROUS]
-    assert prompts == want
-    assert [r["chosen"] for r in got] == [f"'=c{i}" for i in range(len(DANGEROUS))]
-    assert {r["rejected"] for r in got} == {"fine"}
-    # No cell of any column starts with a formula character.
-    assert not [v for r in got for v in r.values() if v[:1] in ("=", "+", "-", "@", "\t", "\r")]
-
-
-def test_csv_writer_leaves_numbers_alone_and_neutralises_headers(tmp_path):
-    import pyarrow as pa
-
-    from prefdata.writers import write
-
-    t = pa.table({"=cmd": ["x"], "margin": [-1.5], "n": [-3], "tags": [["=a", "b"]]})
-    write(t, tmp_path / "t.csv")
-    text = (tmp_path / "t.csv").read_text(encoding="utf-8")
-    header, row = list(csv.reader(text.splitlines()))
-    assert header == ["'=cmd", "margin", "n", "tags"]
-    assert row[:3] == ["x", "-1.5", "-3"]  # numbers are numbers: a spreadsheet never runs them
-    assert json.loads(row[3]) == ["=a", "b"]  # nested values are JSON, which starts with [ or {
-
-
-# ----------------------------------------------------------------------------- 8. nesting too deep
-
-
-DEEP = "[" * 20000 + "]" * 20000
-
-
-def test_yaml_nested_too_deep_is_one_line_naming_the_file(tmp_path, capsys):
-    p = tmp_path / "deep.yaml"
-    p.write_text(f"name: x\nsteps: {DEEP}\n")
-    code, _, err = cli(capsys, "run", p)
-    line = one_error_line(code, err)
-    assert str(p) in line and "nested too deeply" in line and "internal error" not in line, line
-    assert len(line) < 400
-
-
-def test_yaml_nested_too_deep_in_block_style_is_one_line(tmp_path, capsys):
-    p = tmp_path / "deep-block.yaml"
-    p.write_text("name: x\nsteps:\n" + "".join("  " * i + "- \n" for i in range(1, 3000)) + "  " * 3000 + "- 1\n")
-    code, _, err = cli(capsys, "run", p)
-    line = one_error_line(code, err)
-    assert str(p) in line and "nested too deeply" in line, line
-
-
-def test_set_nested_too_deep_is_one_line_naming_the_key(tmp_path, capsys):
-    p = tmp_path / "ok.yaml"
-    p.write_text(yaml.safe_dump({"name": "x", "steps": [{"name": "s", "uses": "rlcd",
-                                                           "input": "builtin:quickstart_prompts"}]}))
-    code, _, err = cli(capsys, "run", p, "--set", f"steps.s.config.x={DEEP}")
-    line = one_error_line(code, err)
-    assert "--set steps.s.config.x" in line and "nested too deeply" in line and "internal error" not in line, line
-    assert DEEP[:100] not in line
-
-
-def test_trainer_config_nested_too_deep_is_one_line(tmp_path, capsys):
-    p = tmp_path / "train.yaml"
-    p.write_text(f"beta: {DEEP}\n")
-    code, _, err = cli(capsys, "train", "dpo", "--dataset", "nothing@v1", "--config", p)
-    line = one_error_line(code, err)
-    assert str(p) in line and "nested too deeply" in line and "internal error" not in line, line
-
-
-def test_identical_samples_at_temperature_warn_once(capsys):
-    # A server that ignores the temperature (generation_config with do_sample false) returns the same
-    # text N times: best-of-N is then one answer, and the user is told once.
-    from prefdata.engines import CachedEngine
-    from prefdata.engines.base import ChatRequest, SamplingParams
-    from prefdata.engines.scripted import ScriptedEngine
-
-    eng = CachedEngine(ScriptedEngine(lambda req, s: "same answer"), None)
-    reqs = [ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(4)]
-    eng.generate(reqs, SamplingParams(n=3, temperature=0.8))
-    eng.generate(reqs, SamplingParams(n=3, temperature=0.8))
-    err = capsys.readouterr().err
-    assert err.count("identical samples for 4 of 4 prompts at temperature 0.8") == 1
-    varied = CachedEngine(ScriptedEngine(lambda req, s: f"answer {s}"), None)
-    varied.generate(reqs, SamplingParams(n=3, temperature=0.8))
-    CachedEngine(ScriptedEngine(lambda req, s: "same"), None).generate(reqs, SamplingParams(n=3, temperature=0.0))
-    assert "identical samples" not in capsys.readouterr().err

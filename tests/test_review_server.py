@@ -14,12 +14,12 @@ import time
 import httpx
 import pytest
 from starlette.testclient import TestClient
+from test_review import _wait_for_url  # the one wait for the server's URL
 
 from prefdata import store
 from prefdata.review.app import ReviewState, create_app
 from prefdata.review.db import ReviewDB, db_path
 from prefdata.schema import validate
-from test_review import _wait_for_url  # the one wait for the server's URL
 
 LIMIT = 1 << 20  # the promised request body limit, 1 MiB
 
