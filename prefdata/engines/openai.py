@@ -36,7 +36,7 @@ support) or the base URL carries credentials or a query string. Both paths share
 transport: the request body, the retry policy, usage accounting, and error texts (the lean client's
 errors carry openai's class names and messages).
 
-What a hostile or broken server cannot do, on either path (tests/test_reliability_round3_engines.py):
+What a hostile or broken server cannot do, on either path (tests/test_openai_engine_faults.py):
 - hold a request past `timeout_s`: every attempt has one deadline, connect to the last byte (the
   official client's own timeout is per read, which a server trickling a byte a second never trips);
 - send the prompts elsewhere: a redirect to another origin is refused (RedirectRefused, not retried);

@@ -10,7 +10,7 @@ a tool's "first answer" does not leak the stored label. The layout is recomputed
 answer texts in the file must still match the version's, so a file from another version (or one
 whose fields were edited) is refused instead of flipping the wrong side.
 
-Formats (checked against the argilla 2.8 SDK and label-studio-sdk's converter, tests/test_interop_round3.py):
+Formats (checked against the argilla 2.8 SDK and label-studio-sdk's converter, tests/test_interop.py):
 - Argilla 2.x: a directory as `rg.Dataset.to_disk` writes it, `records.json` (records with `id`,
   `fields`, `metadata`, `suggestions` keyed by question, `responses` keyed by question, each a list of
   `{value, user_id}`, and the record's `status`) and `.argilla/settings.json` + `.argilla/dataset.json`
