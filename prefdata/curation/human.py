@@ -40,7 +40,8 @@ class HumanEvalConfig(BaseModel):
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a, b).statistic) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+    # np.ptp, not np.std: the std of identical floats can round above 0 and spearmanr then warns
+    return float(spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else float("nan")
 
 
 def _run(table: pa.Table, cfg: HumanEvalConfig, progress: bool):
