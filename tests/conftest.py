@@ -33,6 +33,13 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "prefdata-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PREFDATA_NO_HUB", "1")
+    yield
+    # Generators return figures for the card to save and close; tests that call them directly
+    # never commit, so their figures are closed here rather than piling up for the whole session.
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 @pytest.fixture(scope="session")
