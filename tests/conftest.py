@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -33,11 +34,13 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFDATA_HOME", str(tmp_path / "prefdata-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PREFDATA_NO_HUB", "1")
-    yield
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
     # Generators return figures for the card to save and close; tests that call them directly
     # never commit, so their figures are closed here rather than piling up for the whole session.
-    import sys
-
+    yield
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
 
